@@ -1,0 +1,23 @@
+"""The examples keep working: their --quick modes run here."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_quickstart_quick_mode_prunes_without_loss(capsys):
+  pytest.importorskip("sklearn")
+  before, after = load("quickstart").main(["--quick"])
+  assert before > 0.85
+  assert after >= before - 0.02
+  assert "compression ratio of prunable parameters: 10.0x" in capsys.readouterr().out

@@ -1,0 +1,318 @@
+"""`gsm` and `gsm_sgd` against a NumPy transcription of the official code."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+from flax import nnx
+
+import optax_gsm
+
+COMPRESSION = 10.0
+
+
+def init_params(seed=0):
+  """A small conv + dense pytree: two prunable kernels, two biases."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  return {
+      "conv": {"kernel": 0.3 * jax.random.normal(k1, (3, 3, 1, 4)),
+               "bias": jnp.zeros(4)},
+      "dense": {"kernel": 0.2 * jax.random.normal(k2, (64, 10)),
+                "bias": jnp.zeros(10)},
+  }
+
+
+def loss_fn(params, batch):
+  images, labels = batch
+  x = jax.lax.conv_general_dilated(
+      images.astype(params["conv"]["kernel"].dtype), params["conv"]["kernel"],
+      (1, 1), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["conv"]["bias"]
+  x = jax.nn.relu(x).reshape(images.shape[0], -1)
+  logits = x @ params["dense"]["kernel"] + params["dense"]["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels).mean()
+
+
+def batches(num_steps, seed=0):
+  rng = np.random.default_rng(seed)
+  return [(jnp.asarray(rng.normal(size=(8, 6, 6, 1)), jnp.float32),
+           jnp.asarray(rng.integers(0, 10, 8)))
+          for _ in range(num_steps)]
+
+
+GRAD = jax.jit(jax.grad(loss_fn))
+NUM_PRUNABLE = 3 * 3 * 4 + 64 * 10
+Q = int(NUM_PRUNABLE // COMPRESSION)
+
+
+def numpy_gsm_reference(params, data, *, lr, momentum, weight_decay,
+                        bias_weight_decay, nesterov):
+  """The official GSM step in NumPy: global |g*w| top-Q mask over the
+  kernels, masked gradient, then torch.optim.SGD with weight decay."""
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  buffers = jax.tree.map(np.zeros_like, params)
+  masks_seen = []
+  for batch in data:
+    grads = jax.tree.map(np.asarray, GRAD(params, batch))
+    kernels = [("conv", "kernel"), ("dense", "kernel")]
+    metric = np.concatenate([np.abs(grads[a][b] * params[a][b]).ravel()
+                             for a, b in kernels])
+    keep = np.zeros(metric.size, bool)
+    keep[np.argsort(-metric, kind="stable")[:Q]] = True
+    start = 0
+    for a, b in kernels:
+      size = params[a][b].size
+      grads[a][b] = grads[a][b] * keep[start:start + size].reshape(
+          params[a][b].shape)
+      start += size
+    masks_seen.append(keep)
+    for a in params:
+      for b in params[a]:
+        decay = weight_decay if b == "kernel" else bias_weight_decay
+        d_p = grads[a][b] + decay * params[a][b]
+        buffers[a][b] = momentum * buffers[a][b] + d_p
+        d_p = d_p + momentum * buffers[a][b] if nesterov else buffers[a][b]
+        params[a][b] = params[a][b] - lr * d_p
+  return params, masks_seen
+
+
+def run_optax(tx, params, data, jit=True):
+  state = tx.init(params)
+
+  def step(params, state, batch):
+    updates, state = tx.update(GRAD(params, batch), state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(step) if jit else step
+  masks = []
+  for batch in data:
+    params, state = step(params, state, batch)
+    masks.append(optax.tree_utils.tree_get(state, "mask"))
+  return params, state, masks
+
+
+class GSMTest(chex.TestCase):
+
+  @parameterized.product(nesterov=[False, True])
+  def test_matches_numpy_transcription_of_official_code(self, nesterov):
+    data = batches(30)
+    hyper = dict(lr=0.05, momentum=0.9, weight_decay=5e-3, nesterov=nesterov)
+    expected, _ = numpy_gsm_reference(init_params(), data,
+                                      bias_weight_decay=1e-3, **hyper)
+    tx = optax_gsm.gsm_sgd(
+        hyper["lr"], COMPRESSION, momentum=hyper["momentum"],
+        nesterov=nesterov, weight_decay=hyper["weight_decay"],
+        unprunable_weight_decay=1e-3)
+    got, _, _ = run_optax(tx, init_params(), data)
+    chex.assert_trees_all_close(got, expected, rtol=2e-4, atol=2e-6)
+
+  def test_exactly_q_active_every_step(self):
+    _, _, masks = run_optax(optax_gsm.gsm_sgd(0.05, COMPRESSION),
+                            init_params(), batches(10))
+    for mask in masks:
+      assert int(mask["conv"]["kernel"].sum() + mask["dense"]["kernel"].sum()
+                 ) == Q
+      assert bool(mask["conv"]["bias"].all() and mask["dense"]["bias"].all())
+
+  def test_ties_from_zero_gradients_still_give_exactly_q(self):
+    tx = optax_gsm.gsm(sparsity=0.5)
+    params = {"w": jnp.ones((10, 10))}
+    state = tx.init(params)
+    grads = {"w": jnp.zeros((10, 10)).at[0, :3].set(1.0)}
+    _, state = tx.update(grads, state, params)
+    mask = state.mask["w"]
+    assert int(mask.sum()) == 50
+    assert bool(mask[0, :3].all())  # the three non-zero scores first
+    np.testing.assert_array_equal(mask.ravel()[3:50], True)  # then by position
+
+  def test_passive_weights_get_decay_only(self):
+    tx = optax_gsm.gsm(compression_ratio=4.0, momentum=0.0, weight_decay=0.1)
+    params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
+    grads = {"w": jnp.full((2, 4), 10.0)}
+    updates, state = tx.update(grads, tx.init(params), params)
+    expected = np.where(state.mask["w"], 10.0, 0.0) + 0.1 * params["w"]
+    np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
+    # Taylor saliency |g w| with equal g ranks by |w|: the two largest.
+    np.testing.assert_array_equal(state.mask["w"].ravel(),
+                                  [False] * 6 + [True] * 2)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit_and_no_jit_agree(self):
+    tx = optax_gsm.gsm(COMPRESSION, nesterov=True, weight_decay=1e-3)
+    params = init_params()
+    grads = GRAD(params, batches(1)[0])
+    update = self.variant(tx.update)
+    updates, state = update(grads, tx.init(params), params)
+    ref_updates, ref_state = jax.jit(tx.update)(grads, tx.init(params), params)
+    chex.assert_trees_all_close(updates, ref_updates, rtol=1e-6)
+    chex.assert_trees_all_equal(state.mask, ref_state.mask)
+
+  def test_update_without_params_is_a_clear_error(self):
+    tx = optax_gsm.gsm(COMPRESSION)
+    params = init_params()
+    with pytest.raises(ValueError, match="needs the params"):
+      tx.update(params, tx.init(params))
+
+  def test_composes_with_clip_by_global_norm(self):
+    tx = optax.chain(optax.clip_by_global_norm(0.1),
+                     optax_gsm.gsm(COMPRESSION),
+                     optax.scale_by_learning_rate(0.1))
+    params = init_params()
+    grads = GRAD(params, batches(1)[0])
+    updates, state = tx.update(grads, tx.init(params), params)
+    clipped = optax.clip_by_global_norm(0.1).update(grads, None)[0]
+    direct, _ = optax_gsm.gsm(COMPRESSION).update(
+        clipped, optax_gsm.gsm(COMPRESSION).init(params), params)
+    chex.assert_trees_all_close(updates, jax.tree.map(lambda u: -0.1 * u, direct),
+                                rtol=1e-6)
+    mask = optax.tree_utils.tree_get(state, "mask")
+    assert int(mask["dense"]["kernel"].sum() + mask["conv"]["kernel"].sum()) == Q
+
+  def test_inject_hyperparams_matches_constant(self):
+    data = batches(5)
+    plain, _, plain_masks = run_optax(
+        optax_gsm.gsm_sgd(0.05, COMPRESSION, momentum=0.9), init_params(), data)
+    injected_tx = optax.inject_hyperparams(optax_gsm.gsm_sgd)(
+        learning_rate=0.05, compression_ratio=COMPRESSION, momentum=0.9)
+    injected, state, masks = run_optax(injected_tx, init_params(), data)
+    chex.assert_trees_all_close(injected, plain, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_equal(masks, plain_masks)
+    # The ratio is a traced value here: change it between steps.
+    state.hyperparams["compression_ratio"] = jnp.asarray(20.0)
+    _, state = jax.jit(injected_tx.update)(
+        GRAD(injected, data[0]), state, injected)
+    mask = optax.tree_utils.tree_get(state, "mask")
+    assert int(mask["conv"]["kernel"].sum() + mask["dense"]["kernel"].sum()
+               ) == NUM_PRUNABLE // 20
+
+  def test_multi_steps_accumulates_then_applies_gsm(self):
+    data = batches(4)
+    tx = optax.MultiSteps(optax_gsm.gsm_sgd(0.05, COMPRESSION), 2)
+    params = init_params()
+    state = tx.init(params)
+    for batch in data:
+      updates, state = jax.jit(tx.update)(GRAD(params, batch), state, params)
+      params = optax.apply_updates(params, updates)
+    # Two inner GSM steps happened, each on the mean of two gradients.
+    inner_state = state.inner_opt_state[0]
+    assert int(inner_state.count) == 2
+    mask = inner_state.mask
+    assert int(mask["conv"]["kernel"].sum() + mask["dense"]["kernel"].sum()) == Q
+
+  def test_schedule_ramps_compression(self):
+    ramp = optax.linear_schedule(1.0, COMPRESSION, transition_steps=4)
+    _, _, masks = run_optax(optax_gsm.gsm_sgd(0.05, ramp), init_params(),
+                            batches(6))
+    active = [int(m["conv"]["kernel"].sum() + m["dense"]["kernel"].sum())
+              for m in masks]
+    expected = [optax_gsm.num_active(NUM_PRUNABLE, float(ramp(i)))
+                for i in range(6)]
+    assert active == expected
+    assert active[0] == NUM_PRUNABLE and active[-1] == Q
+
+  def test_mask_update_every_keeps_mask_between(self):
+    _, _, masks = run_optax(
+        optax_gsm.gsm_sgd(0.05, COMPRESSION, mask_update_every=3),
+        init_params(), batches(6))
+    chex.assert_trees_all_equal(masks[0], masks[1], masks[2])
+    chex.assert_trees_all_equal(masks[3], masks[4], masks[5])
+    assert not all(bool(jnp.array_equal(a, b)) for a, b in zip(
+        jax.tree.leaves(masks[0]), jax.tree.leaves(masks[3])))
+
+  @parameterized.product(param_dtype=["float32", "bfloat16", "float16"],
+                         momentum_dtype=[None, "float32"])
+  def test_dtypes(self, param_dtype, momentum_dtype):
+    params = jax.tree.map(lambda x: x.astype(param_dtype), init_params())
+    tx = optax_gsm.gsm_sgd(0.05, COMPRESSION, momentum_dtype=momentum_dtype)
+    new_params, state, masks = run_optax(
+        tx, params, batches(3))
+    chex.assert_trees_all_equal_dtypes(new_params, params)
+    expected_momentum_dtype = momentum_dtype or param_dtype
+    for leaf in jax.tree.leaves(optax.tree_utils.tree_get(state, "momentum")):
+      assert leaf.dtype == jnp.dtype(expected_momentum_dtype)
+    for mask in masks:
+      assert int(mask["conv"]["kernel"].sum() + mask["dense"]["kernel"].sum()
+                 ) == Q
+
+  def test_magnitude_and_custom_saliency(self):
+    params = {"w": jnp.arange(12.0).reshape(3, 4) - 6.0}
+    grads = jax.tree.map(jnp.ones_like, params)
+    for saliency in ["magnitude",
+                     lambda g, p: jax.tree.map(lambda w: jnp.abs(w), p)]:
+      tx = optax_gsm.gsm(4.0, saliency=saliency)
+      _, state = tx.update(grads, tx.init(params), params)
+      np.testing.assert_array_equal(
+          state.mask["w"].ravel(), np.abs(params["w"].ravel()) >= 5.0)
+
+
+class FlaxTest(chex.TestCase):
+
+  def test_linen_training_loop(self):
+    class MLP(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        x = nn.relu(nn.Dense(32)(x))
+        return nn.Dense(10)(x)
+
+    model = MLP()
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 20)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 16))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    tx = optax_gsm.gsm_sgd(0.1, 8.0, momentum=0.9, weight_decay=1e-4)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+      def loss(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      value, grads = jax.value_and_grad(loss)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, value
+
+    losses = []
+    for _ in range(20):
+      params, opt_state, value = step(params, opt_state)
+      losses.append(float(value))
+    assert losses[-1] < losses[0]
+    mask = optax.tree_utils.tree_get(opt_state, "mask")
+    report = optax_gsm.sparsity_report(mask)
+    assert report.prunable_nonzero == (20 * 32 + 32 * 10) // 8
+    pruned, _ = optax_gsm.prune(params, 8.0)
+    assert optax_gsm.sparsity_report(pruned).prunable_nonzero == 120
+
+  def test_nnx_optimizer(self):
+    class MLP(nnx.Module):
+      def __init__(self, rngs):
+        self.hidden = nnx.Linear(20, 32, rngs=rngs)
+        self.out = nnx.Linear(32, 10, rngs=rngs)
+
+      def __call__(self, x):
+        return self.out(nnx.relu(self.hidden(x)))
+
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax_gsm.gsm_sgd(0.1, 8.0), wrt=nnx.Param)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 20)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 16))
+
+    @nnx.jit
+    def step(model, optimizer):
+      def loss(model):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            model(x), y).mean()
+      value, grads = nnx.value_and_grad(loss)(model)
+      optimizer.update(model, grads)
+      return value
+
+    losses = [float(step(model, optimizer)) for _ in range(10)]
+    assert losses[-1] < losses[0]
+    mask = optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state),
+                                     "mask")
+    assert optax_gsm.sparsity_report(mask).prunable_nonzero == 120
