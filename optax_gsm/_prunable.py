@@ -61,9 +61,10 @@ def resolve_prunable(prunable: Prunable, params: chex.ArrayTree, *,
         "prunes every leaf of rank >= 2; params have leaves "
         f"{[(p, np.shape(x)) for p, x in zip(paths, params_leaves)]}.")
   for path, leaf, flag in zip(paths, params_leaves, flags):
-    if check_dtypes and flag and not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+    dtype = jnp.result_type(leaf)
+    if check_dtypes and flag and not jnp.issubdtype(dtype, jnp.floating):
       raise ValueError(
-          f"Parameter {path} of dtype {jnp.result_type(leaf)} is marked "
+          f"Parameter {path} of dtype {dtype} is marked "
           "prunable; only floating-point parameters can be pruned.")
   return flags
 
