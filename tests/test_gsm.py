@@ -2,6 +2,9 @@
 
 import chex
 import flax.linen as nn
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -316,3 +319,58 @@ class FlaxTest(chex.TestCase):
     mask = optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state),
                                      "mask")
     assert optax_gsm.sparsity_report(mask).prunable_nonzero == 120
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    shapes=st.lists(hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+                    min_size=1, max_size=4).filter(
+                        lambda s: any(len(x) >= 2 for x in s)),
+    ratio=st.floats(1.0, 50.0),
+    grad_kind=st.sampled_from(["normal", "ties", "zeros", "outlier"]),
+    nesterov=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_update_equations_property(shapes, ratio, grad_kind, nesterov, seed):
+  rng = np.random.default_rng(seed)
+  params = [rng.normal(size=s).astype(np.float32) for s in shapes]
+  momentum_in = [rng.normal(size=s).astype(np.float32) for s in shapes]
+  if grad_kind == "normal":
+    grads = [rng.normal(size=s) for s in shapes]
+  elif grad_kind == "ties":
+    grads = [rng.integers(-1, 2, s) * 1.0 for s in shapes]
+  elif grad_kind == "zeros":
+    grads = [np.zeros(s) for s in shapes]
+  else:
+    grads = [np.where(rng.uniform(size=s) < 0.1, 1e20, 1e-3) for s in shapes]
+  grads = [g.astype(np.float32) for g in grads]
+  flags = [len(s) >= 2 for s in shapes]
+  num_prunable = sum(int(np.prod(s)) for s, f in zip(shapes, flags) if f)
+  hypothesis.assume(num_prunable >= ratio)
+  q = optax_gsm.num_active(num_prunable, ratio)
+
+  beta, eta, eta_other = 0.9, 1e-2, 1e-3
+  tx = optax_gsm.gsm(ratio, momentum=beta, nesterov=nesterov, weight_decay=eta,
+                     unprunable_weight_decay=eta_other)
+  state = tx.init(params)._replace(momentum=momentum_in)
+  updates, new_state = jax.jit(tx.update)(grads, state, params)
+
+  masks = new_state.mask
+  assert sum(int(m.sum()) for m, f in zip(masks, flags) if f) == q
+  for g, w, z, m, f, u, new_z in zip(grads, params, momentum_in, masks, flags,
+                                     updates, new_state.momentum):
+    m = np.asarray(m)
+    if not f:
+      assert m.all()
+    direction = (np.where(m, g, 0) + eta * w) if f else (g + eta_other * w)
+    expected_z = beta * z + direction
+    np.testing.assert_allclose(new_z, expected_z, rtol=1e-5, atol=1e-5)
+    expected_u = direction + beta * expected_z if nesterov else expected_z
+    np.testing.assert_allclose(u, expected_u, rtol=1e-5, atol=1e-5)
+  # The active set is the top-q by |g w| over prunable leaves only.
+  scores = [np.abs(g * w) for g, w, f in zip(grads, params, flags) if f]
+  selected = np.concatenate([np.asarray(m).ravel()
+                             for m, f in zip(masks, flags) if f])
+  flat = np.concatenate([s.ravel() for s in scores])
+  assert flat[selected].min(initial=np.inf) >= flat[~selected].max(
+      initial=-np.inf)
