@@ -253,6 +253,22 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
   return lax.while_loop(unfinished, probe_once, start)
 
 
+def _row_major_rank(ties: jax.Array) -> jax.Array:
+  """1-based row-major rank of each True entry among the True entries.
+
+  Built axis by axis (ties in earlier slabs along each axis, then within the
+  slab) instead of one cumsum over the flattened array, so that a leaf
+  sharded along any axis is never reshaped into one flat array.
+  """
+  counts = ties.astype(_INT32)
+  rank = counts
+  for axis in range(ties.ndim):
+    slab_totals = jnp.sum(counts, axis=tuple(range(axis + 1, ties.ndim)),
+                          keepdims=True)
+    rank = rank + jnp.cumsum(slab_totals, axis=axis) - slab_totals
+  return rank
+
+
 def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
                       to_take: jax.Array) -> list[jax.Array]:
   """``key > threshold`` plus the first ``to_take`` entries equal to it."""
@@ -264,8 +280,7 @@ def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
     take_here = jnp.clip(to_take - taken_before, 0, num_ties)
 
     def partial_ties(ties=ties, take_here=take_here):
-      rank = jnp.cumsum(ties.reshape(-1), dtype=_INT32).reshape(ties.shape)
-      return ties & (rank <= take_here)
+      return ties & (_row_major_rank(ties) <= take_here)
 
     def all_or_no_ties(ties=ties, take_here=take_here, num_ties=num_ties):
       return ties & (take_here == num_ties)

@@ -1,0 +1,72 @@
+"""Sharded parameters: the update partitions without gathering whole
+parameters, and the mask equals the single-device one."""
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optax_gsm
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8,
+    reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+
+def mesh():
+  return Mesh(np.array(jax.devices()[:8]), ("data",))
+
+
+def make_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"a": {"kernel": jnp.asarray(rng.normal(size=(256, 512)), jnp.float32),
+                "bias": jnp.zeros(512)},
+          "b": {"kernel": jnp.asarray(rng.normal(size=(512, 64)), jnp.float32)}}
+
+
+def shard(tree):
+  """Fully-sharded data parallel: every leaf split along its first axis."""
+  return jax.tree.map(
+      lambda x: jax.device_put(x, NamedSharding(mesh(), P("data"))), tree)
+
+
+def gathered_sizes(compiled_text):
+  """Element counts of every all-gather result in compiled HLO."""
+  sizes = []
+  for shape in re.findall(r"= [a-z0-9]+\[([0-9,]*)\]\S* all-gather\(",
+                          compiled_text):
+    sizes.append(int(np.prod([int(d) for d in shape.split(",") if d])))
+  return sizes
+
+
+def test_sharded_update_matches_single_device_and_gathers_no_parameter():
+  params = make_params()
+  grads = make_params(seed=1)
+  tx = optax_gsm.gsm_sgd(0.1, 20.0, momentum=0.9, weight_decay=1e-3)
+  update = jax.jit(tx.update)
+  sharded_params, sharded_grads = shard(params), shard(grads)
+  sharded_state = jax.jit(tx.init)(sharded_params)
+  compiled = update.lower(sharded_grads, sharded_state,
+                          sharded_params).compile().as_text()
+  smallest_kernel = 512 * 64
+  # Only per-row totals (tie-breaking) may be gathered, never a parameter.
+  assert all(size < smallest_kernel // 8 for size in gathered_sizes(compiled))
+
+  sharded_updates, new_state = update(sharded_grads, sharded_state,
+                                      sharded_params)
+  updates, reference_state = update(grads, tx.init(params), params)
+  chex.assert_trees_all_equal(new_state[0].mask, reference_state[0].mask)
+  chex.assert_trees_all_close(sharded_updates, updates, rtol=1e-6)
+  assert new_state[0].momentum["a"]["kernel"].sharding.spec == P("data")
+
+
+def test_sharded_ties_give_the_single_device_mask():
+  scores = {"a": jnp.ones((256, 512)), "b": jnp.ones((512, 64))}
+  sharded = jax.jit(optax_gsm.top_q_mask)(shard(scores), 1000)
+  chex.assert_trees_all_equal(sharded, optax_gsm.top_q_mask(scores, 1000))
+  assert int(sharded["a"].sum()) == 1000
