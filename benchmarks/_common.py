@@ -1,0 +1,78 @@
+"""Shared benchmark plumbing: machine facts, timing, tables, JSON records."""
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+  """What the figures were measured on."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f
+               if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  device = jax.devices()[0]
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "cpu": cpu,
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "device_count": jax.device_count(),
+  }
+
+
+def time_call(fn: Callable[[], Any], *, min_repeats: int = 3,
+              max_repeats: int = 20, budget_s: float = 2.0) -> float:
+  """Median wall time of ``fn()`` in seconds (after one warm-up call).
+
+  ``fn`` must block until its result is ready.
+  """
+  fn()
+  times = []
+  start = time.perf_counter()
+  while len(times) < max_repeats and (
+      len(times) < min_repeats or time.perf_counter() - start < budget_s):
+    begin = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - begin)
+  return statistics.median(times)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """Prints and returns a Markdown table."""
+  cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+  lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |"
+           for row in cells]
+  lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+  text = "\n".join(lines)
+  print(text, flush=True)
+  return text
+
+
+def write_record(name: str, record: dict[str, Any]) -> pathlib.Path:
+  """Writes ``record`` plus machine info as ``benchmarks/results/NAME.json``."""
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  path = RESULTS / f"{name}.json"
+  path.write_text(json.dumps({"machine": machine_info(), **record}, indent=2))
+  print(f"wrote {path}", flush=True)
+  return path

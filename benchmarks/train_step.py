@@ -1,0 +1,140 @@
+"""Full training-step time: GSM vs plain momentum SGD on real architectures.
+
+LeNet-5 (Caffe variant, 28x28x1, batch 256) and ResNet-20 / ResNet-56
+(CIFAR-sized 32x32x3, batch 64, BatchNorm), synthetic data (speed does not
+depend on the pixels). Each step is forward + backward + optimizer update,
+jitted; reports the GSM overhead in percent over momentum SGD.
+
+    python benchmarks/train_step.py
+    python benchmarks/train_step.py --quick     # LeNet-5 only, for the tests
+"""
+
+import argparse
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from _common import print_table, time_call, write_record
+
+import optax_gsm
+
+
+class LeNet5(nn.Module):
+  """Caffe LeNet-5: conv5x5x20, pool, conv5x5x50, pool, dense 500, dense 10."""
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    del train
+    x = nn.max_pool(nn.Conv(20, (5, 5), padding="VALID")(x), (2, 2), (2, 2))
+    x = nn.max_pool(nn.Conv(50, (5, 5), padding="VALID")(x), (2, 2), (2, 2))
+    x = nn.relu(nn.Dense(500)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10)(x)
+
+
+class ResidualBlock(nn.Module):
+  channels: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x, train):
+    norm = lambda: nn.BatchNorm(use_running_average=not train)
+    y = nn.Conv(self.channels, (3, 3), self.stride, use_bias=False)(x)
+    y = nn.relu(norm()(y))
+    y = norm()(nn.Conv(self.channels, (3, 3), use_bias=False)(y))
+    if self.stride != 1 or x.shape[-1] != self.channels:
+      x = norm()(nn.Conv(self.channels, (1, 1), self.stride, use_bias=False)(x))
+    return nn.relu(x + y)
+
+
+class CifarResNet(nn.Module):
+  """ResNet-(6n+2) for 32x32 images (He et al. 2016): 16/32/64 channels."""
+  depth: int = 20
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    blocks = (self.depth - 2) // 6
+    x = nn.Conv(16, (3, 3), use_bias=False)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    for stage, channels in enumerate((16, 32, 64)):
+      for block in range(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = ResidualBlock(channels, stride)(x, train)
+    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+
+
+MODELS = {
+    "lenet5": (LeNet5, (256, 28, 28, 1), 125.0),
+    "resnet20": (lambda: CifarResNet(20), (64, 32, 32, 3), 10.0),
+    "resnet56": (lambda: CifarResNet(56), (64, 32, 32, 3), 10.0),
+}
+
+
+def optimizers(compression_ratio):
+  return {
+      "momentum_sgd": optax.chain(optax.add_decayed_weights(5e-4),
+                                  optax.trace(0.9),
+                                  optax.scale_by_learning_rate(0.01)),
+      "gsm": optax_gsm.gsm_sgd(0.01, compression_ratio, momentum=0.98,
+                               weight_decay=5e-4),
+  }
+
+
+def step_time(model, input_shape, tx) -> float:
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal(input_shape), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, input_shape[0]))
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  params = variables["params"]
+  extra = {k: v for k, v in variables.items() if k != "params"}
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, extra, opt_state):
+    def loss_fn(params):
+      logits, new_extra = model.apply(
+          {"params": params, **extra}, images, train=True,
+          mutable=list(extra))
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return loss.mean(), new_extra
+    grads, new_extra = jax.grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_extra, opt_state
+
+  return time_call(lambda: jax.block_until_ready(step(params, extra, opt_state)))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", nargs="+", default=list(MODELS),
+                      choices=list(MODELS))
+  parser.add_argument("--quick", action="store_true", help="LeNet-5 only, no JSON")
+  args = parser.parse_args(argv)
+  names = ["lenet5"] if args.quick else args.models
+  rows, records = [], []
+  for name in names:
+    build, input_shape, ratio = MODELS[name]
+    model = build()
+    times = {opt: step_time(model, input_shape, tx)
+             for opt, tx in optimizers(ratio).items()}
+    overhead = times["gsm"] / times["momentum_sgd"] - 1.0
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape),
+                        train=False)["params"]
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    records.append({"model": name, "batch": input_shape[0],
+                    "num_params": num_params, "compression_ratio": ratio,
+                    "momentum_sgd_seconds": times["momentum_sgd"],
+                    "gsm_seconds": times["gsm"], "gsm_overhead": overhead})
+    rows.append([name, f"{num_params:,}", input_shape[0],
+                 f"{times['momentum_sgd'] * 1e3:.1f}",
+                 f"{times['gsm'] * 1e3:.1f}", f"{overhead:+.1%}"])
+  table = print_table(["model", "params", "batch", "momentum SGD ms/step",
+                       "GSM ms/step", "GSM overhead"], rows)
+  if not args.quick:
+    write_record("train_step", {"results": records, "table": table})
+  return records
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,153 @@
+"""Optimizer update time and memory vs parameter count: GSM and the alternatives.
+
+For each total size N (split over four dense layers and their biases), times
+one jitted ``update + apply_updates`` of:
+
+- ``momentum_sgd``: ``add_decayed_weights -> trace -> scale``, the floor;
+- ``gsm``: ``optax_gsm.gsm_sgd`` at compression 60x (exact Q every step);
+- ``top_k``: the same GSM step with the threshold from ``jax.lax.top_k`` over
+  the concatenated scores (static Q);
+- ``argsort``: the same with a full sort of the concatenated scores, as the
+  official code's ``torch.topk``-free alternatives do;
+
+and reports each as a ratio to the floor, GSM's counting passes, the
+optimizer-state bytes and XLA's temporary bytes for the update.
+
+    python benchmarks/update_time.py               # 1e5 .. 1e8
+    python benchmarks/update_time.py --quick       # small sizes, for the tests
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from _common import print_table, time_call, write_record
+
+import optax_gsm
+
+COMPRESSION = 60.0
+LAYER_FRACTIONS = (0.5, 0.3, 0.15, 0.05)
+
+
+def make_params(total: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  params = {}
+  for i, fraction in enumerate(LAYER_FRACTIONS):
+    cols = 256
+    rows = max(1, int(total * fraction) // cols)
+    params[f"layer{i}"] = {
+        "kernel": jnp.asarray(rng.standard_normal((rows, cols), np.float32)),
+        "bias": jnp.zeros(cols, jnp.float32)}
+  return params
+
+
+def threshold_gsm(threshold_fn):
+  """GSM step whose mask is ``score >= threshold_fn(concatenated, Q)``."""
+  def update(grads, state, params):
+    kernels = [k for k in jax.tree.leaves(params) if k.ndim >= 2]
+    num_prunable = sum(k.size for k in kernels)
+    q = optax_gsm.num_active(num_prunable, COMPRESSION)
+    scores = jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params)
+    flat = jnp.concatenate([s.ravel() for s in jax.tree.leaves(scores)
+                            if s.ndim >= 2])
+    threshold = threshold_fn(flat, q)
+    masked = jax.tree.map(
+        lambda g, s: jnp.where(s >= threshold, g, 0) if g.ndim >= 2 else g,
+        grads, scores)
+    decayed = jax.tree.map(lambda g, w: g + 5e-4 * w if w.ndim >= 2 else g,
+                           masked, params)
+    momentum = jax.tree.map(lambda z, d: 0.9 * z + d, state, decayed)
+    return jax.tree.map(lambda z: -0.1 * z, momentum), momentum
+  return optax.GradientTransformation(
+      lambda params: jax.tree.map(jnp.zeros_like, params), update)
+
+
+METHODS = {
+    "momentum_sgd": lambda: optax.chain(
+        optax.add_decayed_weights(5e-4), optax.trace(0.9),
+        optax.scale_by_learning_rate(0.1)),
+    "gsm": lambda: optax_gsm.gsm_sgd(0.1, COMPRESSION, weight_decay=5e-4),
+    "top_k": lambda: threshold_gsm(lambda flat, q: jax.lax.top_k(flat, q)[0][-1]),
+    "argsort": lambda: threshold_gsm(
+        lambda flat, q: flat[jnp.argsort(-flat)[q - 1]]),
+}
+
+
+def measure(method: str, params, grads) -> dict:
+  tx = METHODS[method]()
+  state = tx.init(params)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  jitted = jax.jit(step, donate_argnums=(0, 1))
+  memory = jitted.lower(params, state, grads).compile().memory_analysis()
+  # As in training: buffers donated, each step's output fed to the next.
+  carry = [jax.tree.map(jnp.copy, params), state]
+
+  def one_step():
+    carry[:] = jitted(carry[0], carry[1], grads)
+    jax.block_until_ready(carry)
+
+  seconds = time_call(one_step)
+  result = {
+      "seconds": seconds,
+      "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
+      "update_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+  }
+  if method == "gsm":
+    kernels = [k for k in jax.tree.leaves(params) if k.ndim >= 2]
+    scores = [jnp.abs(g * w) for g, w in zip(
+        [g for g in jax.tree.leaves(grads) if g.ndim >= 2], kernels)]
+    q = optax_gsm.num_active(sum(k.size for k in kernels), COMPRESSION)
+    result["counting_passes"] = int(
+        jax.jit(optax_gsm.select_top)(scores, q).num_passes)
+  return result
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", type=float, nargs="+",
+                      default=[1e5, 1e6, 1e7, 1e8])
+  parser.add_argument("--max-alternative-size", type=float, default=1e8,
+                      help="skip top_k/argsort above this size (they are slow)")
+  parser.add_argument("--quick", action="store_true",
+                      help="sizes 1e4 and 1e5, no JSON")
+  args = parser.parse_args(argv)
+  sizes = [1e4, 1e5] if args.quick else args.sizes
+
+  rows, records = [], []
+  for size in sizes:
+    params = make_params(int(size))
+    grads = make_params(int(size), seed=1)
+    total = sum(x.size for x in jax.tree.leaves(params))
+    results = {}
+    for method in METHODS:
+      if method in ("top_k", "argsort") and size > args.max_alternative_size:
+        continue
+      results[method] = measure(method, params, grads)
+      print(f"N={total:,} {method}: {results[method]['seconds'] * 1e3:.2f} ms",
+            flush=True)
+    floor = results["momentum_sgd"]["seconds"]
+    for method, result in results.items():
+      result["ratio_to_momentum_sgd"] = result["seconds"] / floor
+      records.append({"num_params": total, "method": method, **result})
+      rows.append([f"{total:,}", method, f"{result['seconds'] * 1e3:.2f}",
+                   f"{result['ratio_to_momentum_sgd']:.2f}x",
+                   result.get("counting_passes", ""),
+                   f"{result['state_bytes'] / 2**20:.1f}",
+                   f"{(result['update_temp_bytes'] or 0) / 2**20:.1f}"])
+  table = print_table(
+      ["params", "method", "ms/update", "vs momentum SGD", "passes",
+       "state MiB", "update temp MiB"], rows)
+  if not args.quick:
+    write_record("update_time", {"compression_ratio": COMPRESSION,
+                                 "results": records, "table": table})
+  return records
+
+
+if __name__ == "__main__":
+  main()
