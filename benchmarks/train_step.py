@@ -10,6 +10,8 @@ jitted; reports the GSM overhead in percent over momentum SGD.
 """
 
 import argparse
+import pathlib
+import sys
 
 import flax.linen as nn
 import jax
@@ -20,17 +22,9 @@ from _common import print_table, time_call, write_record
 
 import optax_gsm
 
-
-class LeNet5(nn.Module):
-  """Caffe LeNet-5: conv5x5x20, pool, conv5x5x50, pool, dense 500, dense 10."""
-
-  @nn.compact
-  def __call__(self, x, train=True):
-    del train
-    x = nn.max_pool(nn.Conv(20, (5, 5), padding="VALID")(x), (2, 2), (2, 2))
-    x = nn.max_pool(nn.Conv(50, (5, 5), padding="VALID")(x), (2, 2), (2, 2))
-    x = nn.relu(nn.Dense(500)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(10)(x)
+# The paper's LeNet-5 lives with the MNIST example.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+from mnist_models import LeNet5  # noqa: E402
 
 
 class ResidualBlock(nn.Module):
@@ -85,7 +79,7 @@ def step_time(model, input_shape, tx) -> float:
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal(input_shape), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, input_shape[0]))
-  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  variables = model.init(jax.random.PRNGKey(0), images)
   params = variables["params"]
   extra = {k: v for k, v in variables.items() if k != "params"}
   opt_state = tx.init(params)
@@ -93,9 +87,10 @@ def step_time(model, input_shape, tx) -> float:
   @jax.jit
   def step(params, extra, opt_state):
     def loss_fn(params):
+      # Models with BatchNorm take `train` and update their statistics.
       logits, new_extra = model.apply(
-          {"params": params, **extra}, images, train=True,
-          mutable=list(extra))
+          {"params": params, **extra}, images, mutable=list(extra),
+          **({"train": True} if extra else {}))
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return loss.mean(), new_extra
     grads, new_extra = jax.grad(loss_fn, has_aux=True)(params)
@@ -119,8 +114,7 @@ def main(argv=None):
     times = {opt: step_time(model, input_shape, tx)
              for opt, tx in optimizers(ratio).items()}
     overhead = times["gsm"] / times["momentum_sgd"] - 1.0
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape),
-                        train=False)["params"]
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape))["params"]
     num_params = sum(x.size for x in jax.tree.leaves(params))
     records.append({"model": name, "batch": input_shape[0],
                     "num_params": num_params, "compression_ratio": ratio,

@@ -9,9 +9,11 @@ For one model and one or more compression ratios:
    momentum 0.99 Nesterov, Taylor saliency), then the final global magnitude
    prune, no fine-tuning; in the variants asked for:
    - ``paper``: exactly the above;
-   - ``freeze``: the last quarter of the GSM steps with the active set frozen
-     to the Q largest ``|w|`` (what the final prune will keep), so that every
-     weight the prune removes has had those steps to decay;
+   - ``freeze``: from ``--freeze-at`` of the GSM steps on (default 0.35,
+     before the first learning-rate drop), the active set is frozen to the Q
+     largest ``|w|`` (what the final prune will keep), so that every weight
+     the prune removes decays at the full learning rate for the many steps
+     left;
    - ``ramp``: compression ramped geometrically from 1x to C over the first
      quarter of the GSM steps, then as ``paper``;
 3. baselines on the same data and budget: one-shot global magnitude pruning
@@ -165,7 +167,7 @@ def mask_overlap(a, b):
 
 
 def run_gsm(trainer, dense_params, ratio, variant, steps_per_epoch,
-            epoch_scale):
+            epoch_scale, freeze_at):
   """One GSM variant from the dense model; returns its record."""
   epochs = epochs_of(GSM, epoch_scale)
   schedule = lr_schedule(GSM, steps_per_epoch, epoch_scale)
@@ -175,7 +177,7 @@ def run_gsm(trainer, dense_params, ratio, variant, steps_per_epoch,
     compression = lambda step: ratio ** jnp.minimum(step / ramp_steps, 1.0)
   tx = optax_gsm.gsm_sgd(schedule, compression, momentum=GSM["momentum"],
                          nesterov=True, weight_decay=WEIGHT_DECAY)
-  first = epochs - epochs // 4 if variant == "freeze" else epochs
+  first = max(1, round(epochs * freeze_at)) if variant == "freeze" else epochs
   params, opt_state, seconds = trainer.train(
       dense_params, tx, first, desc=f"GSM {variant} {ratio:g}x")
   gsm_mask = optax.tree_utils.tree_get(opt_state, "mask")
@@ -183,6 +185,7 @@ def run_gsm(trainer, dense_params, ratio, variant, steps_per_epoch,
             "steps": epochs * steps_per_epoch, "seconds_per_step": seconds}
   if variant == "freeze":
     frozen = optax_gsm.magnitude_mask(params, ratio)
+    record["freeze_at"] = freeze_at
     record["freeze_overlap_with_gsm_mask"] = mask_overlap(frozen, gsm_mask)
     frozen_scores = jax.tree.map(lambda m: m.astype(jnp.float32), frozen)
     frozen_tx = optax_gsm.gsm_sgd(
@@ -248,8 +251,10 @@ def markdown(record):
            f"{record['dense']['accuracy']:.2%} | | "
            f"{record['dense']['seconds_per_step']:.4f} |"]
   for gsm in record["gsm"]:
+    label = gsm["variant"] + (f"@{gsm['freeze_at']:g}" if "freeze_at" in gsm
+                              else "")
     lines.append(
-        f"| GSM {gsm['variant']} | {gsm['steps']} | "
+        f"| GSM {label} | {gsm['steps']} | "
         f"{gsm['accuracy_before_prune']:.2%} | "
         f"{gsm['accuracy_after_prune']:.2%} | {gsm['seconds_per_step']:.4f} |")
   if "magnitude" in record:
@@ -299,6 +304,9 @@ def main(argv=None):
                       default=list(VARIANTS))
   parser.add_argument("--epoch-scale", type=float, default=1.0,
                       help="fraction of the official epochs (1.0 = 200 + 280)")
+  parser.add_argument("--freeze-at", type=float, default=0.35,
+                      help="fraction of the GSM steps after which the "
+                      "`freeze` variant fixes the active set")
   parser.add_argument("--magnitude-rounds", type=int, default=3)
   parser.add_argument("--skip-baselines", action="store_true")
   parser.add_argument("--skip-lottery", action="store_true")
@@ -309,6 +317,8 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="10-step epochs, scale 0.05: a smoke test")
   args = parser.parse_args(argv)
+  if not 0.0 < args.freeze_at < 1.0:
+    parser.error(f"--freeze-at must be in (0, 1); got {args.freeze_at}")
   steps_per_epoch = 10 if args.quick else OFFICIAL_STEPS_PER_EPOCH
   epoch_scale = 0.05 if args.quick else args.epoch_scale
 
@@ -340,7 +350,7 @@ def main(argv=None):
     masks = {}
     for variant in args.variants:
       gsm_record, kept = run_gsm(trainer, dense_params, ratio, variant,
-                                 steps_per_epoch, epoch_scale)
+                                 steps_per_epoch, epoch_scale, args.freeze_at)
       record["gsm"].append(gsm_record)
       masks.setdefault("GSM", kept)
       print(f"GSM {variant} {ratio:g}x: {gsm_record['accuracy_before_prune']:.2%}"
