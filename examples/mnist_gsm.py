@@ -9,11 +9,11 @@ For one model and one or more compression ratios:
    momentum 0.99 Nesterov, Taylor saliency), then the final global magnitude
    prune, no fine-tuning; in the variants asked for:
    - ``paper``: exactly the above;
-   - ``freeze``: from ``--freeze-at`` of the GSM steps on (default 0.35,
-     before the first learning-rate drop), the active set is frozen to the Q
-     largest ``|w|`` (what the final prune will keep), so that every weight
-     the prune removes decays at the full learning rate for the many steps
-     left;
+   - ``freeze``: ``gsm(freeze_mask_at=...)`` at ``--freeze-at`` of the GSM
+     steps (default 0.2, long before the first learning-rate drop): the
+     active set is frozen to the Q largest ``|w|`` (what the final prune will
+     keep), so every weight the prune removes decays at the full learning
+     rate for the many steps left;
    - ``ramp``: compression ramped geometrically from 1x to C over the first
      quarter of the GSM steps, then as ``paper``;
 3. baselines on the same data and budget: one-shot global magnitude pruning
@@ -175,26 +175,19 @@ def run_gsm(trainer, dense_params, ratio, variant, steps_per_epoch,
   if variant == "ramp":
     ramp_steps = max(1, epochs * steps_per_epoch // 4)
     compression = lambda step: ratio ** jnp.minimum(step / ramp_steps, 1.0)
+  freeze_step = (round(epochs * freeze_at) * steps_per_epoch
+                 if variant == "freeze" else None)
   tx = optax_gsm.gsm_sgd(schedule, compression, momentum=GSM["momentum"],
-                         nesterov=True, weight_decay=WEIGHT_DECAY)
-  first = max(1, round(epochs * freeze_at)) if variant == "freeze" else epochs
+                         nesterov=True, weight_decay=WEIGHT_DECAY,
+                         freeze_mask_at=freeze_step)
   params, opt_state, seconds = trainer.train(
-      dense_params, tx, first, desc=f"GSM {variant} {ratio:g}x")
+      dense_params, tx, epochs, desc=f"GSM {variant} {ratio:g}x")
   gsm_mask = optax.tree_utils.tree_get(opt_state, "mask")
   record = {"variant": variant, "epochs": epochs,
             "steps": epochs * steps_per_epoch, "seconds_per_step": seconds}
   if variant == "freeze":
-    frozen = optax_gsm.magnitude_mask(params, ratio)
     record["freeze_at"] = freeze_at
-    record["freeze_overlap_with_gsm_mask"] = mask_overlap(frozen, gsm_mask)
-    frozen_scores = jax.tree.map(lambda m: m.astype(jnp.float32), frozen)
-    frozen_tx = optax_gsm.gsm_sgd(
-        schedule, ratio, momentum=GSM["momentum"], nesterov=True,
-        weight_decay=WEIGHT_DECAY, saliency=lambda g, p: frozen_scores)
-    params, opt_state, _ = trainer.train(
-        params, frozen_tx, epochs - first, opt_state=opt_state,
-        desc=f"GSM freeze {ratio:g}x, frozen")
-    gsm_mask = optax.tree_utils.tree_get(opt_state, "mask")
+    record["freeze_step"] = freeze_step
   pruned, kept = optax_gsm.prune(params, ratio)
   passive = [np.abs(np.asarray(w))[~np.asarray(m)] for w, m, f in zip(
       jax.tree.leaves(params), jax.tree.leaves(kept),
@@ -304,7 +297,7 @@ def main(argv=None):
                       default=list(VARIANTS))
   parser.add_argument("--epoch-scale", type=float, default=1.0,
                       help="fraction of the official epochs (1.0 = 200 + 280)")
-  parser.add_argument("--freeze-at", type=float, default=0.35,
+  parser.add_argument("--freeze-at", type=float, default=0.2,
                       help="fraction of the GSM steps after which the "
                       "`freeze` variant fixes the active set")
   parser.add_argument("--magnitude-rounds", type=int, default=3)

@@ -227,6 +227,29 @@ class GSMTest(chex.TestCase):
     assert not all(bool(jnp.array_equal(a, b)) for a, b in zip(
         jax.tree.leaves(masks[0]), jax.tree.leaves(masks[3])))
 
+  def test_freeze_mask_at_fixes_the_magnitude_top_q(self):
+    data = batches(6)
+    tx = optax_gsm.gsm_sgd(0.05, COMPRESSION, freeze_mask_at=3)
+    params = init_params()
+    state = tx.init(params)
+    masks = []
+    for i, batch in enumerate(data):
+      if i == 3:
+        expected = optax_gsm.magnitude_mask(params, COMPRESSION)
+      updates, state = jax.jit(tx.update)(GRAD(params, batch), state, params)
+      params = optax.apply_updates(params, updates)
+      masks.append(optax.tree_utils.tree_get(state, "mask"))
+    chex.assert_trees_all_equal(masks[3], expected, masks[4], masks[5])
+    assert not all(bool(jnp.array_equal(a, b)) for a, b in zip(
+        jax.tree.leaves(masks[2]), jax.tree.leaves(masks[3])))
+    for mask in masks:
+      assert int(mask["conv"]["kernel"].sum() + mask["dense"]["kernel"].sum()
+                 ) == Q
+
+  def test_negative_freeze_step_is_an_error(self):
+    with pytest.raises(ValueError, match="`freeze_mask_at`"):
+      optax_gsm.gsm(COMPRESSION, freeze_mask_at=-1)
+
   @parameterized.product(param_dtype=["float32", "bfloat16", "float16"],
                          momentum_dtype=[None, "float32"])
   def test_dtypes(self, param_dtype, momentum_dtype):
