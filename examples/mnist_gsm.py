@@ -156,12 +156,14 @@ def layer_densities(mask):
   return {leaf.path: leaf.density for leaf in report.leaves if leaf.prunable}
 
 
+def prunable_leaves(tree):
+  flags = jax.tree.leaves(optax_gsm.default_prunable(tree))
+  return [np.asarray(x) for x, f in zip(jax.tree.leaves(tree), flags) if f]
+
+
 def mask_overlap(a, b):
   """Fraction of a's kept prunable entries that b keeps too."""
-  a_leaves = [np.asarray(x) for x, f in zip(jax.tree.leaves(a), jax.tree.leaves(
-      optax_gsm.default_prunable(a))) if f]
-  b_leaves = [np.asarray(x) for x, f in zip(jax.tree.leaves(b), jax.tree.leaves(
-      optax_gsm.default_prunable(b))) if f]
+  a_leaves, b_leaves = prunable_leaves(a), prunable_leaves(b)
   both = sum(int(np.sum(x & y)) for x, y in zip(a_leaves, b_leaves))
   return both / max(sum(int(np.sum(x)) for x in a_leaves), 1)
 
@@ -189,9 +191,8 @@ def run_gsm(trainer, dense_params, ratio, variant, steps_per_epoch,
     record["freeze_at"] = freeze_at
     record["freeze_step"] = freeze_step
   pruned, kept = optax_gsm.prune(params, ratio)
-  passive = [np.abs(np.asarray(w))[~np.asarray(m)] for w, m, f in zip(
-      jax.tree.leaves(params), jax.tree.leaves(kept),
-      jax.tree.leaves(optax_gsm.default_prunable(params))) if f]
+  passive = [np.abs(w)[~m] for w, m in zip(prunable_leaves(params),
+                                            prunable_leaves(kept))]
   record.update(
       accuracy_before_prune=trainer.accuracy(params),
       accuracy_after_prune=trainer.accuracy(pruned),
