@@ -253,7 +253,9 @@ def _row_major_rank(ties: jax.Array) -> jax.Array:
 
   Built axis by axis (ties in earlier slabs along each axis, then within the
   slab) instead of one cumsum over the flattened array, so that a leaf
-  sharded along any axis is never reshaped into one flat array.
+  sharded along its first axis only exchanges per-row totals. (XLA still
+  gathers a leaf sharded along its last axis for that axis's cumsum; this
+  runs only when the threshold is tied.)
   """
   counts = ties.astype(_INT32)
   rank = counts
