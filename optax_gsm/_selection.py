@@ -12,10 +12,12 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
 2. A small fixed random sample of the keys (``N / 128``, at most ``2**14``
    entries, drawn leaf by leaf at indices fixed at trace time, no
    concatenated copy of the scores) estimates where the Q-th largest key lies.
-3. A safeguarded interpolation search (Illinois regula falsi on the exact
-   count ``#{key >= t}``, with bisection when it stalls) narrows the bracket,
-   one reduction pass over the leaves per probe, until ``#{key >= t} == Q``
-   or the bracket is a single key (a tie).
+3. Passes over the leaves, each counting ``#{key >= t}`` exactly at four
+   thresholds in one variadic reduction, narrow the bracket
+   ``count(low) >= Q > count(high)``: first around the sample's estimate,
+   then clustered around the key interpolated at rank Q (or at the thirds of
+   the bracket and next to its ends when a pass made little progress), until
+   ``#{key >= t} == Q`` or the bracket is a single key (a tie).
 4. Ties at the threshold are broken by position: leaves in
    ``jax.tree.leaves`` order, entries in row-major order, earlier first. So
    exactly ``Q`` entries are selected, deterministically.
