@@ -71,7 +71,6 @@ class Trainer:
     self.test_x = jnp.asarray(normalise(data.test_images))
     self.test_y = jnp.asarray(data.test_labels)
     self.rng = np.random.default_rng(seed)
-    self._epochs = {}
 
   def loss(self, params, x, y):
     logits = self.model.apply({"params": params}, x)
@@ -105,10 +104,8 @@ class Trainer:
   def train(self, params, tx, epochs, *, opt_state=None, mask=None,
             desc="train"):
     """Returns (params, opt_state, seconds per step)."""
-    key = (id(tx), mask is not None)
-    if key not in self._epochs:
-      self._epochs[key] = self._epoch_fn(tx, mask is not None)
-    epoch = self._epochs[key]
+    # Every stage trains with its own optimizer: nothing to reuse.
+    epoch = self._epoch_fn(tx, mask is not None)
     opt_state = tx.init(params) if opt_state is None else opt_state
     mask = mask if mask is not None else jax.tree.map(
         lambda w: jnp.ones((), w.dtype), params)
