@@ -3,6 +3,19 @@
 import flax.linen as nn
 
 
+def max_pool_2x2(x):
+  """2x2 max-pooling, stride 2, of NHWC ``x`` with even H and W.
+
+  The same function as ``nn.max_pool(x, (2, 2), (2, 2))``, written as a
+  reshape and a max: XLA's CPU backend runs the select-and-scatter that
+  ``nn.max_pool``'s gradient lowers to so slowly that it made LeNet-5's
+  training step 1.4x slower. At ties the gradient is shared among the
+  maxima instead of going to the first one.
+  """
+  batch, height, width, channels = x.shape
+  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max((2, 4))
+
+
 class LeNet300100(nn.Module):
   """LeNet-300-100: a 784-300-100-10 ReLU network (266,200 weights)."""
 
@@ -21,8 +34,8 @@ class LeNet5(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x.reshape(x.shape[0], 28, 28, 1)
-    x = nn.max_pool(nn.Conv(20, (5, 5), padding="VALID")(x), (2, 2), (2, 2))
-    x = nn.max_pool(nn.Conv(50, (5, 5), padding="VALID")(x), (2, 2), (2, 2))
+    x = max_pool_2x2(nn.Conv(20, (5, 5), padding="VALID")(x))
+    x = max_pool_2x2(nn.Conv(50, (5, 5), padding="VALID")(x))
     x = nn.relu(nn.Dense(500)(x.reshape(x.shape[0], -1)))
     return nn.Dense(10)(x)
 

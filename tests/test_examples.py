@@ -38,9 +38,11 @@ def test_mnist_pipeline_quick_mode(tmp_path):
   except FileNotFoundError:
     pytest.skip("no MNIST source on this machine")
   mnist_gsm = load("mnist_gsm")
+  checkpoint = str(tmp_path / "dense.msgpack")
   (record,) = mnist_gsm.main(["--quick", "--variants", "paper", "freeze",
                               "--magnitude-rounds", "1",
-                              "--output-dir", str(tmp_path)])
+                              "--output-dir", str(tmp_path),
+                              "--dense-checkpoint", checkpoint])
   q = int(266_200 // 60)
   for gsm in record["gsm"]:
     assert gsm["nonzero"] == q  # the final prune keeps exactly Q
@@ -51,3 +53,26 @@ def test_mnist_pipeline_quick_mode(tmp_path):
   assert len(densities) == 3
   for suffix in (".json", ".md", "_density.png"):
     assert (tmp_path / f"mnist_lenet300_60x_quick{suffix}").exists()
+
+  # A second run reuses the dense model instead of training it again ...
+  (again,) = mnist_gsm.main(["--quick", "--variants", "paper",
+                             "--skip-baselines", "--skip-lottery",
+                             "--output-dir", str(tmp_path / "again"),
+                             "--dense-checkpoint", checkpoint])
+  assert again["dense"] == record["dense"]
+  assert again["gsm"][0]["accuracy_after_prune"] == pytest.approx(
+      record["gsm"][0]["accuracy_after_prune"])
+  # ... but never one trained with other settings.
+  with pytest.raises(ValueError, match="--dense-checkpoint"):
+    mnist_gsm.main(["--quick", "--seed", "1", "--output-dir", str(tmp_path),
+                    "--dense-checkpoint", checkpoint])
+
+
+def test_lenet5_pooling_is_flax_max_pool():
+  flax = pytest.importorskip("flax")
+  import jax
+  import numpy as np
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 6, 5))
+  np.testing.assert_array_equal(
+      load("mnist_models").max_pool_2x2(x),
+      flax.linen.max_pool(x, (2, 2), (2, 2)))
