@@ -273,7 +273,8 @@ def markdown(record):
   dense = record["dense"]
   lines = [f"### {record['model']} at {ratio:g}x ({record['data_source']}, "
            f"{record['train_size']}/{record['test_size']}, epoch scale "
-           f"{record['epoch_scale']:g})", "",
+           f"{record['epoch_scale']:g}, GSM {record['gsm_epoch_scale']:g})",
+           "",
            "| run | steps | top-1 before prune | top-1 after prune | s/step "
            "| wall s |", "|---|---|---|---|---|---|",
            row("dense", dense, f"{dense['accuracy']:.2%}")]
@@ -363,6 +364,10 @@ def main(argv=None):
                       default=list(VARIANTS))
   parser.add_argument("--epoch-scale", type=float, default=1.0,
                       help="fraction of the official epochs (1.0 = 200 + 280)")
+  parser.add_argument("--gsm-epoch-scale", type=float, default=None,
+                      help="fraction of the official epochs for GSM and the "
+                      "magnitude fine-tuning (default: --epoch-scale), to "
+                      "vary their budget from one dense model")
   parser.add_argument("--freeze-at", type=float, default=0.2,
                       help="fraction of the GSM steps after which the "
                       "`freeze` variant fixes the active set")
@@ -382,8 +387,15 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if not 0.0 < args.freeze_at < 1.0:
     parser.error(f"--freeze-at must be in (0, 1); got {args.freeze_at}")
+  for flag in ("epoch_scale", "gsm_epoch_scale"):
+    value = getattr(args, flag)
+    if value is not None and not value > 0.0:
+      parser.error(f"--{flag.replace('_', '-')} must be > 0; got {value}")
+  if args.magnitude_rounds < 1:
+    parser.error(f"--magnitude-rounds must be >= 1; got {args.magnitude_rounds}")
   steps_per_epoch = 10 if args.quick else OFFICIAL_STEPS_PER_EPOCH
   epoch_scale = 0.05 if args.quick else args.epoch_scale
+  gsm_epoch_scale = args.gsm_epoch_scale or epoch_scale
 
   data = load_mnist(args.data_dir)
   print(f"MNIST from {data.source}: {len(data.train_labels)} train, "
@@ -403,17 +415,19 @@ def main(argv=None):
 
   records = []
   for ratio in args.ratios:
-    record = {**settings, "compression_ratio": ratio, "dense": dense,
-              "gsm": []}
+    record = {**settings, "gsm_epoch_scale": gsm_epoch_scale,
+              "compression_ratio": ratio, "dense": dense, "gsm": []}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"mnist_{args.model}_{ratio:g}x" + (
         "_quick" if args.quick else
-        f"_scale{epoch_scale:g}" if epoch_scale != 1.0 else "")
+        f"_scale{epoch_scale:g}" if epoch_scale != 1.0 else "") + (
+        f"_gsm{gsm_epoch_scale:g}" if gsm_epoch_scale != epoch_scale else "")
     save = functools.partial(save_record, record, args.output_dir, stem)
     masks = {}
     for variant in args.variants:
       gsm_record, kept = run_gsm(trainer, dense_params, ratio, variant,
-                                 steps_per_epoch, epoch_scale, args.freeze_at)
+                                 steps_per_epoch, gsm_epoch_scale,
+                                 args.freeze_at)
       record["gsm"].append(gsm_record)
       save()
       masks.setdefault("GSM", kept)
@@ -423,7 +437,7 @@ def main(argv=None):
     if not args.skip_baselines:
       record["magnitude"] = run_magnitude(
           trainer, dense_params, ratio, args.magnitude_rounds, steps_per_epoch,
-          epoch_scale)
+          gsm_epoch_scale)
       print(f"magnitude {ratio:g}x: one-shot "
             f"{record['magnitude']['one_shot_accuracy']:.2%}, fine-tuned "
             f"{record['magnitude']['fine_tuned_accuracy']:.2%}", flush=True)

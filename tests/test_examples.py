@@ -62,6 +62,15 @@ def test_mnist_pipeline_quick_mode(tmp_path):
   assert again["dense"] == record["dense"]
   assert again["gsm"][0]["accuracy_after_prune"] == pytest.approx(
       record["gsm"][0]["accuracy_after_prune"])
+  # ... also to give GSM another budget than the dense model had ...
+  (longer,) = mnist_gsm.main(["--quick", "--variants", "freeze",
+                              "--gsm-epoch-scale", "0.1",
+                              "--skip-baselines", "--skip-lottery",
+                              "--output-dir", str(tmp_path),
+                              "--dense-checkpoint", checkpoint])
+  assert longer["gsm"][0]["steps"] == 2 * record["gsm"][1]["steps"]
+  assert longer["dense"] == record["dense"]
+  assert (tmp_path / "mnist_lenet300_60x_quick_gsm0.1.json").exists()
   # ... but never one trained with other settings.
   with pytest.raises(ValueError, match="--dense-checkpoint"):
     mnist_gsm.main(["--quick", "--seed", "1", "--output-dir", str(tmp_path),
