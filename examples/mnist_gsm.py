@@ -14,6 +14,10 @@ For one model and one or more compression ratios:
      active set is frozen to the Q largest ``|w|`` (what the final prune will
      keep), so every weight the prune removes decays at the full learning
      rate for the many steps left;
+   - ``freeze-decay``: ``freeze`` plus ``gsm(passive_weight_decay=...)`` at
+     critical damping, ``(1 - sqrt(0.99))**2 / 1e-2`` = 2.5e-3: passive
+     weights shrink e-fold every 200 steps instead of every 2,000, for
+     budgets too short for ``freeze`` alone;
    - ``ramp``: compression ramped geometrically from 1x to C over the first
      quarter of the GSM steps, then as ``paper``;
 3. baselines on the same data and budget: one-shot global magnitude pruning
@@ -72,7 +76,10 @@ DENSE = dict(lr=3e-2, epochs=200, milestones=(40, 80, 120, 160), momentum=0.9)
 GSM = dict(lr=1e-2, epochs=280, milestones=(160, 200, 240), momentum=0.99)
 WARMUP_EPOCHS = 5
 WEIGHT_DECAY = 5e-4
-VARIANTS = ("paper", "freeze", "ramp")
+VARIANTS = ("paper", "freeze", "freeze-decay", "ramp")
+# Critical damping of a passive weight at the peak GSM learning rate: the
+# fastest non-oscillating decay, sqrt(momentum) a step (see optax_gsm._gsm).
+PASSIVE_WEIGHT_DECAY = (1 - math.sqrt(GSM["momentum"])) ** 2 / GSM["lr"]
 
 
 class Trainer:
@@ -200,19 +207,25 @@ def run_gsm(trainer, dense_params, ratio, variant, steps_per_epoch,
   if variant == "ramp":
     ramp_steps = max(1, epochs * steps_per_epoch // 4)
     compression = lambda step: ratio ** jnp.minimum(step / ramp_steps, 1.0)
-  freeze_step = (round(epochs * freeze_at) * steps_per_epoch
-                 if variant == "freeze" else None)
+  freezes = variant.startswith("freeze")
+  freeze_step = (round(epochs * freeze_at) * steps_per_epoch if freezes
+                 else None)
+  passive_weight_decay = (PASSIVE_WEIGHT_DECAY if variant == "freeze-decay"
+                          else None)
   tx = optax_gsm.gsm_sgd(schedule, compression, momentum=GSM["momentum"],
                          nesterov=True, weight_decay=WEIGHT_DECAY,
+                         passive_weight_decay=passive_weight_decay,
                          freeze_mask_at=freeze_step)
   params, opt_state, timing = trainer.train(
       dense_params, tx, epochs, desc=f"GSM {variant} {ratio:g}x")
   gsm_mask = optax.tree_utils.tree_get(opt_state, "mask")
   record = {"variant": variant, "epochs": epochs,
             "steps": epochs * steps_per_epoch, **timing}
-  if variant == "freeze":
+  if freezes:
     record["freeze_at"] = freeze_at
     record["freeze_step"] = freeze_step
+  if passive_weight_decay is not None:
+    record["passive_weight_decay"] = passive_weight_decay
   pruned, kept = optax_gsm.prune(params, ratio)
   passive = [np.abs(w)[~m] for w, m in zip(prunable_leaves(params),
                                             prunable_leaves(kept))]

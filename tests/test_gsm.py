@@ -144,6 +144,30 @@ class GSMTest(chex.TestCase):
     np.testing.assert_array_equal(state.mask["w"].ravel(),
                                   [False] * 6 + [True] * 2)
 
+  def test_passive_weight_decay_shrinks_only_passive_weights(self):
+    params = {"w": jnp.linspace(0.5, 1.0, 16).reshape(4, 4)}
+    grads = {"w": jnp.zeros((4, 4))}
+
+    def train(**kwargs):
+      tx = optax_gsm.gsm_sgd(1e-2, 4.0, momentum=0.99, weight_decay=5e-4,
+                             saliency="magnitude", **kwargs)
+      state = tx.init(params)
+      w = params
+      for _ in range(300):
+        updates, state = tx.update(grads, state, w)
+        w = optax.apply_updates(w, updates)
+      return w["w"], state[0].mask["w"]
+
+    paper, mask = train()
+    fast, fast_mask = train(passive_weight_decay=2.5e-3)
+    np.testing.assert_array_equal(mask, fast_mask)
+    np.testing.assert_allclose(fast[mask], paper[mask], rtol=1e-6)
+    # The paper's decay leaves them near 0.87x (5e-4 a step); critical
+    # damping brings them below 0.6x in the same 300 steps.
+    ratio = fast[~mask] / params["w"][~mask]
+    assert np.all(np.abs(ratio) < 0.6)
+    assert np.all(paper[~mask] / params["w"][~mask] > 0.85)
+
   @chex.variants(with_jit=True, without_jit=True)
   def test_jit_and_no_jit_agree(self):
     tx = optax_gsm.gsm(COMPRESSION, nesterov=True, weight_decay=1e-3)
@@ -352,9 +376,11 @@ class FlaxTest(chex.TestCase):
     ratio=st.floats(1.0, 50.0),
     grad_kind=st.sampled_from(["normal", "ties", "zeros", "outlier"]),
     nesterov=st.booleans(),
+    passive_weight_decay=st.sampled_from([None, 0.0, 0.3]),
     seed=st.integers(0, 2**16),
 )
-def test_update_equations_property(shapes, ratio, grad_kind, nesterov, seed):
+def test_update_equations_property(shapes, ratio, grad_kind, nesterov,
+                                   passive_weight_decay, seed):
   rng = np.random.default_rng(seed)
   params = [rng.normal(size=s).astype(np.float32) for s in shapes]
   momentum_in = [rng.normal(size=s).astype(np.float32) for s in shapes]
@@ -373,7 +399,9 @@ def test_update_equations_property(shapes, ratio, grad_kind, nesterov, seed):
   q = optax_gsm.num_active(num_prunable, ratio)
 
   beta, eta, eta_other = 0.9, 1e-2, 1e-3
+  eta_passive = eta if passive_weight_decay is None else passive_weight_decay
   tx = optax_gsm.gsm(ratio, momentum=beta, nesterov=nesterov, weight_decay=eta,
+                     passive_weight_decay=passive_weight_decay,
                      unprunable_weight_decay=eta_other)
   state = tx.init(params)._replace(momentum=momentum_in)
   updates, new_state = jax.jit(tx.update)(grads, state, params)
@@ -385,7 +413,8 @@ def test_update_equations_property(shapes, ratio, grad_kind, nesterov, seed):
     m = np.asarray(m)
     if not f:
       assert m.all()
-    direction = (np.where(m, g, 0) + eta * w) if f else (g + eta_other * w)
+    direction = (np.where(m, g + eta * w, eta_passive * w) if f
+                 else g + eta_other * w)
     expected_z = beta * z + direction
     np.testing.assert_allclose(new_z, expected_z, rtol=1e-5, atol=1e-5)
     expected_u = direction + beta * expected_z if nesterov else expected_z

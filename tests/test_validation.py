@@ -12,6 +12,7 @@ import optax_gsm
     (dict(momentum=-0.1), r"`momentum` must be in \[0.0, 1.0\)"),
     (dict(weight_decay=-1e-4), r"`weight_decay` must be in \[0.0, inf\]"),
     (dict(unprunable_weight_decay=-1.0), "`unprunable_weight_decay`"),
+    (dict(passive_weight_decay=-1.0), "`passive_weight_decay`"),
     (dict(mask_update_every=0), "`mask_update_every` must be an int >= 1"),
     (dict(mask_update_every=2.5), "`mask_update_every` must be an int >= 1"),
     (dict(saliency="hessian"), r"`saliency` must be one of \['magnitude', 'taylor'\]"),
