@@ -309,23 +309,26 @@ def markdown(record):
 
 
 def plot_densities(record, path):
+  """Per-layer density of each GSM variant's final mask vs uniform 1/C."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  densities = record["gsm"][0]["layer_density"]
-  names = list(densities)
+  names = list(record["gsm"][0]["layer_density"])
+  width = 0.8 / len(record["gsm"])
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.bar(range(len(names)), [densities[n] for n in names],
-         label=f"GSM ({record['gsm'][0]['variant']})")
+  for i, gsm in enumerate(record["gsm"]):
+    ax.bar([n + i * width for n in range(len(names))],
+           [gsm["layer_density"][n] for n in names], width,
+           label=f"GSM {gsm['variant']}")
   ax.axhline(1 / record["compression_ratio"], color="k", ls="--",
              label="uniform 1/C")
-  ax.set_xticks(range(len(names)))
+  ax.set_xticks([n + 0.4 - width / 2 for n in range(len(names))])
   ax.set_xticklabels([n.replace("['", "").replace("']", "/").rstrip("/")
                       for n in names], rotation=20, fontsize=8)
   ax.set_yscale("log")
   ax.set_ylabel("density (kept / size)")
   ax.set_title(f"{record['model']} at {record['compression_ratio']:g}x")
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
