@@ -151,11 +151,13 @@ class GSMTest(chex.TestCase):
     def train(**kwargs):
       tx = optax_gsm.gsm_sgd(1e-2, 4.0, momentum=0.99, weight_decay=5e-4,
                              saliency="magnitude", **kwargs)
-      state = tx.init(params)
-      w = params
-      for _ in range(300):
+      def step(_, carry):
+        w, state = carry
         updates, state = tx.update(grads, state, w)
-        w = optax.apply_updates(w, updates)
+        return optax.apply_updates(w, updates), state
+
+      w, state = jax.jit(lambda: jax.lax.fori_loop(
+          0, 300, step, (params, tx.init(params))))()
       return w["w"], state[0].mask["w"]
 
     paper, mask = train()
