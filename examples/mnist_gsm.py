@@ -8,6 +8,10 @@ For one model and one or more compression ratios:
 2. GSM-train from it (lr 1e-2, 5 warm-up, x0.1 at 160/200/240 of 280,
    momentum 0.99 Nesterov, Taylor saliency), then the final global magnitude
    prune, no fine-tuning; in the variants asked for:
+   - ``lossless``: ``gsm_sgd(..., total_steps=...)``, the library's
+     lossless default: ``freeze_mask_at`` at 20% of the GSM steps and
+     ``passive_weight_decay`` at critical damping, both derived from the
+     budget and the schedule by ``optax_gsm.lossless_settings``;
    - ``paper``: exactly the above;
    - ``freeze``: ``gsm(freeze_mask_at=...)`` at ``--freeze-at`` of the GSM
      steps (default 0.2, long before the first learning-rate drop): the
@@ -55,8 +59,6 @@ import functools
 import json
 import math
 import pathlib
-import time
-import zlib
 
 import flax.serialization
 import jax
@@ -65,7 +67,7 @@ import numpy as np
 import optax
 from mnist_data import load_mnist
 from mnist_models import MODELS
-from tqdm import tqdm
+from training import Trainer
 
 import optax_gsm
 
@@ -76,88 +78,10 @@ DENSE = dict(lr=3e-2, epochs=200, milestones=(40, 80, 120, 160), momentum=0.9)
 GSM = dict(lr=1e-2, epochs=280, milestones=(160, 200, 240), momentum=0.99)
 WARMUP_EPOCHS = 5
 WEIGHT_DECAY = 5e-4
-VARIANTS = ("paper", "freeze", "freeze-decay", "ramp")
+VARIANTS = ("lossless", "paper", "freeze", "freeze-decay", "ramp")
 # Critical damping of a passive weight at the peak GSM learning rate: the
 # fastest non-oscillating decay, sqrt(momentum) a step (see optax_gsm._gsm).
 PASSIVE_WEIGHT_DECAY = (1 - math.sqrt(GSM["momentum"])) ** 2 / GSM["lr"]
-
-
-class Trainer:
-  """Epochs of ``steps_per_epoch`` jitted steps, for any optimizer."""
-
-  def __init__(self, model, data, steps_per_epoch, seed):
-    self.model = model
-    self.steps_per_epoch = steps_per_epoch
-    normalise = lambda x: (x.astype(np.float32) / 255.0 - 0.1307) / 0.3081
-    self.train_x = jnp.asarray(normalise(data.train_images))
-    self.train_y = jnp.asarray(data.train_labels)
-    self.test_x = jnp.asarray(normalise(data.test_images))
-    self.test_y = jnp.asarray(data.test_labels)
-    self.seed = seed
-
-  def loss(self, params, x, y):
-    logits = self.model.apply({"params": params}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def _step_fn(self, tx, masked):
-    # One jitted step driven from Python rather than a lax.scan over the
-    # epoch: XLA's CPU backend ran LeNet-5's convolutions ~9x slower inside
-    # the scan's while loop (0.6 s vs 0.065 s a step); dispatch is async.
-    @jax.jit
-    def step(params, opt_state, mask, batches, index):
-      indices = batches[index]
-      x, y = self.train_x[indices], self.train_y[indices]
-      grads = jax.grad(self.loss)(params, x, y)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      if masked:  # pruned weights stay exactly zero
-        params = jax.tree.map(lambda w, m: w * m, params, mask)
-      return params, opt_state
-    return step
-
-  def batches(self, rng):
-    n = self.train_y.shape[0]
-    order = np.concatenate([rng.permutation(n) for _ in range(
-        math.ceil(self.steps_per_epoch * BATCH / n))])
-    return jnp.asarray(order[:self.steps_per_epoch * BATCH].reshape(
-        self.steps_per_epoch, BATCH))
-
-  def train(self, params, tx, epochs, *, opt_state=None, mask=None,
-            desc="train"):
-    """Returns (params, opt_state, timing): ``timing`` has the wall time of
-    the stage and the seconds per step after the first (compiling) epoch."""
-    # Every stage trains with its own optimizer: nothing to reuse.
-    step = self._step_fn(tx, mask is not None)
-    opt_state = tx.init(params) if opt_state is None else opt_state
-    mask = mask if mask is not None else jax.tree.map(
-        lambda w: jnp.ones((), w.dtype), params)
-    # Each stage shuffles from its own stream: its batches do not depend on
-    # which stages ran before it (say, a dense model loaded from a file).
-    rng = np.random.default_rng([self.seed, zlib.crc32(desc.encode())])
-    start = first = time.perf_counter()
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False,
-               disable=None)  # no bar when output is not a terminal
-    for i in bar:
-      batches = self.batches(rng)
-      for index in range(self.steps_per_epoch):
-        params, opt_state = step(params, opt_state, mask, batches, index)
-      jax.block_until_ready(params)
-      if i == 0:
-        start = time.perf_counter()  # excludes compilation
-      if (i + 1) % max(epochs // 5, 1) == 0 or i + 1 == epochs:
-        bar.set_postfix(test_acc=f"{self.accuracy(params):.4f}")
-    end = time.perf_counter()
-    steps = max(epochs - 1, 1) * self.steps_per_epoch
-    return params, opt_state, {"seconds_per_step": (end - start) / steps,
-                               "wall_seconds": end - first}
-
-  def accuracy(self, params):
-    return float(self._accuracy(params))
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def _accuracy(self, params):
-    logits = self.model.apply({"params": params}, self.test_x)
-    return jnp.mean(jnp.argmax(logits, -1) == self.test_y)
 
 
 def lr_schedule(stage, steps_per_epoch, epoch_scale):
@@ -186,61 +110,66 @@ def layer_densities(mask):
   return {leaf.path: leaf.density for leaf in report.leaves if leaf.prunable}
 
 
-def prunable_leaves(tree):
-  flags = jax.tree.leaves(optax_gsm.default_prunable(tree))
-  return [np.asarray(x) for x, f in zip(jax.tree.leaves(tree), flags) if f]
+def print_readiness(trainer, desc):
+  """What the final prune would remove now: printed at each evaluation."""
+  def show(params, opt_state):
+    ready = optax_gsm.prune_readiness(params, opt_state=opt_state)
+    print(f"  {desc}: test {trainer.accuracy(params):.2%}; the prune would "
+          f"remove max |w| {ready.largest_removed:.2e} (min kept "
+          f"{ready.smallest_kept:.2e}), {ready.removed_mass_fraction:.2%} of "
+          f"sum |w|; kept & active {ready.kept_active_fraction:.1%}",
+          flush=True)
+  return show
 
 
-def mask_overlap(a, b):
-  """Fraction of a's kept prunable entries that b keeps too."""
-  a_leaves, b_leaves = prunable_leaves(a), prunable_leaves(b)
-  both = sum(int(np.sum(x & y)) for x, y in zip(a_leaves, b_leaves))
-  return both / max(sum(int(np.sum(x)) for x in a_leaves), 1)
-
-
-def run_gsm(trainer, dense_params, ratio, variant, steps_per_epoch,
-            epoch_scale, freeze_at):
+def run_gsm(trainer, dense_params, ratio, variant, epoch_scale, freeze_at):
   """One GSM variant from the dense model; returns its record."""
+  steps_per_epoch = trainer.steps_per_epoch
   epochs = epochs_of(GSM, epoch_scale)
   schedule = lr_schedule(GSM, steps_per_epoch, epoch_scale)
   compression = ratio
   if variant == "ramp":
     ramp_steps = max(1, epochs * steps_per_epoch // 4)
     compression = lambda step: ratio ** jnp.minimum(step / ramp_steps, 1.0)
-  freezes = variant.startswith("freeze")
+  freezes = variant in ("freeze", "freeze-decay")
   freeze_step = (round(epochs * freeze_at) * steps_per_epoch if freezes
                  else None)
   passive_weight_decay = (PASSIVE_WEIGHT_DECAY if variant == "freeze-decay"
                           else None)
-  tx = optax_gsm.gsm_sgd(schedule, compression, momentum=GSM["momentum"],
-                         nesterov=True, weight_decay=WEIGHT_DECAY,
+  total_steps = epochs * steps_per_epoch if variant == "lossless" else None
+  tx = optax_gsm.gsm_sgd(schedule, compression, total_steps=total_steps,
+                         momentum=GSM["momentum"], nesterov=True,
+                         weight_decay=WEIGHT_DECAY,
                          passive_weight_decay=passive_weight_decay,
                          freeze_mask_at=freeze_step)
+  desc = f"GSM {variant} {ratio:g}x"
   params, opt_state, timing = trainer.train(
-      dense_params, tx, epochs, desc=f"GSM {variant} {ratio:g}x")
-  gsm_mask = optax.tree_utils.tree_get(opt_state, "mask")
+      dense_params, tx, epochs, desc=desc,
+      on_evaluate=print_readiness(trainer, desc))
   record = {"variant": variant, "epochs": epochs,
             "steps": epochs * steps_per_epoch, **timing}
+  if total_steps is not None:
+    record["lossless_settings"] = optax_gsm.lossless_settings(
+        schedule, total_steps, momentum=GSM["momentum"],
+        weight_decay=WEIGHT_DECAY)._asdict()
   if freezes:
     record["freeze_at"] = freeze_at
     record["freeze_step"] = freeze_step
   if passive_weight_decay is not None:
     record["passive_weight_decay"] = passive_weight_decay
-  pruned, kept = optax_gsm.prune(params, ratio)
-  passive = [np.abs(w)[~m] for w, m in zip(prunable_leaves(params),
-                                            prunable_leaves(kept))]
+  ready = optax_gsm.prune_readiness(params, opt_state=opt_state)
+  pruned, kept = optax_gsm.prune(params, opt_state=opt_state)
   record.update(
       accuracy_before_prune=trainer.accuracy(params),
       accuracy_after_prune=trainer.accuracy(pruned),
-      final_mask_overlap=mask_overlap(kept, gsm_mask),
-      largest_pruned_weight=float(max(p.max(initial=0.0) for p in passive)),
+      final_mask_overlap=ready.kept_active_fraction,
+      largest_pruned_weight=ready.largest_removed,
       layer_density=layer_densities(kept),
       nonzero=optax_gsm.sparsity_report(pruned).prunable_nonzero)
   return record, kept
 
 
-def run_magnitude(trainer, dense_params, ratio, rounds, steps_per_epoch,
-                  epoch_scale):
+def run_magnitude(trainer, dense_params, ratio, rounds, epoch_scale):
   """Han et al.: prune by |w| in ``rounds`` geometric steps, fine-tuning
   after each, on the GSM budget. Returns (one-shot acc, fine-tuned acc)."""
   one_shot, _ = optax_gsm.prune(dense_params, ratio)
@@ -250,7 +179,8 @@ def run_magnitude(trainer, dense_params, ratio, rounds, steps_per_epoch,
   wall_seconds = 0.0
   for r in range(1, rounds + 1):
     params, mask = optax_gsm.prune(params, ratio ** (r / rounds))
-    tx = masked_sgd(lr_schedule(GSM, steps_per_epoch, epoch_scale / rounds),
+    tx = masked_sgd(lr_schedule(GSM, trainer.steps_per_epoch,
+                                epoch_scale / rounds),
                     DENSE["momentum"])
     params, _, timing = trainer.train(
         params, tx, max(1, epochs // rounds), mask=mask,
@@ -259,19 +189,25 @@ def run_magnitude(trainer, dense_params, ratio, rounds, steps_per_epoch,
   return {"one_shot_accuracy": one_shot_accuracy,
           "fine_tuned_accuracy": trainer.accuracy(params),
           "rounds": rounds, "steps": rounds * max(1, epochs // rounds)
-          * steps_per_epoch, "seconds_per_step": timing["seconds_per_step"],
+          * trainer.steps_per_epoch, "seconds_per_step": timing["seconds_per_step"],
           "wall_seconds": wall_seconds,
           "layer_density": layer_densities(mask)}
 
 
-def run_ticket(trainer, init_params, mask, steps_per_epoch, epoch_scale, desc):
+def dense_optimizer(steps_per_epoch, epoch_scale):
+  """The dense schedule's momentum SGD: dense training and lottery tickets."""
+  return masked_sgd(lr_schedule(DENSE, steps_per_epoch, epoch_scale),
+                    DENSE["momentum"])
+
+
+def run_ticket(trainer, init_params, mask, epoch_scale, desc):
   ticket = jax.tree.map(lambda w, m: w * m, init_params, mask)
-  tx = masked_sgd(lr_schedule(DENSE, steps_per_epoch, epoch_scale),
-                  DENSE["momentum"])
-  params, _, timing = trainer.train(ticket, tx, epochs_of(DENSE, epoch_scale),
-                                    mask=mask, desc=desc)
+  epochs = epochs_of(DENSE, epoch_scale)
+  params, _, timing = trainer.train(
+      ticket, dense_optimizer(trainer.steps_per_epoch, epoch_scale), epochs,
+      mask=mask, desc=desc)
   return {"accuracy": trainer.accuracy(params),
-          "steps": epochs_of(DENSE, epoch_scale) * steps_per_epoch, **timing}
+          "steps": epochs * trainer.steps_per_epoch, **timing}
 
 
 def markdown(record):
@@ -323,8 +259,7 @@ def plot_densities(record, path):
   ax.axhline(1 / record["compression_ratio"], color="k", ls="--",
              label="uniform 1/C")
   ax.set_xticks([n + 0.4 - width / 2 for n in range(len(names))])
-  ax.set_xticklabels([n.replace("['", "").replace("']", "/").rstrip("/")
-                      for n in names], rotation=20, fontsize=8)
+  ax.set_xticklabels(names, rotation=20, fontsize=8)
   ax.set_yscale("log")
   ax.set_ylabel("density (kept / size)")
   ax.set_title(f"{record['model']} at {record['compression_ratio']:g}x")
@@ -349,9 +284,9 @@ def train_dense(trainer, init_params, settings, checkpoint):
             saved["dense"])
   epoch_scale = settings["epoch_scale"]
   epochs = epochs_of(DENSE, epoch_scale)
-  tx = masked_sgd(lr_schedule(DENSE, trainer.steps_per_epoch, epoch_scale),
-                  DENSE["momentum"])
-  params, _, timing = trainer.train(init_params, tx, epochs, desc="dense")
+  params, _, timing = trainer.train(
+      init_params, dense_optimizer(trainer.steps_per_epoch, epoch_scale),
+      epochs, desc="dense")
   dense = {"accuracy": trainer.accuracy(params),
            "steps": epochs * trainer.steps_per_epoch, **timing}
   if checkpoint is not None:
@@ -417,7 +352,11 @@ def main(argv=None):
   print(f"MNIST from {data.source}: {len(data.train_labels)} train, "
         f"{len(data.test_labels)} test", flush=True)
   model = MODELS[args.model]()
-  trainer = Trainer(model, data, steps_per_epoch, args.seed)
+  normalise = lambda x: (x.astype(np.float32) / 255.0 - 0.1307) / 0.3081
+  trainer = Trainer(model, (normalise(data.train_images), data.train_labels),
+                    (normalise(data.test_images), data.test_labels),
+                    steps_per_epoch=steps_per_epoch, batch_size=BATCH,
+                    seed=args.seed)
   init_params = model.init(jax.random.PRNGKey(args.seed),
                            trainer.train_x[:1])["params"]
   settings = {"model": args.model, "data_source": data.source,
@@ -442,8 +381,7 @@ def main(argv=None):
     masks = {}
     for variant in args.variants:
       gsm_record, kept = run_gsm(trainer, dense_params, ratio, variant,
-                                 steps_per_epoch, gsm_epoch_scale,
-                                 args.freeze_at)
+                                 gsm_epoch_scale, args.freeze_at)
       record["gsm"].append(gsm_record)
       save()
       masks.setdefault("GSM", kept)
@@ -452,8 +390,7 @@ def main(argv=None):
             "final prune", flush=True)
     if not args.skip_baselines:
       record["magnitude"] = run_magnitude(
-          trainer, dense_params, ratio, args.magnitude_rounds, steps_per_epoch,
-          gsm_epoch_scale)
+          trainer, dense_params, ratio, args.magnitude_rounds, gsm_epoch_scale)
       print(f"magnitude {ratio:g}x: one-shot "
             f"{record['magnitude']['one_shot_accuracy']:.2%}, fine-tuned "
             f"{record['magnitude']['fine_tuned_accuracy']:.2%}", flush=True)
@@ -463,7 +400,7 @@ def main(argv=None):
       record["lottery_tickets"] = {}
       for name, mask in masks.items():
         record["lottery_tickets"][name] = run_ticket(
-            trainer, init_params, mask, steps_per_epoch, epoch_scale,
+            trainer, init_params, mask, epoch_scale,
             f"ticket {name} {ratio:g}x")
         save()
       print("lottery tickets: " + ", ".join(

@@ -3,31 +3,49 @@
 Prune while training: add `gsm` to an Optax chain, train, then `prune`.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
+from optax_gsm._batch_stats import recalibrate_batch_stats
 from optax_gsm._compression_ratio import compression_schedule, num_active
+from optax_gsm._fine_tuning import keep_mask
 from optax_gsm._gsm import GSMState, gsm, gsm_sgd
+from optax_gsm._lossless import LosslessSettings, lossless_settings
+from optax_gsm._optimizer_state import active_mask
 from optax_gsm._prunable import default_prunable
 from optax_gsm._pruning import magnitude_mask, prunable_size, prune
+from optax_gsm._readiness import LeafReadiness, PruneReadiness, prune_readiness
 from optax_gsm._report import LeafSparsity, SparsityReport, sparsity_report
 from optax_gsm._saliency import magnitude_saliency, taylor_saliency
 from optax_gsm._selection import Selection, kth_largest, select_top, top_q_mask
 
-__version__ = "0.1.0"
+try:
+  __version__ = version("optax_gsm")
+except PackageNotFoundError:  # a source tree that was never installed
+  __version__ = "0+unknown"
 
 __all__ = (
     "GSMState",
+    "LeafReadiness",
     "LeafSparsity",
+    "LosslessSettings",
+    "PruneReadiness",
     "Selection",
     "SparsityReport",
+    "active_mask",
     "compression_schedule",
     "default_prunable",
     "gsm",
     "gsm_sgd",
+    "keep_mask",
     "kth_largest",
+    "lossless_settings",
     "magnitude_mask",
     "magnitude_saliency",
     "num_active",
     "prunable_size",
     "prune",
+    "prune_readiness",
+    "recalibrate_batch_stats",
     "select_top",
     "sparsity_report",
     "taylor_saliency",

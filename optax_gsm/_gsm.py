@@ -24,7 +24,8 @@ above it. The paper's LeNet setting (``alpha = 1e-2, eta = 5e-4,
 beta = 0.99``) gives 5e-4 a step: about 14,000 steps to shrink passive
 weights 1000-fold, so on a shorter budget the final prune costs accuracy.
 ``passive_weight_decay`` raises ``eta`` for passive entries only (to
-``(1 - sqrt(beta))**2 / alpha`` = 2.5e-3 there: 200 steps per e-fold).
+``(1 - sqrt(beta))**2 / alpha`` = 2.5e-3 there: 200 steps per e-fold);
+`lossless_settings` derives it and ``freeze_mask_at`` from a step budget.
 """
 
 from typing import Any, NamedTuple
@@ -32,11 +33,13 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
 from optax_gsm import (
   _compression_ratio,
+  _lossless,
   _prunable,
   _saliency,
   _selection,
@@ -51,31 +54,80 @@ class GSMState(NamedTuple):
     count: number of updates so far (int32).
     mask: pytree of bool like the params: True where the last update let the
       gradient through (the active set; all True before the first update and
-      on leaves that are not prunable). Find it inside any chain with
-      ``optax.tree_utils.tree_get(opt_state, "mask")``.
+      on leaves that are not prunable). `active_mask` finds it in any
+      ``opt_state``, with several GSM groups too.
     momentum: the momentum buffer ``z``, like the params.
+    prunable: pytree of bool scalars like the params: which leaves this GSM
+      ranks. `prune`, `magnitude_mask`, `sparsity_report` and
+      `prune_readiness` read it (with ``num_active``) from ``opt_state=``, so
+      that the final prune ranks exactly what the optimizer ranked.
+    num_active: Q of the current mask (int32).
   """
   count: chex.Array
   mask: Any
   momentum: Any
+  prunable: Any
+  num_active: chex.Array
 
 
 def gsm(
     compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
     *,
     sparsity: _compression_ratio.RatioOrSchedule | None = None,
-    momentum: float = 0.9,
+    momentum: jax.typing.ArrayLike = 0.9,
     nesterov: bool = False,
-    weight_decay: float = 0.0,
-    passive_weight_decay: float | None = None,
-    unprunable_weight_decay: float = 0.0,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    passive_weight_decay: jax.typing.ArrayLike | None = None,
+    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
     saliency: str | _saliency.SaliencyFn = "taylor",
     prunable: _prunable.Prunable = None,
-    mask_update_every: int = 1,
-    freeze_mask_at: int | None = None,
+    mask_update_every: jax.typing.ArrayLike = 1,
+    freeze_mask_at: jax.typing.ArrayLike | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
 ) -> optax.GradientTransformation:
-  """Global Sparse Momentum: momentum SGD where only the top-Q gradients pass.
+  r"""Global Sparse Momentum: momentum SGD where only the top-Q gradients pass.
+
+  At step t, over all prunable entries of the model together (N of them),
+  the ``Q = floor(N / C)`` entries with the largest saliency (by default
+  ``T = |g * w|``, the first-order Taylor estimate of the loss change if the
+  entry were zeroed) form the active set ``B_t``; then
+
+  .. math::
+    z_{t+1} = \beta z_t + \eta w_t + B_t \odot g_t, \qquad
+    u_t = z_{t+1} \quad (\text{Nesterov: } \eta w_t + B_t \odot g_t
+      + \beta z_{t+1})
+
+  and a following ``optax.scale_by_learning_rate(alpha)`` makes
+  ``w_{t+1} = w_t - \alpha u_t`` (Eq. 6 of the paper). Passive entries get
+  the decay only (``passive_weight_decay`` if given), so momentum drives them
+  toward zero; after training `prune` keeps the Q largest ``|w|``. Leaves
+  that are not prunable (biases, norms) get plain momentum SGD with
+  ``unprunable_weight_decay``. Ties in the ranking go to earlier leaves and
+  entries; an entry that is exactly zero with a zero score ranks just below
+  every non-zero weight of score zero, so a pruned model fine-tuned with a
+  fresh GSM state never re-activates its zeros by a tie.
+
+  Compile time: the selection is a loop of counting passes over all prunable
+  leaves; a model with hundreds of kernels takes tens of seconds to compile
+  on a CPU (once per run).
+
+  References:
+    Ding, Ding, Zhou, Guo, Han, Liu, "Global Sparse Momentum SGD for Pruning
+    Very Deep Neural Networks", NeurIPS 2019,
+    https://arxiv.org/abs/1909.12778.
+
+  Example::
+
+    >>> import jax.numpy as jnp, optax, optax_gsm
+    >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
+    >>> tx = optax.chain(optax_gsm.gsm(4.0, momentum=0.9, weight_decay=1e-4),
+    ...                  optax.scale_by_learning_rate(0.1))
+    >>> state = tx.init(params)
+    >>> grads = {"dense": {"kernel": jnp.arange(12.0).reshape(4, 3),
+    ...                    "bias": jnp.ones(3)}}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> int(optax_gsm.active_mask(state, params)["dense"]["kernel"].sum())
+    3
 
   Args:
     compression_ratio: C >= 1; ``Q = floor(N / C)`` of the N prunable entries
@@ -89,22 +141,24 @@ def gsm(
     passive_weight_decay: None (the paper's: ``weight_decay``), or the decay
       >= 0 of passive prunable entries, active ones keeping ``weight_decay``.
       A larger value drives the weights the final prune removes to zero in
-      fewer steps (see the module docstring); best with ``freeze_mask_at``,
+      fewer steps (see `lossless_settings`); best with ``freeze_mask_at``,
       since without it a weight that turns active again starts smaller.
     unprunable_weight_decay: decay >= 0 for parameters that are not prunable
       (the official code gives biases and norms 0).
     saliency: "taylor" (``|g * w|``, the paper's), "magnitude" (``|w|``) or a
-      callable ``(grads, params) -> scores`` shaped like the params.
-    prunable: None (every leaf of rank >= 2), a pytree of bools like the
-      params, or a callable ``params -> pytree of bools``.
-    mask_update_every: recompute the active set every this many steps and
-      keep it in between (1, the paper's, recomputes every step).
-    freeze_mask_at: None (the paper's: never), or the step at which the
-      active set becomes the Q largest ``|w|``, what the final `prune` keeps,
-      and stays fixed: every weight the prune will remove then decays for
-      all the remaining steps, which makes the prune lossless when enough
-      steps at a high learning rate remain (on MNIST LeNet-300-100, 60x: at
-      20% of the GSM steps; see README). Q stays that of this step.
+      callable ``(grads, params) -> scores`` with the params' structure.
+    prunable: which leaves GSM ranks: None (`default_prunable`: Flax
+      ``kernel`` and ``embedding`` leaves, else rank >= 2), a pytree of bools
+      like the params or a prefix of it, glob patterns over ``/``-joined
+      paths, or a callable ``params -> any of these``.
+    mask_update_every: int >= 1: recompute the active set every this many
+      steps and keep it in between (1, the paper's, recomputes every step).
+    freeze_mask_at: None (the paper's: never), or the int step >= 0 at which
+      the active set becomes the Q largest ``|w|``, what the final `prune`
+      keeps, and stays fixed: every weight the prune will remove then decays
+      for all the remaining steps, which makes the prune lossless when
+      enough steps at a high learning rate remain (see `lossless_settings`).
+      Q stays that of this step.
     momentum_dtype: dtype of the momentum buffer; None for the params' dtype.
 
   Returns:
@@ -115,6 +169,7 @@ def gsm(
   ratio_at = _compression_ratio.compression_schedule(compression_ratio, sparsity)
   _validation.check_range("momentum", momentum, low=0.0, high=1.0,
                           high_inclusive=False)
+  _validation.check_bool("nesterov", nesterov)
   _validation.check_range("weight_decay", weight_decay, low=0.0)
   if passive_weight_decay is None:
     passive_weight_decay = weight_decay
@@ -122,32 +177,31 @@ def gsm(
                           low=0.0)
   _validation.check_range("unprunable_weight_decay", unprunable_weight_decay,
                           low=0.0)
-  every = _validation.concrete_float(mask_update_every)
-  if every is not None:
-    if every != int(every) or every < 1:
-      raise ValueError("`mask_update_every` must be an int >= 1; got "
-                       f"{mask_update_every!r}.")
-    # A traced value (under inject_hyperparams) is used as it is.
-    mask_update_every = int(every)
+  mask_update_every = _validation.check_int("mask_update_every",
+                                            mask_update_every, low=1)
   if freeze_mask_at is not None:
-    _validation.check_range("freeze_mask_at", freeze_mask_at, low=0.0)
+    freeze_mask_at = _validation.check_int("freeze_mask_at", freeze_mask_at,
+                                           low=0)
   saliency_fn = _saliency.resolve_saliency(saliency)
 
   def prunable_flags(params):
     flags = _prunable.resolve_prunable(prunable, params)
-    num_prunable = sum(jnp.size(leaf) for leaf, flag
-                       in zip(jax.tree.leaves(params), flags) if flag)
+    num_prunable = sum(jnp.size(leaf) for leaf in _prunable.prunable_leaves(
+        flags, jax.tree.leaves(params)))
     return flags, num_prunable
 
   def init_fn(params):
-    _, num_prunable = prunable_flags(params)
+    flags, num_prunable = prunable_flags(params)
     # Validates a constant ratio, or a schedule's first value, before training.
-    _compression_ratio.num_active(num_prunable, ratio_at(0))
+    q = _compression_ratio.num_active(num_prunable, ratio_at(0))
+    treedef = jax.tree.structure(params)
     return GSMState(
         count=jnp.zeros([], jnp.int32),
-        mask=jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params),
+        mask=jax.tree.map(lambda w: jnp.ones_like(w, dtype=bool), params),
         momentum=optax.tree_utils.tree_zeros_like(params,
-                                                  dtype=momentum_dtype))
+                                                  dtype=momentum_dtype),
+        prunable=treedef.unflatten([jnp.asarray(f) for f in flags]),
+        num_active=jnp.asarray(q, jnp.int32))
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -155,8 +209,9 @@ def gsm(
           "gsm needs the params: call `update(grads, opt_state, params)`.")
     flags, num_prunable = prunable_flags(params)
     q = _compression_ratio.num_active(num_prunable, ratio_at(state.count))
-    masks = _active_masks(saliency_fn, updates, params, state, flags, q,
-                          mask_update_every, freeze_mask_at)
+    masks, num_active = _active_masks(
+        saliency_fn, updates, params, state, flags, q, mask_update_every,
+        freeze_mask_at)
     new_momentum, new_updates = _momentum_step(
         updates, params, state.momentum, masks, flags, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay,
@@ -164,53 +219,78 @@ def gsm(
         unprunable_weight_decay=unprunable_weight_decay)
     return new_updates, GSMState(
         count=optax.safe_increment(state.count), mask=masks,
-        momentum=new_momentum)
+        momentum=new_momentum, prunable=state.prunable,
+        num_active=num_active)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _prunable_scores(saliency_fn, grads, params, flags):
+  """The saliency of each prunable leaf, checked, with pruned zeros demoted.
+
+  An exact zero weight whose score is zero gets the largest negative float
+  (a denormal; the selection orders keys by bit pattern), so that it ranks
+  just below every non-zero weight of score zero: ties at zero go to weights
+  that exist, and a pruned model never regrows by a tie.
+  """
+  scores = saliency_fn(grads, params)
+  treedef = jax.tree.structure(params)
+  if jax.tree.structure(scores) != treedef:
+    raise ValueError(
+        "`saliency` must return scores with the structure of the params; got "
+        f"{jax.tree.structure(scores)}, params are {treedef}.")
+  demoted = -np.float32(np.finfo(np.float32).smallest_subnormal)
+  prunable_scores = []
+  for score, w in zip(_prunable.prunable_leaves(flags, jax.tree.leaves(scores)),
+                      _prunable.prunable_leaves(flags, jax.tree.leaves(params))):
+    if jnp.shape(score) != jnp.shape(w):
+      raise ValueError(
+          f"`saliency` returned a score of shape {jnp.shape(score)} for a "
+          f"parameter of shape {jnp.shape(w)}.")
+    score = jnp.asarray(score, jnp.float32)
+    prunable_scores.append(
+        jnp.where((score == 0) & (w == 0), demoted, score))
+  return prunable_scores
+
+
 def _active_masks(saliency_fn, grads, params, state, flags, q,
                   mask_update_every, freeze_mask_at):
-  """The new mask pytree: top-Q of the prunable scores, all True elsewhere.
+  """The new mask pytree and its Q: top-Q of the prunable scores.
 
-  Recomputed every ``mask_update_every`` steps; with ``freeze_mask_at``,
-  set to the top-Q by magnitude at that step and kept from then on.
+  Every ``mask_update_every`` steps the active set is refreshed from the
+  saliency; at step ``freeze_mask_at`` it is refreshed from ``|w|`` instead
+  and never again. Both refreshes run the same, single selection.
   """
   treedef = jax.tree.structure(params)
   old_masks = treedef.flatten_up_to(state.mask)
 
-  def select_top(saliency):
-    scores = treedef.flatten_up_to(saliency(grads, params))
-    prunable_scores = []
-    for score, w, flag in zip(scores, jax.tree.leaves(params), flags):
-      if flag and jnp.shape(score) != jnp.shape(w):
-        raise ValueError(
-            f"saliency returned a score of shape {jnp.shape(score)} for a "
-            f"parameter of shape {jnp.shape(w)}.")
-      if flag:
-        prunable_scores.append(score)
-    return _selection.top_q_mask(prunable_scores, q)
-
-  def keep():
-    return [m for m, flag in zip(old_masks, flags) if flag]
-
-  every_step = isinstance(mask_update_every, int) and mask_update_every == 1
-  if every_step and freeze_mask_at is None:
-    prunable_masks = select_top(saliency_fn)
-  else:
-    refresh = state.count % mask_update_every == 0
-    branch = jnp.where(refresh, 0, 2)
+  def select_active(at_freeze):
+    scores = _prunable_scores(saliency_fn, grads, params, flags)
     if freeze_mask_at is not None:
-      branch = jnp.where(state.count < freeze_mask_at, branch,
-                         jnp.where(state.count == freeze_mask_at, 1, 2))
-    prunable_masks = lax.switch(branch, [
-        lambda: select_top(saliency_fn),
-        lambda: select_top(_saliency.magnitude_saliency),
-        keep])
-  prunable_masks = iter(prunable_masks)
-  masks = [next(prunable_masks) if flag else jnp.ones(jnp.shape(m), bool)
-           for m, flag in zip(old_masks, flags)]
-  return treedef.unflatten(masks)
+      magnitudes = _prunable_scores(_saliency.magnitude_saliency, grads,
+                                    params, flags)
+      scores = [jnp.where(at_freeze, m, s)
+                for m, s in zip(magnitudes, scores)]
+    return _selection.top_q_mask(scores, q), jnp.asarray(q, jnp.int32)
+
+  refresh_every_step = (isinstance(mask_update_every, int)
+                        and mask_update_every == 1 and freeze_mask_at is None)
+  if refresh_every_step:
+    prunable_masks, num_active = select_active(False)
+  else:
+    on_refresh_step = state.count % mask_update_every == 0
+    if freeze_mask_at is None:
+      at_freeze, refresh = False, on_refresh_step
+    else:
+      at_freeze = state.count == freeze_mask_at
+      refresh = at_freeze | (on_refresh_step & (state.count < freeze_mask_at))
+    prunable_masks, num_active = lax.cond(
+        refresh, lambda: select_active(at_freeze),
+        lambda: (_prunable.prunable_leaves(flags, old_masks),
+                 state.num_active))
+  masks = _prunable.merge_prunable(
+      flags, prunable_masks, lambda i: jnp.ones_like(old_masks[i]))
+  return treedef.unflatten(masks), num_active
 
 
 def _momentum_step(grads, params, momentum_buffer, masks, flags, *, momentum,
@@ -241,26 +321,61 @@ def gsm_sgd(
     learning_rate: optax.ScalarOrSchedule,
     compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
     *,
+    total_steps: int | None = None,
     sparsity: _compression_ratio.RatioOrSchedule | None = None,
-    momentum: float = 0.9,
+    momentum: jax.typing.ArrayLike = 0.9,
     nesterov: bool = False,
-    weight_decay: float = 0.0,
-    passive_weight_decay: float | None = None,
-    unprunable_weight_decay: float = 0.0,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    passive_weight_decay: jax.typing.ArrayLike | None = None,
+    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
     saliency: str | _saliency.SaliencyFn = "taylor",
     prunable: _prunable.Prunable = None,
-    mask_update_every: int = 1,
-    freeze_mask_at: int | None = None,
+    mask_update_every: jax.typing.ArrayLike = 1,
+    freeze_mask_at: jax.typing.ArrayLike | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
 ) -> optax.GradientTransformation:
-  """GSM SGD: `gsm` chained with ``optax.scale_by_learning_rate``.
+  r"""GSM SGD: `gsm` chained with ``optax.scale_by_learning_rate``.
 
-  ``w <- w - learning_rate * z``, the paper's update (Eq. 6). Every argument
-  is explicit so that ``optax.inject_hyperparams(gsm_sgd)`` sees it.
+  .. math::
+    z_{t+1} = \beta z_t + \eta w_t + B_t \odot g_t, \qquad
+    w_{t+1} = w_t - \alpha_t z_{t+1}
+
+  the paper's update (Eq. 6), ``B_t`` the global top-Q of ``|g * w|``
+  (see `gsm`). Give ``total_steps`` (the number of steps you will train
+  with GSM) for a final prune that loses nothing: ``freeze_mask_at`` and
+  ``passive_weight_decay`` are then derived from the budget and the learning
+  rate by `lossless_settings` (an explicit value of either wins). Leave it
+  out for the paper's exact recipe.
+
+  Every argument is explicit so that ``optax.inject_hyperparams(gsm_sgd)``
+  sees it.
+
+  References:
+    Ding et al., "Global Sparse Momentum SGD for Pruning Very Deep Neural
+    Networks", NeurIPS 2019, https://arxiv.org/abs/1909.12778.
+
+  Example::
+
+    >>> import jax, jax.numpy as jnp, optax, optax_gsm
+    >>> params = {"dense": {"kernel": jnp.linspace(-1, 1, 60).reshape(6, 10),
+    ...                     "bias": jnp.zeros(10)}}
+    >>> schedule = optax.cosine_decay_schedule(0.1, 100)
+    >>> tx = optax_gsm.gsm_sgd(schedule, 10.0, total_steps=100, momentum=0.9)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> for _ in range(100):
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> pruned, mask = optax_gsm.prune(params, opt_state=state)
+    >>> int(mask["dense"]["kernel"].sum())
+    6
 
   Args:
     learning_rate: alpha >= 0, or a schedule ``step -> alpha``.
     compression_ratio: see `gsm`.
+    total_steps: None (the paper's recipe), or the int number of GSM steps
+      of the run: derive a lossless ``freeze_mask_at`` and
+      ``passive_weight_decay`` from it (`lossless_settings`).
     sparsity: see `gsm`.
     momentum: see `gsm`.
     nesterov: see `gsm`.
@@ -278,6 +393,14 @@ def gsm_sgd(
   """
   if not callable(learning_rate):
     _validation.check_range("learning_rate", learning_rate, low=0.0)
+  if total_steps is not None:
+    derived = _lossless.lossless_settings(
+        learning_rate, total_steps, momentum=momentum,
+        weight_decay=weight_decay)
+    if freeze_mask_at is None:
+      freeze_mask_at = derived.freeze_mask_at
+    if passive_weight_decay is None:
+      passive_weight_decay = derived.passive_weight_decay
   return optax.chain(
       gsm(compression_ratio, sparsity=sparsity, momentum=momentum,
           nesterov=nesterov, weight_decay=weight_decay,

@@ -7,7 +7,7 @@ import chex
 import jax
 import numpy as np
 
-from optax_gsm import _prunable
+from optax_gsm import _optimizer_state, _prunable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,9 @@ class SparsityReport:
 
   @property
   def sparsity(self) -> float:
-    """Fraction of prunable entries that are zero."""
+    """Fraction of prunable entries that are zero (0 with none prunable)."""
+    if not self.prunable_size:
+      return 0.0
     return 1.0 - self.prunable_nonzero / self.prunable_size
 
   def to_dict(self) -> dict[str, Any]:
@@ -75,39 +77,64 @@ class SparsityReport:
              "yes" if leaf.prunable else "no", str(leaf.nonzero),
              str(leaf.size), f"{leaf.density:.2%}") for leaf in self.leaves]
     rows.append(("total prunable", "", "", str(self.prunable_nonzero),
-                 str(self.prunable_size),
-                 f"{self.prunable_nonzero / self.prunable_size:.2%}"))
+                 str(self.prunable_size), _percent(self.prunable_nonzero,
+                                                   self.prunable_size)))
     rows.append(("total", "", "", str(self.nonzero), str(self.size),
-                 f"{self.nonzero / self.size:.2%}"))
+                 _percent(self.nonzero, self.size)))
     widths = [max(len(row[i]) for row in [header, *rows])
               for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths)))
              for row in [header, *rows]]
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"compression ratio of prunable parameters: "
-                 f"{self.compression_ratio:.1f}x")
+    if self.prunable_size:
+      lines.append(f"compression ratio of prunable parameters: "
+                   f"{self.compression_ratio:.1f}x")
+    else:
+      lines.append("no prunable parameters")
     return "\n".join(lines)
 
 
+def _percent(part: int, whole: int) -> str:
+  return f"{part / whole:.2%}" if whole else "-"
+
+
 def sparsity_report(params: chex.ArrayTree, *,
-                    prunable: _prunable.Prunable = None) -> SparsityReport:
+                    prunable: _prunable.Prunable = None,
+                    opt_state: chex.ArrayTree | None = None) -> SparsityReport:
   """Counts the non-zero entries of every leaf and of the whole model.
 
   Pass pruned params (from `prune`) to see what is left, or a mask (e.g.
-  ``optax.tree_utils.tree_get(opt_state, "mask")``) to count active entries.
+  `active_mask`) to count active entries. Runs on the host: call it outside
+  ``jit``.
 
   Args:
     params: pytree of arrays (bool masks count True as non-zero).
-    prunable: which leaves count as prunable, as in `gsm`.
+    prunable: which leaves count as prunable, as in `gsm`. A tree with none
+      is reported with no prunable total.
+    opt_state: instead of ``prunable``, the optimizer state: the leaves any
+      GSM transformation in it ranks count as prunable.
 
   Returns:
     A `SparsityReport`; ``print`` it for a table, ``to_dict()`` for JSON.
   """
-  flags = _prunable.resolve_prunable(prunable, params, check_dtypes=False)
   leaves = jax.tree_util.tree_leaves_with_path(params)
+  if any(isinstance(leaf, jax.core.Tracer) for _, leaf in leaves):
+    raise TypeError(
+        "sparsity_report counts on the host and cannot run under jit or "
+        "another transformation: call it on concrete arrays, outside the "
+        "jitted step.")
+  if opt_state is not None:
+    if prunable is not None:
+      raise ValueError("Give either `opt_state` or `prunable`, not both.")
+    flags = [any(column) for column in zip(*(
+        ranking.flags for ranking in
+        _optimizer_state.state_rankings(opt_state, params)))]
+  else:
+    flags = _prunable.resolve_prunable(prunable, params, check_dtypes=False,
+                                       require_any=False)
   return SparsityReport(leaves=tuple(
-      LeafSparsity(path=jax.tree_util.keystr(path),
+      LeafSparsity(path=_prunable.path_string(path),
                    shape=tuple(np.shape(leaf)), size=int(np.size(leaf)),
                    nonzero=int(np.count_nonzero(np.asarray(leaf))),
                    prunable=flag)

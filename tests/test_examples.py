@@ -39,7 +39,7 @@ def test_mnist_pipeline_quick_mode(tmp_path):
     pytest.skip("no MNIST source on this machine")
   mnist_gsm = load("mnist_gsm")
   checkpoint = str(tmp_path / "dense.msgpack")
-  (record,) = mnist_gsm.main(["--quick", "--variants", "paper", "freeze",
+  (record,) = mnist_gsm.main(["--quick", "--variants", "lossless", "freeze",
                               "--magnitude-rounds", "1",
                               "--output-dir", str(tmp_path),
                               "--dense-checkpoint", checkpoint])
@@ -55,7 +55,7 @@ def test_mnist_pipeline_quick_mode(tmp_path):
     assert (tmp_path / f"mnist_lenet300_60x_quick{suffix}").exists()
 
   # A second run reuses the dense model instead of training it again ...
-  (again,) = mnist_gsm.main(["--quick", "--variants", "paper",
+  (again,) = mnist_gsm.main(["--quick", "--variants", "lossless",
                              "--skip-baselines", "--skip-lottery",
                              "--output-dir", str(tmp_path / "again"),
                              "--dense-checkpoint", checkpoint])

@@ -1,0 +1,110 @@
+"""Reading GSM's state back out of any optimizer state.
+
+A GSM transformation may sit anywhere in a chain, under
+``optax.multi_transform`` or ``optax.masked`` (which hide the leaves it does
+not see behind ``optax.MaskedNode``), under ``optax.MultiSteps`` or
+``optax.inject_hyperparams``, and there may be several. Each `GSMState`
+records which leaves it ranks and its Q, so the final prune, the report and
+the active mask come from the optimizer itself, not from a second guess.
+"""
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_gsm import _gsm
+
+
+class Ranking(NamedTuple):
+  """One global ranking: the leaves it covers and how many entries it keeps.
+
+  Attributes:
+    flags: one bool per leaf of the params (``jax.tree.leaves`` order).
+    num_active: Q, the number of entries kept over the flagged leaves.
+  """
+  flags: list[bool]
+  num_active: int
+
+
+def _is_gsm_state(node: Any) -> bool:
+  return isinstance(node, _gsm.GSMState)
+
+
+def gsm_states(opt_state: chex.ArrayTree) -> list[_gsm.GSMState]:
+  """Every `GSMState` inside ``opt_state``, in tree order.
+
+  Raises:
+    ValueError: ``opt_state`` holds none.
+  """
+  states = [node for node in jax.tree.leaves(opt_state, is_leaf=_is_gsm_state)
+            if _is_gsm_state(node)]
+  if not states:
+    raise ValueError(
+        "`opt_state` holds no GSMState: pass the state of an optimizer that "
+        "contains `optax_gsm.gsm` or `gsm_sgd` (for nnx.Optimizer: "
+        "`nnx.as_pure(optimizer.opt_state)`).")
+  return states
+
+
+class _Box:
+  """Holds one aligned value; not a pytree node, so it stays a leaf."""
+
+  def __init__(self, value):
+    self.value = value
+
+
+def _aligned_leaves(tree: Any, params: chex.ArrayTree) -> list[Any]:
+  """The leaves of a state tree per leaf of ``params``; None where masked."""
+  is_masked = lambda node: isinstance(node, optax.MaskedNode)
+  try:
+    boxes = jax.tree.map(
+        lambda value, _: _Box(None if is_masked(value) else value),
+        tree, params, is_leaf=is_masked)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        "`opt_state` was not made for these `params`: its GSM state has the "
+        f"structure {jax.tree.structure(tree, is_leaf=is_masked)}, params "
+        f"{jax.tree.structure(params)}.") from error
+  return [box.value for box in jax.tree.leaves(boxes)]
+
+
+def state_rankings(opt_state: chex.ArrayTree,
+                   params: chex.ArrayTree) -> list[Ranking]:
+  """The ranking of every GSM transformation in ``opt_state``."""
+  rankings = []
+  for state in gsm_states(opt_state):
+    flags = [value is not None and bool(value)
+             for value in _aligned_leaves(state.prunable, params)]
+    rankings.append(Ranking(flags=flags, num_active=int(state.num_active)))
+  return rankings
+
+
+def active_mask(opt_state: chex.ArrayTree,
+                params: chex.ArrayTree) -> chex.ArrayTree:
+  """The active set of the last GSM step, as one bool pytree like ``params``.
+
+  Merges the masks of every GSM transformation in ``opt_state`` (where
+  ``optax.tree_utils.tree_get(opt_state, "mask")`` refuses several); leaves
+  no GSM sees are all True.
+
+  Args:
+    opt_state: the state of an optimizer containing `gsm` (any nesting).
+    params: the parameters the optimizer trains.
+
+  Returns:
+    A pytree of bool arrays with the structure and shapes of ``params``.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  merged = [None] * len(leaves)
+  for state in gsm_states(opt_state):
+    for i, (mask, flag) in enumerate(zip(
+        _aligned_leaves(state.mask, params),
+        _aligned_leaves(state.prunable, params))):
+      if mask is not None and flag is not None and bool(flag):
+        merged[i] = jnp.asarray(mask)
+  return treedef.unflatten(
+      [jnp.ones(jnp.shape(w), bool) if m is None else m
+       for m, w in zip(merged, leaves)])
