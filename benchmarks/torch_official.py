@@ -6,18 +6,18 @@ by ``metric >= threshold``, then ``torch.optim.SGD(momentum, weight_decay)``.
 Timed beside plain ``torch.optim.SGD`` and ``optax_gsm.gsm_sgd`` in the same
 run. Needs the optional ``torch`` (``pip install torch==2.13.0``, CPU build).
 
-    python benchmarks/torch_official.py
-    python benchmarks/torch_official.py --quick
+    python -m benchmarks.torch_official
+    python -m benchmarks.torch_official --quick
 """
 
 import argparse
 
 import jax
 import numpy as np
-from _common import print_table, time_call, write_record
-from update_time import COMPRESSION, make_params, measure
 
 import optax_gsm
+from benchmarks._common import print_table, time_call, write_record
+from benchmarks.update_time import COMPRESSION, make_params, measure
 
 
 def torch_steps(params_np, grads_np):

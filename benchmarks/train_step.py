@@ -5,58 +5,20 @@ LeNet-5 (Caffe variant, 28x28x1, batch 256) and ResNet-20 / ResNet-56
 depend on the pixels). Each step is forward + backward + optimizer update,
 jitted; reports the GSM overhead in percent over momentum SGD.
 
-    python benchmarks/train_step.py
-    python benchmarks/train_step.py --quick     # LeNet-5 only, for the tests
+    python -m benchmarks.train_step
+    python -m benchmarks.train_step --quick     # LeNet-5 only, for the tests
 """
 
 import argparse
-import pathlib
-import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import print_table, time_call, write_record
 
 import optax_gsm
-
-# The paper's LeNet-5 lives with the MNIST example.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
-from mnist_models import LeNet5  # noqa: E402
-
-
-class ResidualBlock(nn.Module):
-  channels: int
-  stride: int
-
-  @nn.compact
-  def __call__(self, x, train):
-    norm = lambda: nn.BatchNorm(use_running_average=not train)
-    y = nn.Conv(self.channels, (3, 3), self.stride, use_bias=False)(x)
-    y = nn.relu(norm()(y))
-    y = norm()(nn.Conv(self.channels, (3, 3), use_bias=False)(y))
-    if self.stride != 1 or x.shape[-1] != self.channels:
-      x = norm()(nn.Conv(self.channels, (1, 1), self.stride, use_bias=False)(x))
-    return nn.relu(x + y)
-
-
-class CifarResNet(nn.Module):
-  """ResNet-(6n+2) for 32x32 images (He et al. 2016): 16/32/64 channels."""
-  depth: int = 20
-
-  @nn.compact
-  def __call__(self, x, train=True):
-    blocks = (self.depth - 2) // 6
-    x = nn.Conv(16, (3, 3), use_bias=False)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
-    for stage, channels in enumerate((16, 32, 64)):
-      for block in range(blocks):
-        stride = 2 if stage > 0 and block == 0 else 1
-        x = ResidualBlock(channels, stride)(x, train)
-    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
-
+from benchmarks._common import print_table, time_call, write_record
+from examples.models import CifarResNet, LeNet5
 
 MODELS = {
     "lenet5": (LeNet5, (256, 28, 28, 1), 125.0),

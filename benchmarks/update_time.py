@@ -13,8 +13,8 @@ one jitted ``update + apply_updates`` of:
 and reports each as a ratio to the floor, GSM's counting passes, the
 optimizer-state bytes and XLA's temporary bytes for the update.
 
-    python benchmarks/update_time.py               # 1e5 .. 1e8
-    python benchmarks/update_time.py --quick       # small sizes, for the tests
+    python -m benchmarks.update_time               # 1e5 .. 1e8
+    python -m benchmarks.update_time --quick       # small sizes, for the tests
 """
 
 import argparse
@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import print_table, time_call, write_record
 
 import optax_gsm
+from benchmarks._common import print_table, time_call, write_record
 
 COMPRESSION = 60.0
 LAYER_FRACTIONS = (0.5, 0.3, 0.15, 0.05)
@@ -43,21 +43,23 @@ def make_params(total: int, seed: int = 0):
   return params
 
 
+def kernel_scores(grads, params):
+  """``|g * w|`` of the prunable leaves, in leaf order."""
+  flags = jax.tree.leaves(optax_gsm.default_prunable(params))
+  return [jnp.abs(g * w) for g, w, f in zip(
+      jax.tree.leaves(grads), jax.tree.leaves(params), flags) if f]
+
+
 def threshold_gsm(threshold_fn):
   """GSM step whose mask is ``score >= threshold_fn(concatenated, Q)``."""
   def update(grads, state, params):
-    kernels = [k for k in jax.tree.leaves(params) if k.ndim >= 2]
-    num_prunable = sum(k.size for k in kernels)
-    q = optax_gsm.num_active(num_prunable, COMPRESSION)
-    scores = jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params)
-    flat = jnp.concatenate([s.ravel() for s in jax.tree.leaves(scores)
-                            if s.ndim >= 2])
-    threshold = threshold_fn(flat, q)
-    masked = jax.tree.map(
-        lambda g, s: jnp.where(s >= threshold, g, 0) if g.ndim >= 2 else g,
-        grads, scores)
-    decayed = jax.tree.map(lambda g, w: g + 5e-4 * w if w.ndim >= 2 else g,
-                           masked, params)
+    flags = optax_gsm.default_prunable(params)
+    scores = kernel_scores(grads, params)
+    q = optax_gsm.num_active(sum(s.size for s in scores), COMPRESSION)
+    threshold = threshold_fn(jnp.concatenate([s.ravel() for s in scores]), q)
+    decayed = jax.tree.map(
+        lambda g, w, f: (jnp.where(jnp.abs(g * w) >= threshold, g, 0)
+                         + 5e-4 * w) if f else g, grads, params, flags)
     momentum = jax.tree.map(lambda z, d: 0.9 * z + d, state, decayed)
     return jax.tree.map(lambda z: -0.1 * z, momentum), momentum
   return optax.GradientTransformation(
@@ -99,10 +101,8 @@ def measure(method: str, params, grads) -> dict:
       "update_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
   }
   if method == "gsm":
-    kernels = [k for k in jax.tree.leaves(params) if k.ndim >= 2]
-    scores = [jnp.abs(g * w) for g, w in zip(
-        [g for g in jax.tree.leaves(grads) if g.ndim >= 2], kernels)]
-    q = optax_gsm.num_active(sum(k.size for k in kernels), COMPRESSION)
+    scores = kernel_scores(grads, params)
+    q = optax_gsm.num_active(sum(s.size for s in scores), COMPRESSION)
     result["counting_passes"] = int(
         jax.jit(optax_gsm.select_top)(scores, q).num_passes)
   return result

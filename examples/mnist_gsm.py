@@ -36,21 +36,21 @@ whatever the training-set size. ``--epoch-scale`` shortens every schedule
 proportionally. Writes ``benchmarks/results/mnist_<model>_<ratio>x.json``,
 a Markdown table beside it and a PNG of the per-layer density GSM chose.
 
-    python examples/mnist_gsm.py --model lenet300 --ratios 60
-    python examples/mnist_gsm.py --model lenet5 --ratios 125 300 --epoch-scale 0.05
-    python examples/mnist_gsm.py --quick      # a few hundred steps, as the tests run it
+    python -m examples.mnist_gsm --model lenet300 --ratios 60
+    python -m examples.mnist_gsm --model lenet5 --ratios 125 300 --epoch-scale 0.05
+    python -m examples.mnist_gsm --quick      # a few hundred steps, as the tests run it
 
 Results stay after every stage, so a stopped run keeps what it measured.
 ``--dense-checkpoint FILE`` trains the dense model once and reuses it, for
 instance to run two ratios side by side, one process per core (on a 2-core
 CPU this gives 1.5x the throughput of one process using both):
 
-    python examples/mnist_gsm.py --model lenet5 --ratios 125 --epoch-scale 0.1 \
+    python -m examples.mnist_gsm --model lenet5 --ratios 125 --epoch-scale 0.1 \
         --dense-checkpoint dense.msgpack --skip-baselines --skip-lottery \
         --variants paper          # trains and saves the dense model
-    taskset -c 0 python examples/mnist_gsm.py --model lenet5 --ratios 125 \
+    taskset -c 0 python -m examples.mnist_gsm --model lenet5 --ratios 125 \
         --epoch-scale 0.1 --dense-checkpoint dense.msgpack &
-    taskset -c 1 python examples/mnist_gsm.py --model lenet5 --ratios 300 \
+    taskset -c 1 python -m examples.mnist_gsm --model lenet5 --ratios 300 \
         --epoch-scale 0.1 --dense-checkpoint dense.msgpack
 """
 
@@ -65,11 +65,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from mnist_data import load_mnist
-from mnist_models import MODELS
-from training import Trainer
 
 import optax_gsm
+from examples.mnist_data import load_mnist
+from examples.models import MNIST_MODELS
+from examples.training import Trainer
 
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 BATCH = 256
@@ -309,7 +309,7 @@ def main(argv=None):
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-  parser.add_argument("--model", choices=list(MODELS), default="lenet300")
+  parser.add_argument("--model", choices=list(MNIST_MODELS), default="lenet300")
   parser.add_argument("--ratios", type=float, nargs="+", default=[60.0])
   parser.add_argument("--variants", nargs="+", choices=VARIANTS,
                       default=list(VARIANTS))
@@ -335,6 +335,9 @@ def main(argv=None):
   parser.add_argument("--output-dir", type=pathlib.Path, default=RESULTS)
   parser.add_argument("--quick", action="store_true",
                       help="10-step epochs, scale 0.05: a smoke test")
+  parser.add_argument("--max-train", type=int, default=None,
+                      help="train on the first N training images only (the "
+                      "test set stays whole): for quick checks")
   args = parser.parse_args(argv)
   if not 0.0 < args.freeze_at < 1.0:
     parser.error(f"--freeze-at must be in (0, 1); got {args.freeze_at}")
@@ -342,6 +345,8 @@ def main(argv=None):
     value = getattr(args, flag)
     if value is not None and not value > 0.0:
       parser.error(f"--{flag.replace('_', '-')} must be > 0; got {value}")
+  if args.max_train is not None and args.max_train < 1:
+    parser.error(f"--max-train must be >= 1; got {args.max_train}")
   if args.magnitude_rounds < 1:
     parser.error(f"--magnitude-rounds must be >= 1; got {args.magnitude_rounds}")
   steps_per_epoch = 10 if args.quick else OFFICIAL_STEPS_PER_EPOCH
@@ -351,16 +356,18 @@ def main(argv=None):
   data = load_mnist(args.data_dir)
   print(f"MNIST from {data.source}: {len(data.train_labels)} train, "
         f"{len(data.test_labels)} test", flush=True)
-  model = MODELS[args.model]()
+  model = MNIST_MODELS[args.model]()
   normalise = lambda x: (x.astype(np.float32) / 255.0 - 0.1307) / 0.3081
-  trainer = Trainer(model, (normalise(data.train_images), data.train_labels),
+  train = slice(0, args.max_train)
+  trainer = Trainer(model, (normalise(data.train_images[train]),
+                            data.train_labels[train]),
                     (normalise(data.test_images), data.test_labels),
                     steps_per_epoch=steps_per_epoch, batch_size=BATCH,
                     seed=args.seed)
   init_params = model.init(jax.random.PRNGKey(args.seed),
                            trainer.train_x[:1])["params"]
   settings = {"model": args.model, "data_source": data.source,
-              "train_size": int(len(data.train_labels)),
+              "train_size": int(len(data.train_labels[train])),
               "test_size": int(len(data.test_labels)),
               "epoch_scale": epoch_scale, "steps_per_epoch": steps_per_epoch,
               "seed": args.seed}

@@ -1,11 +1,12 @@
 """Prune a Flax MLP to 1/10 of its weights while it trains, with no fine-tuning.
 
 Real data: scikit-learn's 8x8 handwritten digits (1,797 images). The flow is
-the library's whole story: train with `optax_gsm.gsm_sgd`, then
+the library's whole story: train with `optax_gsm.gsm_sgd` given the step
+budget (its lossless default), check `optax_gsm.prune_readiness`, then
 `optax_gsm.prune` and `optax_gsm.sparsity_report`.
 
-    python examples/quickstart.py            # about a minute on a laptop CPU
-    python examples/quickstart.py --quick    # a few seconds, as the tests run it
+    python -m examples.quickstart            # about a minute on a laptop CPU
+    python -m examples.quickstart --quick    # a few seconds, as the tests run it
 """
 
 import argparse
@@ -45,9 +46,11 @@ def main(argv=None):
 
   model = MLP()
   params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
+  # total_steps: freeze the active set at 20% of the steps and decay the
+  # rest at critical damping, so the final prune removes only ~zeros.
   tx = optax_gsm.gsm_sgd(
       optax.cosine_decay_schedule(0.05, steps), args.compression_ratio,
-      momentum=0.99, nesterov=True, weight_decay=5e-4)
+      total_steps=steps, momentum=0.99, nesterov=True, weight_decay=5e-4)
   opt_state = tx.init(params)
 
   def loss_fn(params, x, y):
@@ -75,7 +78,8 @@ def main(argv=None):
             f"test accuracy {accuracy(params):.2%}", flush=True)
   print(f"trained in {time.perf_counter() - start:.1f} s")
 
-  pruned, _ = optax_gsm.prune(params, args.compression_ratio)
+  print(optax_gsm.prune_readiness(params, opt_state=opt_state))
+  pruned, _ = optax_gsm.prune(params, opt_state=opt_state)
   print(optax_gsm.sparsity_report(pruned))
   print(f"test accuracy: before the final prune {accuracy(params):.2%}, "
         f"after it {accuracy(pruned):.2%} (no fine-tuning)")

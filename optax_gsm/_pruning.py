@@ -76,9 +76,9 @@ def ranking_masks(params: chex.ArrayTree,
     # Zeros rank below every non-zero weight, as in GSM's own selection.
     scores = jax.tree.leaves(_saliency.magnitude_saliency(None, ranked))
     scores = [jnp.where(s == 0, -jnp.inf, s) for s in scores]
-    chosen = iter(_selection.top_q_mask(scores, ranking.num_active))
-    masks = [next(chosen) if flag else m
-             for m, flag in zip(masks, ranking.flags)]
+    masks = _prunable.merge_prunable(
+        ranking.flags, _selection.top_q_mask(scores, ranking.num_active),
+        lambda i, masks=masks: masks[i])
   return masks
 
 

@@ -2,14 +2,11 @@
 the npm split, and the error when nothing is available."""
 
 import gzip
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
-import mnist_data  # noqa: E402
+mnist_data = pytest.importorskip("examples.mnist_data")
 
 OFFICIAL_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
                          5949]
