@@ -51,6 +51,17 @@ _FIRST_PASS_SPREAD = (-3.0, -0.7, 0.7, 3.0)
 # Expected interpolation errors (in sqrt of the bracket's entries) spanned
 # by a pass once the target is bracketed.
 _INTERPOLATION_SPREAD = (-3.0, -1.0, 1.0, 3.0)
+# `_widen`, while one side of the bracket is unbounded: the probes step past
+# the bounded side by these multiples of its rank error ...
+_WIDEN_STEP_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
+# ... and the steps grow by this factor each pass, so that a far target is
+# reached in a logarithmic number of passes.
+_WIDEN_GROWTH_PER_PASS = 4.0
+# Where the sample has no key past the bounded side (ties), the probes nudge
+# it by 2**(4 i) keys, i = 0, 1, 2, ... across probes and passes: 1, 16,
+# 256, ... keys, capped at 2**30.
+_NUDGE_LOG2_STEP = 4
+_NUDGE_MAX_LOG2 = 30
 
 
 def _ordered_key(score: jax.Array) -> jax.Array:
@@ -132,7 +143,7 @@ class _Search(NamedTuple):
   low_count: jax.Array
   high: jax.Array
   high_count: jax.Array
-  previous_width: jax.Array  # low_count - high_count before the last pass
+  previous_entries: jax.Array  # low_count - high_count before the last pass
   passes: jax.Array
 
 
@@ -144,19 +155,26 @@ def _interpolate(search: _Search, counts: jax.Array) -> jax.Array:
   """
   fraction = jnp.clip((search.low_count - counts) / (
       search.low_count - search.high_count).astype(jnp.float32), 0.0, 1.0)
-  width = search.high - search.low  # wraps to negative past 2**31 - 1
-  offset = jnp.minimum(jnp.floor(width.astype(jnp.float32) * fraction),
-                       width.astype(jnp.float32))
+  # The bracket's width in keys (not entries); wraps to negative past
+  # 2**31 - 1.
+  key_span = search.high - search.low
+  offset = jnp.minimum(jnp.floor(key_span.astype(jnp.float32) * fraction),
+                       key_span.astype(jnp.float32))
   narrow = search.low + offset.astype(_INT32)
   low_f = search.low.astype(jnp.float32)
   wide = low_f + (search.high.astype(jnp.float32) - low_f) * fraction
   wide = jnp.clip(wide, float(_MIN_KEY), 2.0**31 - 256.0).astype(_INT32)
-  return jnp.where(width > 0, narrow, wide)
+  return jnp.where(key_span > 0, narrow, wide)
 
 
 def _thirds(search: _Search) -> jax.Array:
   """Both keys next to the ends and two inner points: cuts the key range by
-  three and settles a tie at either end."""
+  three and settles a tie at either end.
+
+  The inner points are the thirds of the key range, not of the counts: with
+  the bracket's counts replaced by 3 at ``low`` and 0 at ``high``,
+  `_interpolate` at counts 2 and 1 lands one and two thirds of the way up.
+  """
   third = _interpolate(search._replace(low_count=jnp.asarray(3, _INT32),
                                        high_count=jnp.asarray(0, _INT32)),
                        jnp.asarray([2.0, 1.0]))
@@ -174,13 +192,16 @@ def _widen(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   bounded = jnp.where(high_open, search.low, search.high)
   error = jnp.abs(jnp.where(high_open, search.low_count, search.high_count)
                   - q).astype(jnp.float32)
-  growth = 4.0 ** (search.passes - 1).astype(jnp.float32)
-  steps = (error + sample.weight * growth) * jnp.asarray([0.5, 1.0, 2.0, 4.0])
+  growth = _WIDEN_GROWTH_PER_PASS ** (search.passes - 1).astype(jnp.float32)
+  steps = (error + sample.weight * growth) * jnp.asarray(_WIDEN_STEP_MULTIPLES)
   estimate = _sample_count_at_least(sample, bounded)
   from_sample = jax.vmap(lambda c: _sample_key_at_count(sample, c))(
       jnp.where(high_open, estimate - steps, estimate + steps))
-  shift = jnp.minimum(4 * (jnp.arange(_PROBES_PER_PASS) + 4 * search.passes
-                           - 4), 30)
+  shift = jnp.minimum(
+      _NUDGE_LOG2_STEP * (jnp.arange(_PROBES_PER_PASS)
+                          + _PROBES_PER_PASS * search.passes
+                          - _PROBES_PER_PASS),
+      _NUDGE_MAX_LOG2)
   nudge = jnp.left_shift(1, jnp.maximum(shift, 0)).astype(_INT32)
   nudged = jnp.where(
       high_open,
@@ -202,11 +223,12 @@ def _next_probes(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   sigma = jnp.sqrt(jnp.maximum(q_f, 1.0) * sample.weight) + sample.weight
   first = jax.vmap(lambda c: _sample_key_at_count(sample, c))(
       q_f + sigma * jnp.asarray(_FIRST_PASS_SPREAD))
-  width = search.low_count - search.high_count
-  spread = jnp.sqrt(width.astype(jnp.float32)) + 1.0
+  # The bracket's width in entries (not keys): how many scores lie in it.
+  entries = search.low_count - search.high_count
+  spread = jnp.sqrt(entries.astype(jnp.float32)) + 1.0
   clustered = _interpolate(
       search, q_f + spread * jnp.asarray(_INTERPOLATION_SPREAD))
-  progressed = 4 * width <= search.previous_width
+  progressed = 4 * entries <= search.previous_entries
   bracketed = jnp.where(progressed, clustered, _thirds(search))
   unbounded = (search.low == _MIN_KEY) | (search.high == _MAX_KEY)
   probes = jnp.where(search.passes == 0, first,
@@ -223,7 +245,7 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
   start = _Search(
       low=jnp.asarray(_MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
       high=jnp.asarray(_MAX_KEY, _INT32), high_count=jnp.asarray(0, _INT32),
-      previous_width=jnp.asarray(total, _INT32),
+      previous_entries=jnp.asarray(total, _INT32),
       passes=jnp.asarray(0, _INT32))
 
   def unfinished(search):
@@ -244,7 +266,7 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
                        search.high),
         high_count=jnp.where(num_low < _PROBES_PER_PASS, counts[high_index],
                              search.high_count),
-        previous_width=search.low_count - search.high_count,
+        previous_entries=search.low_count - search.high_count,
         passes=search.passes + 1)
 
   return lax.while_loop(unfinished, one_pass, start)
@@ -306,6 +328,12 @@ class Selection(NamedTuple):
 
 
 def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
+  """The ordered int32 keys of every leaf, the treedef, and Q clipped to
+  ``[0, N]`` as int32.
+
+  Raises:
+    ValueError: no leaves, or more entries than int32 counts can hold.
+  """
   leaves, treedef = jax.tree.flatten(scores)
   if not leaves:
     raise ValueError("`scores` has no leaves to select from.")
@@ -320,6 +348,13 @@ def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
 
 
 def _select_keys(keys: list[jax.Array], q: jax.Array):
+  """Masks of exactly the ``q`` largest keys, and the passes it took.
+
+  The search ends with ``count(low) == q`` (then ``key >= low`` is the
+  answer) or with a one-key bracket whose key ``low`` is tied: then every
+  key above it plus the first ``q - count(high)`` keys equal to it, by
+  position. ``q == 0`` selects nothing.
+  """
   search = _find_threshold(keys, q)
   # Not exact: the bracket is one key wide and `low` is a tied key.
   masks = lax.cond(

@@ -87,5 +87,6 @@ def test_lenet5_pooling_is_flax_max_pool():
 @pytest.mark.parametrize("module", ["update_time", "train_step"])
 def test_benchmarks_quick_mode(module):
   import importlib
+  pytest.importorskip("benchmarks._common")
   records = importlib.import_module(f"benchmarks.{module}").main(["--quick"])
   assert records

@@ -2,7 +2,6 @@
 
 import chex
 import hypothesis
-import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -128,10 +127,18 @@ class SelectionTest(parameterized.TestCase):
       optax_gsm.top_q_mask({}, 1)
 
 
+# Values are drawn, shapes come from a fixed set: each new shape would compile
+# the selection again (seconds), for no new behaviour.
+SHAPE_SETS = (
+    [(7,)],
+    [(3, 5), (1,), (2, 2, 4)],
+    [(9, 9), (0,), (4, 1, 3), (6,)],
+)
+
+
 @hypothesis.settings(max_examples=40, deadline=None)
 @hypothesis.given(
-    shapes=st.lists(hnp.array_shapes(max_dims=3, max_side=9), min_size=1,
-                    max_size=4),
+    shapes=st.sampled_from(SHAPE_SETS),
     q_fraction=st.floats(0.0, 1.0),
     palette=st.sampled_from(["continuous", "few_values", "zeros"]),
     seed=st.integers(0, 2**16),
