@@ -106,3 +106,43 @@ def test_bad_uses_are_clear_errors():
     optax_gsm.prune({"v": jnp.ones((4, 4))}, opt_state=state)
   with pytest.raises(ValueError, match="not a schedule"):
     optax_gsm.prune(params, optax.linear_schedule(1.0, 4.0, 10))
+
+
+def test_nnx_optimizer_state_drives_the_prune():
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.emb = nnx.Embed(20, 8, rngs=rngs)
+      self.hidden = nnx.Linear(8, 32, rngs=rngs)
+      self.bn = nnx.BatchNorm(32, rngs=rngs)
+      self.out = nnx.Linear(32, 4, rngs=rngs)
+
+    def __call__(self, tokens):
+      x = self.hidden(self.emb(tokens).mean(1))
+      return self.out(nnx.relu(self.bn(x)))
+
+  model = Net(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax_gsm.gsm_sgd(0.1, 8.0), wrt=nnx.Param)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 20, (16, 3)))
+  labels = jnp.arange(16) % 4
+
+  @nnx.jit
+  def step(model, optimizer):
+    grads = nnx.grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(
+        m(tokens), labels).mean())(model)
+    optimizer.update(model, grads)
+
+  for _ in range(3):
+    step(model, optimizer)
+  state = nnx.as_pure(optimizer.opt_state)
+  params = nnx.state(model, nnx.Param)
+  pruned, mask = optax_gsm.prune(params, opt_state=state)
+  q = (20 * 8 + 8 * 32 + 32 * 4) // 8
+  report = optax_gsm.sparsity_report(pruned, opt_state=state)
+  assert report.prunable_nonzero == q
+  assert {leaf.path for leaf in report.leaves if leaf.prunable} == {
+      "emb/embedding", "hidden/kernel", "out/kernel"}
+  nnx.update(model, pruned)  # the pruned state goes straight back in
+  assert int(jnp.count_nonzero(model.hidden.kernel[...])) == int(
+      mask["hidden"]["kernel"][...].sum())
