@@ -6,6 +6,7 @@ Prune while training: add `gsm` to an Optax chain, train, then `prune`.
 from importlib.metadata import PackageNotFoundError, version
 
 from optax_gsm._batch_stats import recalibrate_batch_stats
+from optax_gsm._bcoo import to_bcoo
 from optax_gsm._compression_ratio import compression_schedule, num_active
 from optax_gsm._fine_tuning import keep_mask
 from optax_gsm._gsm import GSMState, gsm, gsm_sgd
@@ -17,6 +18,7 @@ from optax_gsm._readiness import LeafReadiness, PruneReadiness, prune_readiness
 from optax_gsm._report import LeafSparsity, SparsityReport, sparsity_report
 from optax_gsm._saliency import magnitude_saliency, taylor_saliency
 from optax_gsm._selection import Selection, kth_largest, select_top, top_q_mask
+from optax_gsm._sparse_storage import load_sparse, save_sparse
 
 try:
   __version__ = version("optax_gsm")
@@ -38,6 +40,7 @@ __all__ = (
     "gsm_sgd",
     "keep_mask",
     "kth_largest",
+    "load_sparse",
     "lossless_settings",
     "magnitude_mask",
     "magnitude_saliency",
@@ -46,8 +49,10 @@ __all__ = (
     "prune",
     "prune_readiness",
     "recalibrate_batch_stats",
+    "save_sparse",
     "select_top",
     "sparsity_report",
     "taylor_saliency",
+    "to_bcoo",
     "top_q_mask",
 )

@@ -7,7 +7,7 @@ import chex
 import jax
 import numpy as np
 
-from optax_gsm import _optimizer_state, _prunable
+from optax_gsm import _optimizer_state, _prunable, _sparse_storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +18,8 @@ class LeafSparsity:
   size: int
   nonzero: int
   prunable: bool
+  dense_bytes: int  # as an array
+  stored_bytes: int  # what `save_sparse` stores (data, header excluded)
 
   @property
   def density(self) -> float:
@@ -47,6 +49,19 @@ class SparsityReport:
     return sum(leaf.nonzero for leaf in self.leaves if leaf.prunable)
 
   @property
+  def dense_bytes(self) -> int:
+    return sum(leaf.dense_bytes for leaf in self.leaves)
+
+  @property
+  def stored_bytes(self) -> int:
+    return sum(leaf.stored_bytes for leaf in self.leaves)
+
+  @property
+  def storage_ratio(self) -> float:
+    """Dense bytes over the bytes `save_sparse` stores."""
+    return self.dense_bytes / max(self.stored_bytes, 1)
+
+  @property
   def compression_ratio(self) -> float:
     """Prunable entries per non-zero prunable entry (C = N / Q)."""
     nonzero = self.prunable_nonzero
@@ -69,18 +84,26 @@ class SparsityReport:
         "prunable_nonzero": self.prunable_nonzero,
         "compression_ratio": self.compression_ratio,
         "sparsity": self.sparsity,
+        "dense_bytes": self.dense_bytes, "stored_bytes": self.stored_bytes,
+        "storage_ratio": self.storage_ratio,
     }
 
   def __str__(self) -> str:
-    header = ("parameter", "shape", "prunable", "non-zero", "size", "density")
+    header = ("parameter", "shape", "prunable", "non-zero", "size", "density",
+              "bytes", "stored")
     rows = [(leaf.path, "x".join(map(str, leaf.shape)) or "scalar",
              "yes" if leaf.prunable else "no", str(leaf.nonzero),
-             str(leaf.size), f"{leaf.density:.2%}") for leaf in self.leaves]
+             str(leaf.size), f"{leaf.density:.2%}", str(leaf.dense_bytes),
+             str(leaf.stored_bytes)) for leaf in self.leaves]
+    prunable = [leaf for leaf in self.leaves if leaf.prunable]
     rows.append(("total prunable", "", "", str(self.prunable_nonzero),
                  str(self.prunable_size), _percent(self.prunable_nonzero,
-                                                   self.prunable_size)))
+                                                   self.prunable_size),
+                 str(sum(leaf.dense_bytes for leaf in prunable)),
+                 str(sum(leaf.stored_bytes for leaf in prunable))))
     rows.append(("total", "", "", str(self.nonzero), str(self.size),
-                 _percent(self.nonzero, self.size)))
+                 _percent(self.nonzero, self.size), str(self.dense_bytes),
+                 str(self.stored_bytes)))
     widths = [max(len(row[i]) for row in [header, *rows])
               for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
@@ -92,6 +115,8 @@ class SparsityReport:
                    f"{self.compression_ratio:.1f}x")
     else:
       lines.append("no prunable parameters")
+    lines.append(f"stored by save_sparse: {self.stored_bytes} of "
+                 f"{self.dense_bytes} bytes ({self.storage_ratio:.1f}x smaller)")
     return "\n".join(lines)
 
 
@@ -102,7 +127,10 @@ def _percent(part: int, whole: int) -> str:
 def sparsity_report(params: chex.ArrayTree, *,
                     prunable: _prunable.Prunable = None,
                     opt_state: chex.ArrayTree | None = None) -> SparsityReport:
-  """Counts the non-zero entries of every leaf and of the whole model.
+  """Counts the non-zero entries and the bytes of every leaf and in total.
+
+  Bytes: as dense arrays, and as `save_sparse` stores them (values plus
+  compressed indices; the file adds a small header).
 
   Pass pruned params (from `prune`) to see what is left, or a mask (e.g.
   `active_mask`) to count active entries. Runs on the host: call it outside
@@ -137,5 +165,6 @@ def sparsity_report(params: chex.ArrayTree, *,
       LeafSparsity(path=_prunable.path_string(path),
                    shape=tuple(np.shape(leaf)), size=int(np.size(leaf)),
                    nonzero=int(np.count_nonzero(np.asarray(leaf))),
-                   prunable=flag)
+                   prunable=flag, dense_bytes=int(np.asarray(leaf).nbytes),
+                   stored_bytes=_sparse_storage.stored_leaf_bytes(leaf))
       for (path, leaf), flag in zip(leaves, flags)))
