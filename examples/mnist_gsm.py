@@ -31,6 +31,9 @@ For one model and one or more compression ratios:
    applied to the dense model's initialisation and retrained with the mask
    fixed (the dense schedule).
 
+Each GSM variant's pruned parameters are saved with ``optax_gsm.save_sparse``
+as ``<stem>_<variant>.gsm`` (a few KB) beside the records.
+
 Budgets are counted in optimizer steps: an epoch is 60000 / 256 = 234 steps
 whatever the training-set size. ``--epoch-scale`` shortens every schedule
 proportionally. Writes ``benchmarks/results/mnist_<model>_<ratio>x.json``,
@@ -166,7 +169,7 @@ def run_gsm(trainer, dense_params, ratio, variant, epoch_scale, freeze_at):
       largest_pruned_weight=ready.largest_removed,
       layer_density=layer_densities(kept),
       nonzero=optax_gsm.sparsity_report(pruned).prunable_nonzero)
-  return record, kept
+  return record, pruned, kept
 
 
 def run_magnitude(trainer, dense_params, ratio, rounds, epoch_scale):
@@ -387,8 +390,14 @@ def main(argv=None):
     save = functools.partial(save_record, record, args.output_dir, stem)
     masks = {}
     for variant in args.variants:
-      gsm_record, kept = run_gsm(trainer, dense_params, ratio, variant,
-                                 gsm_epoch_scale, args.freeze_at)
+      gsm_record, pruned, kept = run_gsm(trainer, dense_params, ratio,
+                                         variant, gsm_epoch_scale,
+                                         args.freeze_at)
+      # The pruned model itself, compact (benchmarks/inference.py reads it).
+      model_file = args.output_dir / f"{stem}_{variant}.gsm"
+      gsm_record["model_file"] = model_file.name
+      gsm_record["model_file_bytes"] = optax_gsm.save_sparse(model_file,
+                                                             pruned)
       record["gsm"].append(gsm_record)
       save()
       masks.setdefault("GSM", kept)
