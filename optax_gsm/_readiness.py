@@ -15,7 +15,13 @@ import chex
 import jax
 import numpy as np
 
-from optax_gsm import _compression_ratio, _optimizer_state, _prunable, _pruning
+from optax_gsm import (
+  _compression_ratio,
+  _optimizer_state,
+  _prunable,
+  _pruning,
+  _report,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +90,7 @@ class PruneReadiness:
                  f"{self.largest_removed:.3g}", f"{self.smallest_kept:.3g}",
                  f"{self.removed_mass_fraction:.2%}",
                  "-" if fraction is None else f"{fraction:.1%}"))
-    widths = [max(len(row[i]) for row in [header, *rows])
-              for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in [header, *rows]]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return "\n".join(_report.format_table(header, rows, left_columns=1))
 
 
 def prune_readiness(

@@ -104,12 +104,7 @@ class SparsityReport:
     rows.append(("total", "", "", str(self.nonzero), str(self.size),
                  _percent(self.nonzero, self.size), str(self.dense_bytes),
                  str(self.stored_bytes)))
-    widths = [max(len(row[i]) for row in [header, *rows])
-              for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in [header, *rows]]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = format_table(header, rows, left_columns=3)
     if self.prunable_size:
       lines.append(f"compression ratio of prunable parameters: "
                    f"{self.compression_ratio:.1f}x")
@@ -118,6 +113,19 @@ class SparsityReport:
     lines.append(f"stored by save_sparse: {self.stored_bytes} of "
                  f"{self.dense_bytes} bytes ({self.storage_ratio:.1f}x smaller)")
     return "\n".join(lines)
+
+
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]], *,
+                 left_columns: int) -> list[str]:
+  """Lines of an aligned text table: the first ``left_columns`` columns
+  left-aligned, the rest right-aligned, a rule under the header."""
+  widths = [max(len(row[i]) for row in [header, *rows])
+            for i in range(len(header))]
+  lines = ["  ".join(cell.ljust(w) if i < left_columns else cell.rjust(w)
+                     for i, (cell, w) in enumerate(zip(row, widths)))
+           for row in [header, *rows]]
+  lines.insert(1, "-" * len(lines[0]))
+  return lines
 
 
 def _percent(part: int, whole: int) -> str:
