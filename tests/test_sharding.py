@@ -70,3 +70,12 @@ def test_sharded_ties_give_the_single_device_mask():
   sharded = jax.jit(optax_gsm.top_q_mask)(shard(scores), 1000)
   chex.assert_trees_all_equal(sharded, optax_gsm.top_q_mask(scores, 1000))
   assert int(sharded["a"].sum()) == 1000
+
+
+def test_eager_init_places_the_mask_like_the_params():
+  # Regression: the mask of an eager `init` landed on one device while the
+  # momentum followed the params' sharding.
+  params = shard(make_params())
+  state = optax_gsm.gsm(20.0).init(params)
+  for mask, w in zip(jax.tree.leaves(state.mask), jax.tree.leaves(params)):
+    assert mask.sharding == w.sharding
