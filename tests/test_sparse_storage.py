@@ -73,8 +73,14 @@ def test_flax_linen_variables_and_nnx_state(tmp_path):
   nnx.update(model, loaded)
 
 
+class LeNet300100(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(300)(x))
+    return nn.Dense(10)(nn.relu(nn.Dense(100)(x)))
+
+
 def test_pruned_lenet300_is_over_40x_smaller_than_its_msgpack(tmp_path):
-  from examples.models import LeNet300100
   params = LeNet300100().init(jax.random.PRNGKey(0),
                               jnp.ones((1, 784)))["params"]
   pruned, _ = optax_gsm.prune(params, 60.0)
