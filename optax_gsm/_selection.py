@@ -9,9 +9,9 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
 1. Order-preserving integer keys: every float score is mapped to an ``int32``
    whose signed order is the float order (``-0.0`` and ``+0.0`` are one key;
    NaN and +-inf rank below every finite score).
-2. A small fixed random sample of the keys (``N / 128``, at most ``2**14``
-   entries, drawn leaf by leaf at indices fixed at trace time, no
-   concatenated copy of the scores) estimates where the Q-th largest key lies.
+2. A small fixed sample of the keys (``N / 128``, at most ``2**14``
+   entries, a strided slice of each leaf, no concatenated copy of the
+   scores) estimates where the Q-th largest key lies.
 3. Passes over the leaves, each counting ``#{key >= t}`` exactly at four
    thresholds in one variadic reduction, narrow the bracket
    ``count(low) >= Q > count(high)``: first around the sample's estimate,
@@ -19,12 +19,14 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    the bracket and next to its ends when a pass made little progress), until
    ``#{key >= t} == Q`` or the bracket is a single key (a tie).
 4. Ties at the threshold are broken by position: leaves in
-   ``jax.tree.leaves`` order, entries in row-major order, earlier first. So
-   exactly ``Q`` entries are selected, deterministically.
+   ``jax.tree.leaves`` order, entries in row-major order, earlier first
+   (in the one leaf where the cut falls, a binary search over the flat
+   index). So exactly ``Q`` entries are selected, deterministically.
 
 Everything runs under ``jit`` with a traced ``Q``, without host round trips,
-and uses only element-wise maps and reductions over each leaf, so it
-partitions over sharded parameters without gathering them.
+and uses only element-wise maps, strided slices and reductions over each
+leaf, so it partitions over sharded parameters without gathering them: per
+counting pass the devices (and processes) exchange a few scalars.
 """
 
 from typing import Any, NamedTuple
@@ -104,24 +106,38 @@ class _Sample(NamedTuple):
   weight: float
 
 
+def _sample_strides(shape: tuple[int, ...], num: int) -> list[int]:
+  """Per-axis strides leaving about ``num`` entries of a ``shape`` leaf.
+
+  Doubles the stride of the axis with the most remaining entries until the
+  strided grid has at most ``2 * num`` entries.
+  """
+  strides = [1] * len(shape)
+  kept = lambda: [-(-d // s) for d, s in zip(shape, strides)]
+  while int(np.prod(kept())) > 2 * num:
+    axis = int(np.argmax(kept()))
+    strides[axis] *= 2
+  return strides
+
+
 def _sample(keys: list[jax.Array]) -> _Sample:
-  """A fixed pseudo-random sample of every leaf, in proportion to its size.
+  """A fixed strided sample of every leaf, in proportion to its size.
 
   ``N / 128`` entries, between ``_MIN_SAMPLE_SIZE`` and ``_MAX_SAMPLE_SIZE``:
   enough to land the first probe within a fraction of a percent of the
   target rank, small enough that sorting it costs less than a counting pass.
+  A strided slice, not a gather at scattered indices: on a sharded leaf it
+  partitions into each shard's own slice, so only the small sample moves
+  between devices.
   """
   total = sum(k.size for k in keys)
   target = min(total,
                max(_MIN_SAMPLE_SIZE, min(_MAX_SAMPLE_SIZE, total // 128)))
-  rng = np.random.default_rng(0)
   parts = []
   for k in keys:
     num = min(k.size, max(1, round(target * k.size / total)))
-    flat = k.reshape(-1)
-    if num < k.size:
-      flat = flat[np.sort(rng.integers(0, k.size, num))]
-    parts.append(flat)
+    strides = _sample_strides(k.shape, num)
+    parts.append(k[tuple(slice(None, None, s) for s in strides)].reshape(-1))
   sample = jnp.sort(jnp.concatenate(parts))[::-1]
   return _Sample(keys=sample, weight=total / sample.size)
 
@@ -272,22 +288,40 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
   return lax.while_loop(unfinished, one_pass, start)
 
 
-def _row_major_rank(ties: jax.Array) -> jax.Array:
-  """1-based row-major rank of each True entry among the True entries.
+def _row_major_index(shape: tuple[int, ...]) -> jax.Array:
+  """Each entry's flat row-major index (int32), built from per-axis iotas so
+  that it is computed shard by shard on a sharded leaf."""
+  index = jnp.zeros(shape, _INT32)
+  for axis in range(len(shape)):
+    stride = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    index = index + lax.broadcasted_iota(_INT32, shape, axis) * stride
+  return index
 
-  Built axis by axis (ties in earlier slabs along each axis, then within the
-  slab) instead of one cumsum over the flattened array, so that a leaf
-  sharded along its first axis only exchanges per-row totals. (XLA still
-  gathers a leaf sharded along its last axis for that axis's cumsum; this
-  runs only when the threshold is tied.)
+
+def _first_ties(ties: jax.Array, take: jax.Array) -> jax.Array:
+  """The first ``take`` True entries of ``ties`` in row-major order.
+
+  Binary search for the smallest flat index ``m`` with ``take`` ties before
+  it: one masked count a step (``log2`` of the size steps), element-wise and
+  a scalar sum, so a sharded leaf exchanges scalars, never its entries (a
+  cumulative sum along a sharded axis would gather the axis).
   """
-  counts = ties.astype(_INT32)
-  rank = counts
-  for axis in range(ties.ndim):
-    slab_totals = jnp.sum(counts, axis=tuple(range(axis + 1, ties.ndim)),
-                          keepdims=True)
-    rank = rank + jnp.cumsum(slab_totals, axis=axis) - slab_totals
-  return rank
+  index = _row_major_index(ties.shape)
+
+  def ties_before(m):
+    return jnp.sum(ties & (index < m), dtype=_INT32)
+
+  def halve(_, bounds):
+    low, high = bounds  # ties_before(low) < take <= ties_before(high)
+    middle = low + (high - low) // 2
+    enough = ties_before(middle) >= take
+    return (jnp.where(enough, low, middle), jnp.where(enough, middle, high))
+
+  steps = max(1, int(np.ceil(np.log2(ties.size + 1))))
+  _, end = lax.fori_loop(0, steps, halve,
+                         (jnp.asarray(0, _INT32),
+                          jnp.asarray(ties.size, _INT32)))
+  return ties & (index < end)
 
 
 def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
@@ -301,12 +335,12 @@ def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
     take_here = jnp.clip(to_take - taken_before, 0, num_ties)
 
     def partial_ties(ties=ties, take_here=take_here):
-      return ties & (_row_major_rank(ties) <= take_here)
+      return _first_ties(ties, take_here)
 
     def all_or_no_ties(ties=ties, take_here=take_here, num_ties=num_ties):
       return ties & (take_here == num_ties)
 
-    # Only the one leaf where the cut falls needs the (slow) prefix count.
+    # Only the one leaf where the cut falls needs the search.
     chosen_ties = lax.cond((take_here > 0) & (take_here < num_ties),
                            partial_ties, all_or_no_ties)
     masks.append((k > threshold) | chosen_ties)

@@ -22,6 +22,10 @@ def mesh():
   return Mesh(np.array(jax.devices()[:8]), ("data",))
 
 
+def mesh_2d():
+  return Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+
+
 def make_params(seed=0):
   rng = np.random.default_rng(seed)
   return {"a": {"kernel": jnp.asarray(rng.normal(size=(256, 512)), jnp.float32),
@@ -79,3 +83,30 @@ def test_eager_init_places_the_mask_like_the_params():
   state = optax_gsm.gsm(20.0).init(params)
   for mask, w in zip(jax.tree.leaves(state.mask), jax.tree.leaves(params)):
     assert mask.sharding == w.sharding
+
+
+@pytest.mark.parametrize("spec", [P(None, "model"), P("data", "model"),
+                                  P("data", None)],
+                         ids=["model", "data-model", "fsdp"])
+def test_whole_update_gathers_nothing_parameter_sized(spec):
+  # Regression: the sample's scattered gather and the tie-break's cumsum
+  # all-gathered whole key leaves at the top level of every update.
+  params = make_params()
+  grads = make_params(seed=1)
+
+  def put(x):
+    vector_spec = P(spec[1]) if spec[1] else P()
+    return jax.device_put(x, NamedSharding(
+        mesh_2d(), spec if x.ndim == 2 else vector_spec))
+
+  tx = optax_gsm.gsm_sgd(0.1, 20.0, momentum=0.9, weight_decay=1e-3)
+  sharded_params, sharded_grads = jax.tree.map(put, (params, grads))
+  state = jax.jit(tx.init)(sharded_params)
+  compiled = jax.jit(tx.update).lower(sharded_grads, state,
+                                      sharded_params).compile().as_text()
+  smallest_kernel = 512 * 64
+  assert all(size <= smallest_kernel // 16
+             for size in gathered_sizes(compiled)), gathered_sizes(compiled)
+  _, new_state = jax.jit(tx.update)(sharded_grads, state, sharded_params)
+  _, reference = jax.jit(tx.update)(grads, tx.init(params), params)
+  chex.assert_trees_all_equal(new_state[0].mask, reference[0].mask)
