@@ -361,10 +361,10 @@ def gsm_sgd(
     ...                     "bias": jnp.zeros(10)}}
     >>> schedule = optax.cosine_decay_schedule(0.1, 100)
     >>> tx = optax_gsm.gsm_sgd(schedule, 10.0, total_steps=100, momentum=0.9)
-    >>> state = tx.init(params)
+    >>> state, update = tx.init(params), jax.jit(tx.update)
     >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> for _ in range(100):
-    ...   updates, state = tx.update(grads, state, params)
+    ...   updates, state = update(grads, state, params)
     ...   params = optax.apply_updates(params, updates)
     >>> pruned, mask = optax_gsm.prune(params, opt_state=state)
     >>> int(mask["dense"]["kernel"].sum())

@@ -1,0 +1,13 @@
+"""The examples in the public docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+from optax_gsm import _gsm
+
+
+@pytest.mark.parametrize("module", [_gsm])
+def test_docstring_examples(module):
+  result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0
