@@ -49,8 +49,14 @@ def to_bcoo(tree: chex.ArrayTree, mask: chex.ArrayTree | None = None, *,
       leaf = jnp.where(keep, leaf, jnp.zeros_like(leaf))
     if not flag or np.ndim(leaf) != 2:
       return leaf
-    leaf = jnp.asarray(leaf)
-    return sparse.BCOO.fromdense(leaf, nse=int(jnp.count_nonzero(leaf)))
+    # Built on the host from the non-zero positions: BCOO.fromdense would
+    # compile a program per kernel shape.
+    dense = np.asarray(leaf)
+    rows, cols = np.nonzero(dense)
+    return sparse.BCOO((jnp.asarray(dense[rows, cols]),
+                        jnp.asarray(np.stack([rows, cols], 1), jnp.int32)),
+                       shape=dense.shape, indices_sorted=True,
+                       unique_indices=True)
 
   return treedef.unflatten([convert(*args)
                             for args in zip(leaves, flags, masks)])
