@@ -66,11 +66,6 @@ def rankings(
                                                             ratio))]
 
 
-# One compiled selection per set of leaf shapes, reused across calls: eager,
-# the counting loop is traced and compiled again at every prune.
-_top_q_mask = jax.jit(_selection.top_q_mask)
-
-
 def ranking_masks(params: chex.ArrayTree,
            ranking_list: list[_optimizer_state.Ranking]) -> list[jax.Array]:
   """Per leaf: the magnitude top-Q mask of each ranking, True elsewhere."""
@@ -82,7 +77,7 @@ def ranking_masks(params: chex.ArrayTree,
     scores = jax.tree.leaves(_saliency.magnitude_saliency(None, ranked))
     scores = [jnp.where(s == 0, -jnp.inf, s) for s in scores]
     masks = _prunable.merge_prunable(
-        ranking.flags, _top_q_mask(scores, ranking.num_active),
+        ranking.flags, _selection.top_q_mask(scores, ranking.num_active),
         lambda i, masks=masks: masks[i])
   return masks
 

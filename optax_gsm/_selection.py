@@ -398,6 +398,10 @@ def _select_keys(keys: list[jax.Array], q: jax.Array):
   return [m & (q > 0) for m in masks], search.passes
 
 
+# Jitted so that eager callers (an un-jitted `update`, `prune`) compile the
+# counting loop once per set of leaf shapes instead of at every call; under an
+# outer jit it is inlined.
+@jax.jit
 def select_top(scores: chex.ArrayTree, q: chex.Numeric) -> Selection:
   """Selects exactly the ``q`` largest entries over a whole pytree of scores.
 
@@ -429,6 +433,7 @@ def top_q_mask(scores: chex.ArrayTree, q: chex.Numeric) -> chex.ArrayTree:
   return select_top(scores, q).mask
 
 
+@jax.jit
 def kth_largest(scores: chex.ArrayTree, k: chex.Numeric) -> jax.Array:
   """The ``k``-th largest score over a whole pytree, as float32.
 
