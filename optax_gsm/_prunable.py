@@ -76,9 +76,9 @@ def default_prunable(params: chex.ArrayTree) -> chex.ArrayTree:
   Returns:
     A pytree of Python bools with the structure of ``params``.
   """
-  with_path = jax.tree_util.tree_leaves_with_path(params)
-  flax_named = any(path_names(path)[-1:] and path_names(path)[-1]
-                   in _FLAX_NAMES for path, _ in with_path)
+  last_names = [path_names(path)[-1:] for path, _ in
+                jax.tree_util.tree_leaves_with_path(params)]
+  flax_named = any(names and names[0] in _FLAX_NAMES for names in last_names)
 
   def flag(path, leaf):
     if not _is_real_float(leaf):
