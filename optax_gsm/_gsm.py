@@ -186,9 +186,7 @@ def gsm(
 
   def prunable_flags(params):
     flags = _prunable.resolve_prunable(prunable, params)
-    num_prunable = sum(jnp.size(leaf) for leaf in _prunable.prunable_leaves(
-        flags, jax.tree.leaves(params)))
-    return flags, num_prunable
+    return flags, _prunable.prunable_count(flags, jax.tree.leaves(params))
 
   def init_fn(params):
     flags, num_prunable = prunable_flags(params)

@@ -29,6 +29,11 @@ class Ranking(NamedTuple):
   num_active: int
 
 
+def covered_flags(rankings: list[Ranking]) -> list[bool]:
+  """Per leaf: whether any of the rankings covers it."""
+  return [any(column) for column in zip(*(r.flags for r in rankings))]
+
+
 def _is_gsm_state(node: Any) -> bool:
   return isinstance(node, _gsm.GSMState)
 

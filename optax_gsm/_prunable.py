@@ -203,6 +203,11 @@ def prunable_leaves(flags: Sequence[bool], leaves: Sequence[Any]) -> list:
   return [leaf for leaf, flag in zip(leaves, flags) if flag]
 
 
+def prunable_count(flags: Sequence[bool], leaves: Sequence[Any]) -> int:
+  """N: the number of entries of the flagged leaves."""
+  return sum(int(np.size(leaf)) for leaf in prunable_leaves(flags, leaves))
+
+
 def merge_prunable(flags: Sequence[bool], prunable_values: Sequence[Any],
                    other: Callable[[int], Any]) -> list:
   """Puts ``prunable_values`` back at the flagged positions of a leaf list.

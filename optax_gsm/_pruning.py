@@ -29,8 +29,7 @@ def prunable_size(params: chex.ArrayTree,
                   prunable: _prunable.Prunable = None) -> int:
   """N: the number of prunable entries of ``params``."""
   flags = _prunable.resolve_prunable(prunable, params)
-  return sum(jnp.size(w) for w in _prunable.prunable_leaves(
-      flags, jax.tree.leaves(params)))
+  return _prunable.prunable_count(flags, jax.tree.leaves(params))
 
 
 def rankings(
@@ -59,15 +58,15 @@ def rankings(
   ratio = _compression_ratio.compression_schedule(compression_ratio,
                                                   sparsity)(0)
   flags = _prunable.resolve_prunable(prunable, params)
-  num_prunable = sum(jnp.size(w) for w in _prunable.prunable_leaves(
-      flags, jax.tree.leaves(params)))
+  num_prunable = _prunable.prunable_count(flags, jax.tree.leaves(params))
   return [_optimizer_state.Ranking(
       flags=flags, num_active=_compression_ratio.num_active(num_prunable,
                                                             ratio))]
 
 
-def ranking_masks(params: chex.ArrayTree,
-           ranking_list: list[_optimizer_state.Ranking]) -> list[jax.Array]:
+def ranking_masks(
+    params: chex.ArrayTree,
+    ranking_list: list[_optimizer_state.Ranking]) -> list[jax.Array]:
   """Per leaf: the magnitude top-Q mask of each ranking, True elsewhere."""
   leaves = jax.tree.leaves(params)
   masks = [jnp.ones(jnp.shape(w), bool) for w in leaves]

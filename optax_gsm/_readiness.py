@@ -127,7 +127,7 @@ def prune_readiness(
   kept_mask = _pruning.ranking_masks(params, ranking_list)
   active = (None if opt_state is None else
             jax.tree.leaves(_optimizer_state.active_mask(opt_state, params)))
-  flags = [any(column) for column in zip(*(r.flags for r in ranking_list))]
+  flags = _optimizer_state.covered_flags(ranking_list)
   leaves = []
   for i, ((path, w), flag) in enumerate(zip(
       jax.tree_util.tree_leaves_with_path(params), flags)):

@@ -163,16 +163,19 @@ def sparsity_report(params: chex.ArrayTree, *,
   if opt_state is not None:
     if prunable is not None:
       raise ValueError("Give either `opt_state` or `prunable`, not both.")
-    flags = [any(column) for column in zip(*(
-        ranking.flags for ranking in
-        _optimizer_state.state_rankings(opt_state, params)))]
+    flags = _optimizer_state.covered_flags(
+        _optimizer_state.state_rankings(opt_state, params))
   else:
     flags = _prunable.resolve_prunable(prunable, params, check_dtypes=False,
                                        require_any=False)
+  def leaf_sparsity(path, leaf, flag):
+    array = np.asarray(leaf)  # one device-to-host copy per leaf
+    return LeafSparsity(path=_prunable.path_string(path),
+                        shape=array.shape, size=int(array.size),
+                        nonzero=int(np.count_nonzero(array)), prunable=flag,
+                        dense_bytes=int(array.nbytes),
+                        stored_bytes=_sparse_storage.stored_leaf_bytes(array))
+
   return SparsityReport(leaves=tuple(
-      LeafSparsity(path=_prunable.path_string(path),
-                   shape=tuple(np.shape(leaf)), size=int(np.size(leaf)),
-                   nonzero=int(np.count_nonzero(np.asarray(leaf))),
-                   prunable=flag, dense_bytes=int(np.asarray(leaf).nbytes),
-                   stored_bytes=_sparse_storage.stored_leaf_bytes(leaf))
+      leaf_sparsity(path, leaf, flag)
       for (path, leaf), flag in zip(leaves, flags)))
