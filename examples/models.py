@@ -1,8 +1,25 @@
 """The examples' and benchmarks' networks as Flax linen modules: the paper's
-MNIST networks and a CIFAR-style ResNet with batch norm."""
+MNIST networks and a CIFAR-style ResNet with batch norm.
+
+Every layer's width can be overridden through ``widths`` (module path ->
+features, as `optax_gsm.shrink` returns them), so that the same class
+builds the full model and the shrunk one; a residual block of width 0 is
+skipped.
+"""
+
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+Widths = Mapping[str, int]
+
+
+def sub_widths(widths: Widths, name: str) -> dict[str, int]:
+  """The entries of ``widths`` below the submodule ``name``, relative."""
+  prefix = name + "/"
+  return {k[len(prefix):]: v for k, v in widths.items()
+          if k.startswith(prefix)}
 
 
 def max_pool_2x2(x):
@@ -20,57 +37,79 @@ def max_pool_2x2(x):
 
 class LeNet300100(nn.Module):
   """LeNet-300-100: a 784-300-100-10 ReLU network (266,200 weights)."""
+  widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, x):
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(300)(x))
-    x = nn.relu(nn.Dense(100)(x))
-    return nn.Dense(10)(x)
+    x = nn.relu(nn.Dense(self.widths.get("Dense_0", 300), name="Dense_0")(x))
+    x = nn.relu(nn.Dense(self.widths.get("Dense_1", 100), name="Dense_1")(x))
+    return nn.Dense(10, name="Dense_2")(x)
 
 
 class LeNet5(nn.Module):
   """LeNet-5, Caffe variant: conv5x5x20, max-pool 2, conv5x5x50, max-pool 2,
   dense 500, dense 10 (430,500 weights)."""
+  widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, x):
+    conv = lambda name, features: nn.Conv(
+        self.widths.get(name, features), (5, 5), padding="VALID", name=name)
     x = x.reshape(x.shape[0], 28, 28, 1)
-    x = max_pool_2x2(nn.Conv(20, (5, 5), padding="VALID")(x))
-    x = max_pool_2x2(nn.Conv(50, (5, 5), padding="VALID")(x))
-    x = nn.relu(nn.Dense(500)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(10)(x)
+    x = max_pool_2x2(conv("Conv_0", 20)(x))
+    x = max_pool_2x2(conv("Conv_1", 50)(x))
+    x = nn.Dense(self.widths.get("Dense_0", 500), name="Dense_0")(
+        x.reshape(x.shape[0], -1))
+    return nn.Dense(10, name="Dense_1")(nn.relu(x))
 
 
 class ResidualBlock(nn.Module):
+  """Two 3x3 convs with batch norm; a 1x1 projection where the shape
+  changes. ``channels`` is the block's output width (the residual stream),
+  ``widths["conv1"]`` its inner width."""
   channels: int
   stride: int
+  widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, x, train):
-    norm = lambda: nn.BatchNorm(use_running_average=not train)
-    y = nn.Conv(self.channels, (3, 3), self.stride, use_bias=False)(x)
-    y = nn.relu(norm()(y))
-    y = norm()(nn.Conv(self.channels, (3, 3), use_bias=False)(y))
+    norm = lambda name: nn.BatchNorm(use_running_average=not train, name=name)
+    conv = lambda name, features, size, stride=1: nn.Conv(
+        self.widths.get(name, features), size, stride, use_bias=False,
+        name=name)
+    y = nn.relu(norm("bn1")(conv("conv1", self.channels, (3, 3),
+                                 self.stride)(x)))
+    y = norm("bn2")(conv("conv2", self.channels, (3, 3))(y))
     if self.stride != 1 or x.shape[-1] != self.channels:
-      x = norm()(nn.Conv(self.channels, (1, 1), self.stride, use_bias=False)(x))
+      x = norm("shortcut_bn")(conv("shortcut_conv", self.channels, (1, 1),
+                                   self.stride)(x))
     return nn.relu(x + y)
 
 
 class CifarResNet(nn.Module):
-  """ResNet-(6n+2) for 32x32 images (He et al. 2016): 16/32/64 channels."""
+  """ResNet-(6n+2) (He et al. 2016): 16/32/64 channels, ``n`` blocks a
+  stage named ``stage{s}_block{b}``; 32x32 images, or any size."""
   depth: int = 20
+  widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, x, train=True):
     blocks = (self.depth - 2) // 6
-    x = nn.Conv(16, (3, 3), use_bias=False)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.Conv(self.widths.get("conv", 16), (3, 3), use_bias=False,
+                name="conv")(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, name="bn")(x))
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(blocks):
+        name = f"stage{stage}_block{block}"
+        if self.widths.get(name) == 0:  # removed: only the shortcut is left
+          x = nn.relu(x)
+          continue
         stride = 2 if stage > 0 and block == 0 else 1
-        x = ResidualBlock(channels, stride)(x, train)
-    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+        inner = sub_widths(self.widths, name)
+        x = ResidualBlock(inner.get("conv2", channels), stride, inner,
+                          name=name)(x, train)
+    return nn.Dense(10, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
 MNIST_MODELS = {"lenet300": LeNet300100, "lenet5": LeNet5}

@@ -9,7 +9,15 @@ from optax_gsm._batch_stats import recalibrate_batch_stats
 from optax_gsm._bcoo import to_bcoo
 from optax_gsm._compression_ratio import compression_schedule, num_active
 from optax_gsm._fine_tuning import keep_mask
-from optax_gsm._gsm import GSMState, gsm, gsm_sgd
+from optax_gsm._groups import (
+  Block,
+  ChannelGroup,
+  Groups,
+  Member,
+  StructureMask,
+  mask_structures,
+)
+from optax_gsm._gsm import GSMState, StructuredGSMState, gsm, gsm_sgd
 from optax_gsm._lossless import LosslessSettings, lossless_settings
 from optax_gsm._optimizer_state import active_mask
 from optax_gsm._prunable import default_prunable
@@ -18,7 +26,10 @@ from optax_gsm._readiness import LeafReadiness, PruneReadiness, prune_readiness
 from optax_gsm._report import LeafSparsity, SparsityReport, sparsity_report
 from optax_gsm._saliency import magnitude_saliency, taylor_saliency
 from optax_gsm._selection import Selection, kth_largest, select_top, top_q_mask
+from optax_gsm._shrink import kept_structures, shrink
 from optax_gsm._sparse_storage import load_sparse, save_sparse
+from optax_gsm._structured import structure_cost, structure_costs
+from optax_gsm._tracing import channel_groups
 
 try:
   __version__ = version("optax_gsm")
@@ -26,24 +37,33 @@ except PackageNotFoundError:  # a source tree that was never installed
   __version__ = "0+unknown"
 
 __all__ = (
+    "Block",
+    "ChannelGroup",
     "GSMState",
+    "Groups",
     "LeafReadiness",
     "LeafSparsity",
     "LosslessSettings",
+    "Member",
     "PruneReadiness",
     "Selection",
     "SparsityReport",
+    "StructureMask",
+    "StructuredGSMState",
     "active_mask",
+    "channel_groups",
     "compression_schedule",
     "default_prunable",
     "gsm",
     "gsm_sgd",
     "keep_mask",
+    "kept_structures",
     "kth_largest",
     "load_sparse",
     "lossless_settings",
     "magnitude_mask",
     "magnitude_saliency",
+    "mask_structures",
     "num_active",
     "prunable_size",
     "prune",
@@ -51,7 +71,10 @@ __all__ = (
     "recalibrate_batch_stats",
     "save_sparse",
     "select_top",
+    "shrink",
     "sparsity_report",
+    "structure_cost",
+    "structure_costs",
     "taylor_saliency",
     "to_bcoo",
     "top_q_mask",

@@ -39,10 +39,12 @@ from jax import lax
 
 from optax_gsm import (
   _compression_ratio,
+  _groups,
   _lossless,
   _prunable,
   _saliency,
   _selection,
+  _structured,
   _validation,
 )
 
@@ -70,6 +72,22 @@ class GSMState(NamedTuple):
   num_active: chex.Array
 
 
+class StructuredGSMState(NamedTuple):
+  """State of `gsm` with ``groups``.
+
+  Attributes:
+    count: number of updates so far (int32).
+    mask: pytree of bool like the params: the entries of kept structures
+      (and entries in no structure).
+    momentum: the momentum buffer ``z``, like the params.
+    kept: the `StructureMask` of the last update (`kept_structures`).
+  """
+  count: chex.Array
+  mask: Any
+  momentum: Any
+  kept: _groups.StructureMask
+
+
 def gsm(
     compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
     *,
@@ -84,6 +102,8 @@ def gsm(
     mask_update_every: jax.typing.ArrayLike = 1,
     freeze_mask_at: jax.typing.ArrayLike | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
+    groups: _groups.Groups | None = None,
+    cost: str = "params",
 ) -> optax.GradientTransformation:
   r"""Global Sparse Momentum: momentum SGD where only the top-Q gradients pass.
 
@@ -160,6 +180,15 @@ def gsm(
       enough steps at a high learning rate remain (see `lossless_settings`).
       Q stays that of this step.
     momentum_dtype: dtype of the momentum buffer; None for the params' dtype.
+    groups: None (unstructured), or `Groups` (from `channel_groups`):
+      structured GSM over channels and residual blocks, one global ranking
+      by saliency per unit cost (see `optax_gsm._structured`); the ratio is
+      then a budget over structure costs and ``prunable`` must be None.
+      Kernel entries keep ``weight_decay`` where active, other members
+      (biases, norms) ``unprunable_weight_decay``; all passive members get
+      ``passive_weight_decay``. The state is a `StructuredGSMState`.
+    cost: with ``groups``: "params" or "flops" (multiply-adds per example
+      of the traced input).
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs ``params``.
@@ -182,6 +211,19 @@ def gsm(
   if freeze_mask_at is not None:
     freeze_mask_at = _validation.check_int("freeze_mask_at", freeze_mask_at,
                                            low=0)
+  if groups is not None:
+    if prunable is not None:
+      raise ValueError("`prunable` and `groups` exclude each other: with "
+                       "groups, the structures say what is pruned.")
+    _structured.check_cost(cost)
+    return _structured_gsm(
+        groups, cost, ratio_at,
+        _structured.as_contribution_saliency(saliency), momentum=momentum,
+        nesterov=nesterov, weight_decay=weight_decay,
+        passive_weight_decay=passive_weight_decay,
+        unprunable_weight_decay=unprunable_weight_decay,
+        mask_update_every=mask_update_every, freeze_mask_at=freeze_mask_at,
+        momentum_dtype=momentum_dtype)
   saliency_fn = _saliency.resolve_saliency(saliency)
 
   def prunable_flags(params):
@@ -223,6 +265,70 @@ def gsm(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _structured_gsm(groups, cost, ratio_at, saliency, *, momentum, nesterov,
+                    weight_decay, passive_weight_decay,
+                    unprunable_weight_decay, mask_update_every,
+                    freeze_mask_at, momentum_dtype):
+  """`gsm` over structures: see `optax_gsm._structured`."""
+
+  def budget(plan, ratio):
+    total = float(np.sum(plan.costs))
+    concrete = _validation.concrete_float(ratio)
+    if concrete is None:
+      return total / jnp.maximum(jnp.asarray(ratio, jnp.float32), 1.0)
+    _validation.check_range("compression_ratio", concrete, low=1.0)
+    if total / concrete < _structured.minimum_cost(plan):
+      raise ValueError(
+          f"`compression_ratio`={concrete!r} leaves a budget of "
+          f"{total / concrete:.6g} ({cost}), less than one channel per group "
+          f"already costs ({_structured.minimum_cost(plan):.6g}); the most "
+          f"it can be is {total / _structured.minimum_cost(plan):.6g}.")
+    return total / concrete
+
+  def init_fn(params):
+    plan = _structured.plan(groups, params, cost)
+    budget(plan, ratio_at(0))
+    return StructuredGSMState(
+        count=jnp.zeros([], jnp.int32),
+        mask=jax.tree.map(lambda w: jnp.ones_like(w, dtype=bool), params),
+        momentum=optax.tree_utils.tree_zeros_like(params,
+                                                  dtype=momentum_dtype),
+        kept=_groups.all_kept(groups))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          "gsm needs the params: call `update(grads, opt_state, params)`.")
+    plan = _structured.plan(groups, params, cost)
+    limit = budget(plan, ratio_at(state.count))
+
+    def select(at_freeze):
+      scores = _structured.structure_scores(plan.resolved, updates, params,
+                                            saliency)
+      if freeze_mask_at is not None:
+        scores = jnp.where(at_freeze, _structured.structure_scores(
+            plan.resolved, updates, params, "magnitude"), scores)
+      return _structured.select_structures(scores, plan.costs,
+                                           plan.resolved.sizes, limit)
+
+    kept = refreshed(select, lambda: state.kept, state.count,
+                     mask_update_every, freeze_mask_at)
+    masks = _groups.entry_masks(plan.resolved, kept, params)
+    kernels = jax.tree.leaves(_prunable.default_prunable(params))
+    new_momentum, new_updates = _momentum_step(
+        updates, params, state.momentum, masks, plan.touched,
+        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+        passive_weight_decay=passive_weight_decay,
+        unprunable_weight_decay=unprunable_weight_decay,
+        active_decays=[weight_decay if kernel else unprunable_weight_decay
+                       for kernel in kernels])
+    return new_updates, StructuredGSMState(
+        count=optax.safe_increment(state.count), mask=masks,
+        momentum=new_momentum, kept=kept)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _prunable_scores(saliency_fn, grads, params, flags):
   """The saliency of each prunable leaf, checked, with pruned zeros demoted.
 
@@ -253,12 +359,8 @@ def _prunable_scores(saliency_fn, grads, params, flags):
 
 def _active_masks(saliency_fn, grads, params, state, flags, q,
                   mask_update_every, freeze_mask_at):
-  """The new mask pytree and its Q: top-Q of the prunable scores.
-
-  Every ``mask_update_every`` steps the active set is refreshed from the
-  saliency; at step ``freeze_mask_at`` it is refreshed from ``|w|`` instead
-  and never again. Both refreshes run the same, single selection.
-  """
+  """The new mask pytree and its Q: top-Q of the prunable scores (see
+  `refreshed` for when)."""
   treedef = jax.tree.structure(params)
   old_masks = treedef.flatten_up_to(state.mask)
 
@@ -271,35 +373,51 @@ def _active_masks(saliency_fn, grads, params, state, flags, q,
                 for m, s in zip(magnitudes, scores)]
     return _selection.top_q_mask(scores, q), jnp.asarray(q, jnp.int32)
 
-  refresh_every_step = (isinstance(mask_update_every, int)
-                        and mask_update_every == 1 and freeze_mask_at is None)
-  if refresh_every_step:
-    prunable_masks, num_active = select_active(False)
-  else:
-    on_refresh_step = state.count % mask_update_every == 0
-    if freeze_mask_at is None:
-      at_freeze, refresh = False, on_refresh_step
-    else:
-      at_freeze = state.count == freeze_mask_at
-      refresh = at_freeze | (on_refresh_step & (state.count < freeze_mask_at))
-    prunable_masks, num_active = lax.cond(
-        refresh, lambda: select_active(at_freeze),
-        lambda: (_prunable.prunable_leaves(flags, old_masks),
-                 state.num_active))
+  prunable_masks, num_active = refreshed(
+      select_active,
+      lambda: (_prunable.prunable_leaves(flags, old_masks), state.num_active),
+      state.count, mask_update_every, freeze_mask_at)
   masks = _prunable.merge_prunable(
       flags, prunable_masks, lambda i: jnp.ones_like(old_masks[i]))
   return treedef.unflatten(masks), num_active
 
 
+def refreshed(select, keep_old, count, mask_update_every, freeze_mask_at):
+  """``select(at_freeze)`` on refresh steps, else ``keep_old()``.
+
+  Every ``mask_update_every`` steps before ``freeze_mask_at`` the selection
+  is refreshed from the saliency; at ``freeze_mask_at`` it is refreshed once
+  more (``at_freeze`` true: from magnitudes) and never again. One
+  ``lax.cond``, so only one selection runs per step.
+  """
+  if (isinstance(mask_update_every, int) and mask_update_every == 1
+      and freeze_mask_at is None):
+    return select(False)
+  on_refresh_step = count % mask_update_every == 0
+  if freeze_mask_at is None:
+    at_freeze, refresh = False, on_refresh_step
+  else:
+    at_freeze = count == freeze_mask_at
+    refresh = at_freeze | (on_refresh_step & (count < freeze_mask_at))
+  return lax.cond(refresh, lambda: select(at_freeze), keep_old)
+
+
 def _momentum_step(grads, params, momentum_buffer, masks, flags, *, momentum,
                    nesterov, weight_decay, passive_weight_decay,
-                   unprunable_weight_decay):
-  """``z <- beta z + decay w + B g``; returns (z, update) per leaf."""
-  treedef = jax.tree.structure(params)
+                   unprunable_weight_decay, active_decays=None):
+  """``z <- beta z + decay w + B g``; returns (z, update) per leaf.
 
-  def leaf(g, w, z, active, flag):
+  ``flags`` marks the masked leaves; ``active_decays`` (default: the
+  ``weight_decay`` of masked leaves) is each masked leaf's decay where
+  active.
+  """
+  treedef = jax.tree.structure(params)
+  if active_decays is None:
+    active_decays = [weight_decay] * len(flags)
+
+  def leaf(g, w, z, active, flag, active_decay):
     if flag:
-      direction = jnp.where(active, g + weight_decay * w,
+      direction = jnp.where(active, g + active_decay * w,
                             passive_weight_decay * w)
     else:
       direction = g + unprunable_weight_decay * w
@@ -310,7 +428,7 @@ def _momentum_step(grads, params, momentum_buffer, masks, flags, *, momentum,
   pairs = [leaf(*args) for args in zip(
       treedef.flatten_up_to(grads), jax.tree.leaves(params),
       treedef.flatten_up_to(momentum_buffer), treedef.flatten_up_to(masks),
-      flags)]
+      flags, active_decays)]
   return (treedef.unflatten([z for z, _ in pairs]),
           treedef.unflatten([u for _, u in pairs]))
 
@@ -331,6 +449,8 @@ def gsm_sgd(
     mask_update_every: jax.typing.ArrayLike = 1,
     freeze_mask_at: jax.typing.ArrayLike | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
+    groups: _groups.Groups | None = None,
+    cost: str = "params",
 ) -> optax.GradientTransformation:
   r"""GSM SGD: `gsm` chained with ``optax.scale_by_learning_rate``.
 
@@ -385,6 +505,8 @@ def gsm_sgd(
     mask_update_every: see `gsm`.
     freeze_mask_at: see `gsm`.
     momentum_dtype: see `gsm`.
+    groups: see `gsm`.
+    cost: see `gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -405,5 +527,6 @@ def gsm_sgd(
           passive_weight_decay=passive_weight_decay,
           unprunable_weight_decay=unprunable_weight_decay, saliency=saliency,
           prunable=prunable, mask_update_every=mask_update_every,
-          freeze_mask_at=freeze_mask_at, momentum_dtype=momentum_dtype),
+          freeze_mask_at=freeze_mask_at, momentum_dtype=momentum_dtype,
+          groups=groups, cost=cost),
       optax.scale_by_learning_rate(learning_rate))

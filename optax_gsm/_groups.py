@@ -1,0 +1,267 @@
+"""Prunable structures: channel groups and residual blocks, and their masks.
+
+A structure is what one pruning decision removes. A `ChannelGroup` of size n
+holds n channels that must go together with everything that touches them:
+channel j of a Dense or Conv output is the kernel's output slice j, bias
+entry j, the batch-norm scale, shift, mean and variance entries j, and input
+slice j of every layer that consumes it (after a flatten, the block of rows
+of that channel). Channels joined by a residual add form one group across
+all branches. A `Block` is a residual branch whose removal leaves only its
+identity shortcut: all its leaves go at once.
+
+Each `Member` names a leaf by its ``/``-joined path in the variables the
+groups were built from, an axis of it, and per position along that axis the
+channel it belongs to (-1: none). `channel_groups` builds `Groups` by
+tracing a model; they can also be written or edited by hand (the classes are
+plain frozen dataclasses: ``dataclasses.replace`` and `Groups.without`).
+
+The same `Groups` apply to the full variables (linen ``{"params": ...,
+"batch_stats": ...}`` or an NNX state) and to the params alone: a member
+path is looked up as written and, failing that, without its first name
+(the collection).
+
+`StructureMask` says which structures are kept: one bool vector per channel
+group and one bool per block. An entry is kept when every structure it
+belongs to is kept; entries in no structure are always kept.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_gsm import _prunable
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One leaf's share of a channel group.
+
+  Attributes:
+    path: the leaf's ``/``-joined path, e.g. ``"params/Conv_0/kernel"``.
+    axis: the leaf axis along which channels lie (non-negative).
+    channel_of: int array of the leaf's length along ``axis``: the group
+      channel of each position, -1 for positions outside the group (after a
+      concatenation with something unprunable).
+    role: ``"out"`` where the group's channels are produced (kernel output
+      axis, bias, normalisation entries) or ``"in"`` where they are consumed
+      (a kernel's input slices).
+  """
+  path: str
+  axis: int
+  channel_of: np.ndarray
+  role: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGroup:
+  """Channels that are pruned together: ``size`` of them, all members."""
+  name: str
+  size: int
+  members: tuple[Member, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """A residual branch with an identity shortcut: removed as a whole.
+
+  Attributes:
+    name: the module path common to its leaves (e.g. ``"stage1_block0"``).
+    paths: every leaf of the branch (params and statistics).
+  """
+  name: str
+  paths: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Groups:
+  """Every prunable structure of a model.
+
+  Attributes:
+    channels: the channel groups.
+    blocks: the removable residual blocks.
+    unprunable: ``(name, reason)`` of channel groups tracing found but that
+      cannot be pruned (model outputs, channels mixed by a normalisation).
+    macs_per_entry: per kernel path, multiply-adds per example that each of
+      its entries takes part in (for ``cost="flops"``).
+  """
+  channels: tuple[ChannelGroup, ...]
+  blocks: tuple[Block, ...] = ()
+  unprunable: tuple[tuple[str, str], ...] = ()
+  macs_per_entry: Mapping[str, float] = dataclasses.field(
+      default_factory=dict)
+
+  @property
+  def num_structures(self) -> int:
+    return sum(g.size for g in self.channels) + len(self.blocks)
+
+  def without(self, names: Sequence[str]) -> "Groups":
+    """These groups less the channel groups and blocks with these names."""
+    names = set(names)
+    unknown = names - {g.name for g in self.channels} - {
+        b.name for b in self.blocks}
+    if unknown:
+      raise ValueError(f"`names` has no structure called {sorted(unknown)}.")
+    return dataclasses.replace(
+        self,
+        channels=tuple(g for g in self.channels if g.name not in names),
+        blocks=tuple(b for b in self.blocks if b.name not in names),
+        unprunable=self.unprunable + tuple(
+            (n, "removed by Groups.without") for n in sorted(names)))
+
+
+class StructureMask(NamedTuple):
+  """Which structures are kept: a bool vector per channel group, then blocks.
+
+  Attributes:
+    channels: tuple of bool arrays, one of each group's size.
+    blocks: bool array with one entry per block.
+  """
+  channels: tuple[chex.Array, ...]
+  blocks: chex.Array
+
+
+def leaf_paths(tree: chex.ArrayTree) -> list[str]:
+  """The ``/``-joined path of every leaf of ``tree``, in leaf order."""
+  return [_prunable.path_string(path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _lookup(paths: list[str]) -> dict[str, int]:
+  table = {}
+  for index, path in enumerate(paths):
+    table[path] = index
+  return table
+
+
+def find_leaf(table: Mapping[str, int], path: str) -> int | None:
+  """The leaf index of ``path`` in a tree, as written or without its first
+  name (the collection); None if the tree has no such leaf."""
+  if path in table:
+    return table[path]
+  _, _, rest = path.partition("/")
+  return table.get(rest)
+
+
+class ResolvedMember(NamedTuple):
+  leaf: int
+  axis: int
+  channel_of: np.ndarray
+  role: str
+
+
+class Resolved(NamedTuple):
+  """`Groups` against one tree: members as leaf indices (absent ones gone)."""
+  channels: tuple[tuple[ResolvedMember, ...], ...]
+  sizes: tuple[int, ...]
+  blocks: tuple[tuple[int, ...], ...]
+
+
+def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
+  """Looks every member of ``groups`` up in ``tree``; checks the shapes."""
+  leaves = jax.tree.leaves(tree)
+  table = _lookup(leaf_paths(tree))
+  channels = []
+  for group in groups.channels:
+    members = []
+    for member in group.members:
+      index = find_leaf(table, member.path)
+      if index is None:
+        continue
+      shape = np.shape(leaves[index])
+      if not 0 <= member.axis < len(shape) or (
+          shape[member.axis] != len(member.channel_of)):
+        raise ValueError(
+            f"groups: member {member.path!r} axis {member.axis} has "
+            f"{len(member.channel_of)} positions; the leaf has shape {shape}.")
+      members.append(ResolvedMember(index, member.axis,
+                                    np.asarray(member.channel_of, np.int32),
+                                    member.role))
+    channels.append(tuple(members))
+  blocks = tuple(
+      tuple(i for i in (find_leaf(table, p) for p in block.paths)
+            if i is not None)
+      for block in groups.blocks)
+  return Resolved(tuple(channels), tuple(g.size for g in groups.channels),
+                  blocks)
+
+
+def touched_leaves(resolved: Resolved, num_leaves: int) -> list[bool]:
+  """Per leaf: whether some structure has entries in it."""
+  touched = [False] * num_leaves
+  for members in resolved.channels:
+    for member in members:
+      touched[member.leaf] = True
+  for block in resolved.blocks:
+    for leaf in block:
+      touched[leaf] = True
+  return touched
+
+
+def _segment_index(member: ResolvedMember, size: int) -> np.ndarray:
+  return np.where(member.channel_of < 0, size, member.channel_of)
+
+
+def per_channel_sum(values: jax.Array, member: ResolvedMember,
+                    size: int) -> jax.Array:
+  """Sums ``values`` (a member's leaf) over each channel's entries: (size,)."""
+  moved = jnp.moveaxis(values, member.axis, 0)
+  rows = moved.reshape(moved.shape[0], -1).sum(axis=1)
+  return jax.ops.segment_sum(rows, _segment_index(member, size),
+                             num_segments=size + 1)[:size]
+
+
+def _expand(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
+  shape = [1] * ndim
+  shape[axis] = -1
+  return vector.reshape(shape)
+
+
+def entry_masks(resolved: Resolved, keep: StructureMask,
+                tree: chex.ArrayTree) -> chex.ArrayTree:
+  """Bool pytree like ``tree``: entries of kept structures (and of none)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  masks = [jnp.ones(np.shape(w), bool) for w in leaves]
+  for members, kept, size in zip(resolved.channels, keep.channels,
+                                 resolved.sizes):
+    kept_or_none = jnp.concatenate([jnp.asarray(kept, bool),
+                                    jnp.ones([1], bool)])
+    for member in members:
+      along = kept_or_none[_segment_index(member, size)]
+      masks[member.leaf] = masks[member.leaf] & _expand(
+          along, member.axis, masks[member.leaf].ndim)
+  for block, kept in zip(resolved.blocks, jnp.asarray(keep.blocks, bool)):
+    for leaf in block:
+      masks[leaf] = masks[leaf] & kept
+  return treedef.unflatten(masks)
+
+
+def mask_structures(tree: chex.ArrayTree, groups: Groups,
+                    keep: StructureMask) -> chex.ArrayTree:
+  """``tree`` with every entry of a removed structure set to zero.
+
+  This is the masked big model that `shrink` makes physically smaller: both
+  compute the same function.
+
+  Args:
+    tree: params or full variables.
+    groups: the structures (from `channel_groups` or by hand).
+    keep: which structures stay (`kept_structures`).
+
+  Returns:
+    ``tree`` with removed structures zeroed.
+  """
+  masks = entry_masks(resolve(groups, tree), keep, tree)
+  return jax.tree.map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)),
+                      tree, masks)
+
+
+def all_kept(groups: Groups) -> StructureMask:
+  """The `StructureMask` that keeps everything."""
+  return StructureMask(
+      channels=tuple(jnp.ones([g.size], bool) for g in groups.channels),
+      blocks=jnp.ones([len(groups.blocks)], bool))

@@ -1,0 +1,177 @@
+"""`shrink`: remove pruned structures physically; `kept_structures`.
+
+After structured pruning the model still has its full shapes, with the
+entries of removed structures decayed to (near) zero. `shrink` slices every
+member leaf down to the kept channels (params and batch statistics) and
+deletes the leaves of removed residual blocks, and says the new width of
+every layer, so that the user builds the smaller model and runs it on the
+smaller variables. The smaller model computes what the big model computes
+with removed structures set to zero (`mask_structures`).
+
+The pattern: give each layer its width as a module attribute, with a
+default, and skip blocks of width 0::
+
+  class Block(nn.Module):
+    features: int
+    widths: Mapping[str, int] = {}  # module path -> width, from shrink
+
+    @nn.compact
+    def __call__(self, x):
+      ...
+
+  small_variables, widths = optax_gsm.shrink(variables, groups, keep)
+  small_model = MyNet(widths=widths)
+  small_model.apply(small_variables, x)   # == big model on masked vars
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_gsm import _groups, _gsm
+
+Widths = dict[str, int]
+
+
+def kept_structures(opt_state: chex.ArrayTree) -> _groups.StructureMask:
+  """The structures a structured `gsm` kept at its last update.
+
+  Args:
+    opt_state: the state of an optimizer containing ``gsm(groups=...)``.
+
+  Returns:
+    Its `StructureMask` (host numpy arrays).
+
+  Raises:
+    ValueError: no structured GSM state, or several.
+  """
+  is_state = lambda node: isinstance(node, _gsm.StructuredGSMState)
+  states = [node for node in jax.tree.leaves(opt_state, is_leaf=is_state)
+            if is_state(node)]
+  if len(states) != 1:
+    raise ValueError(
+        f"`opt_state` holds {len(states)} structured GSM states; "
+        "kept_structures needs exactly one (gsm(..., groups=...)).")
+  return jax.tree.map(np.asarray, states[0].kept)
+
+
+def _check_keep(groups: _groups.Groups, keep: _groups.StructureMask) -> None:
+  if len(keep.channels) != len(groups.channels) or (
+      np.shape(keep.blocks) != (len(groups.blocks),)):
+    raise ValueError(
+        f"`keep` has {len(keep.channels)} channel masks and "
+        f"{np.size(keep.blocks)} block flags; `groups` has "
+        f"{len(groups.channels)} channel groups and {len(groups.blocks)} "
+        "blocks.")
+  for group, kept in zip(groups.channels, keep.channels):
+    if np.shape(kept) != (group.size,):
+      raise ValueError(f"`keep` for group {group.name!r} has shape "
+                       f"{np.shape(kept)}; the group has {group.size} "
+                       "channels.")
+
+
+def _kept_positions(resolved: _groups.Resolved, keep: _groups.StructureMask,
+                    leaves: list[Any]) -> dict[tuple[int, int], np.ndarray]:
+  """Per (leaf, axis) that some group touches: the positions kept."""
+  kept = {}
+  for members, channels in zip(resolved.channels, keep.channels):
+    channels = np.asarray(channels, bool)
+    for m in members:
+      here = (m.channel_of < 0) | channels[np.maximum(m.channel_of, 0)]
+      key = (m.leaf, m.axis)
+      kept[key] = kept.get(key, np.ones(np.shape(leaves[m.leaf])[m.axis],
+                                        bool)) & here
+  return kept
+
+
+def shrink(variables: chex.ArrayTree, groups: _groups.Groups,
+           keep: _groups.StructureMask) -> tuple[chex.ArrayTree, Widths]:
+  """Removes the pruned structures: a smaller model's variables and widths.
+
+  Example::
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, optax_gsm
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((1, 4))
+    >>> variables = model.init(jax.random.key(0), x)
+    >>> groups = optax_gsm.channel_groups(model.apply, variables, x)
+    >>> keep = optax_gsm.StructureMask(
+    ...     channels=(jnp.arange(8) < 3,), blocks=jnp.zeros([0], bool))
+    >>> small, widths = optax_gsm.shrink(variables, groups, keep)
+    >>> widths, small["params"]["layers_2"]["kernel"].shape
+    ({'layers_0': 3}, (3, 2))
+
+  Args:
+    variables: the full-size variables (params and batch statistics, or the
+      params alone), as the groups were traced from.
+    groups: the structures (`channel_groups`).
+    keep: which structures stay (`kept_structures`, or by hand).
+
+  Returns:
+    ``(small_variables, widths)``: the variables with removed channels
+    sliced out and removed blocks deleted, and ``widths``: for each module
+    that produces a channel group (its kernel's output axis), the number of
+    channels kept, and 0 for each removed block.
+  """
+  _check_keep(groups, keep)
+  leaves, treedef = jax.tree.flatten(variables)
+  resolved = _groups.resolve(groups, variables)
+  kept = _kept_positions(resolved, keep, leaves)
+  removed = set()
+  for block, flag in zip(resolved.blocks, np.asarray(keep.blocks, bool)):
+    if not flag:
+      removed.update(block)
+  small = []
+  for index, leaf in enumerate(leaves):
+    value = np.asarray(leaf)
+    for (i, axis), positions in kept.items():
+      if i == index:
+        value = np.compress(positions, value, axis=axis)
+    small.append(jnp.asarray(value))
+  paths = _groups.leaf_paths(variables)
+  widths: Widths = {}
+  for members, channels in zip(resolved.channels, keep.channels):
+    for m in members:
+      if m.role == "out" and paths[m.leaf].rsplit("/", 1)[-1] in (
+          "kernel", "embedding"):
+        widths[_module(paths[m.leaf], variables)] = int(np.sum(channels))
+  for block, flag in zip(groups.blocks, np.asarray(keep.blocks, bool)):
+    if not flag:
+      widths[block.name] = 0
+  if not removed:
+    return treedef.unflatten(small), widths
+  return _without(variables, paths, small, removed), widths
+
+
+def _module(path: str, variables: Any) -> str:
+  names = path.split("/")[:-1]
+  if isinstance(variables, Mapping) and names and names[0] in variables and (
+      "params" in variables):
+    names = names[1:]
+  return "/".join(names)
+
+
+def _without(variables: Any, paths: list[str], leaves: list[Any],
+             removed: set[int]) -> dict:
+  """Nested dicts of the kept leaves; emptied sub-dicts are dropped."""
+  if hasattr(variables, "to_pure_dict"):  # nnx.State
+    variables = variables.to_pure_dict()
+  if not isinstance(variables, Mapping):
+    raise ValueError(
+        "shrink can delete removed blocks only from nested mappings (linen "
+        "variables, nnx.State); got a "
+        f"{type(variables).__name__}.")
+  result: dict = {}
+  for index, (path, leaf) in enumerate(zip(paths, leaves)):
+    if index in removed:
+      continue
+    node = result
+    names = path.split("/")
+    for name in names[:-1]:
+      node = node.setdefault(name, {})
+    node[names[-1]] = leaf
+  return result

@@ -1,0 +1,225 @@
+"""Structured GSM: one global ranking over channels and residual blocks.
+
+GSM's rule carried over to structures (Ding et al., 2019, with the group
+saliency of Molchanov et al., CVPR 2019): at every step each structure S
+(a channel group's channel, or a residual block; see `Groups`) gets the
+first-order Taylor estimate of the loss change if it were removed,
+
+.. math::
+  T_S = \\Big|\\sum_{e \\in S} g_e w_e\\Big|
+
+(or the L2 norm of its entries, ``saliency="magnitude"``), and its cost
+``c_S``: the parameters it holds (``cost="params"``) or the multiply-adds
+per example they take part in (``cost="flops"``, from the traced shapes).
+All structures of the model, of mixed granularity, are ranked together by
+``T_S / c_S``; the top of the ranking is kept while the kept cost stays
+within ``sum_S c_S / C``. Entries of kept structures get their gradient
+(and decay), entries of the others decay only, exactly as unstructured GSM
+treats its active and passive weights. Removing channels and removing
+blocks compete under one budget: the split between them is learned (the
+"adaptive channel-and-layer pruning" of the family).
+
+Decided on purpose:
+
+- the kept set is a prefix of the ranking: the first structure whose cost
+  would overflow the budget, and everything ranked after it, is removed
+  (no knapsack filling with smaller structures further down); ties in
+  ``T_S / c_S`` go to the structure listed first (channel groups in order,
+  channels by index, then blocks);
+- every channel group keeps its best channel whatever the budget (a layer
+  of width zero would cut the network);
+- costs are counted per structure: an entry in two structures (a kernel
+  entry is in its input channel's group and its output channel's group)
+  counts in both, so ``C`` is a ratio of structure costs; `structure_cost`
+  gives the exact cost of the model that `shrink` returns.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_gsm import _groups
+
+StructureSaliency = Callable[[chex.ArrayTree, chex.ArrayTree],
+                             chex.ArrayTree]
+_COSTS = ("params", "flops")
+
+
+def check_cost(cost: str) -> None:
+  if cost not in _COSTS:
+    raise ValueError(f"`cost` must be one of {_COSTS}; got {cost!r}.")
+
+
+def _entry_costs(groups: _groups.Groups, paths: list[str],
+                 cost: str) -> list[float]:
+  """Cost of one entry of each leaf: 1 (params), or its multiply-adds."""
+  if cost == "params":
+    return [1.0] * len(paths)
+  table = {}
+  for path, macs in groups.macs_per_entry.items():
+    table[path] = macs
+    table[path.partition("/")[2]] = macs
+  return [table.get(path, 0.0) for path in paths]
+
+
+def structure_costs(groups: _groups.Groups, tree: chex.ArrayTree,
+                    cost: str = "params") -> np.ndarray:
+  """The cost of every structure (channels in group order, then blocks).
+
+  Args:
+    groups: the structures.
+    tree: the params (their entries are what ``"params"`` counts).
+    cost: "params" or "flops" (multiply-adds per example, from the shapes
+      `channel_groups` traced).
+
+  Returns:
+    float64 array of length ``groups.num_structures``.
+  """
+  check_cost(cost)
+  resolved = _groups.resolve(groups, tree)
+  leaves = jax.tree.leaves(tree)
+  per_entry = _entry_costs(groups, _groups.leaf_paths(tree), cost)
+  costs = []
+  for members, size in zip(resolved.channels, resolved.sizes):
+    channel_cost = np.zeros(size)
+    for m in members:
+      shape = np.shape(leaves[m.leaf])
+      per_position = np.prod(shape) / shape[m.axis] * per_entry[m.leaf]
+      channel_cost += per_position * np.bincount(
+          m.channel_of[m.channel_of >= 0], minlength=size)[:size]
+    costs.append(channel_cost)
+  costs.append(np.array([sum(np.size(leaves[i]) * per_entry[i] for i in b)
+                         for b in resolved.blocks], dtype=np.float64))
+  return np.concatenate(costs)
+
+
+def structure_scores(resolved: _groups.Resolved, grads: chex.ArrayTree,
+                     params: chex.ArrayTree,
+                     saliency: str | StructureSaliency) -> jax.Array:
+  """The saliency of every structure, flat (channels, then blocks)."""
+  weights = [w.astype(jnp.float32) for w in jax.tree.leaves(params)]
+  if saliency == "magnitude":
+    contributions, finish = [w * w for w in weights], jnp.sqrt
+  else:
+    if saliency == "taylor":
+      tree = jax.tree.map(lambda g, w: g.astype(jnp.float32) * w, grads,
+                          params)
+    else:
+      tree = saliency(grads, params)
+    contributions, finish = jax.tree.leaves(tree), jnp.abs
+    if len(contributions) != len(weights):
+      raise ValueError("`saliency` must return one value per parameter "
+                       "entry, with the structure of the params.")
+  scores = []
+  for members, size in zip(resolved.channels, resolved.sizes):
+    total = jnp.zeros([size], jnp.float32)
+    for m in members:
+      total = total + _groups.per_channel_sum(
+          contributions[m.leaf].astype(jnp.float32), m, size)
+    scores.append(total)
+  scores.append(jnp.stack(
+      [sum(jnp.sum(contributions[i]) for i in block)
+       for block in resolved.blocks]) if resolved.blocks
+      else jnp.zeros([0], jnp.float32))
+  return finish(jnp.concatenate(scores))
+
+
+def _split(flat: jax.Array, sizes: tuple[int, ...]) -> _groups.StructureMask:
+  parts = jnp.split(flat, np.cumsum(sizes)) if sizes else [flat]
+  return _groups.StructureMask(channels=tuple(parts[:len(sizes)]),
+                               blocks=parts[len(sizes)])
+
+
+def select_structures(scores: jax.Array, costs: np.ndarray,
+                      sizes: tuple[int, ...],
+                      budget: jax.typing.ArrayLike) -> _groups.StructureMask:
+  """Keeps the prefix of the ranking by ``scores / costs`` within budget.
+
+  Each group's best channel is kept first, whatever the budget.
+  """
+  costs = jnp.asarray(costs, jnp.float32)
+  ratio = jnp.where(costs > 0, scores / jnp.maximum(costs, 1e-30), jnp.inf)
+  ratio = jnp.where(jnp.isnan(ratio), -jnp.inf, ratio)
+  forced = []
+  start = 0
+  for size in sizes:
+    forced.append(jnp.zeros([size], bool).at[
+        jnp.argmax(ratio[start:start + size])].set(True))
+    start += size
+  forced.append(jnp.zeros([scores.shape[0] - start], bool))
+  ratio = jnp.where(jnp.concatenate(forced), jnp.inf, ratio)
+  order = jnp.argsort(-ratio, stable=True)
+  within = jnp.cumsum(costs[order]) <= budget
+  kept_in_order = jnp.cumprod(within | jnp.isinf(ratio[order])).astype(bool)
+  kept = jnp.zeros(scores.shape, bool).at[order].set(kept_in_order)
+  return _split(kept, sizes)
+
+
+class StructuredPlan(NamedTuple):
+  """What a structured GSM needs, fixed at init for one params structure."""
+  resolved: _groups.Resolved
+  costs: np.ndarray
+  touched: list[bool]
+
+
+def plan(groups: _groups.Groups, params: chex.ArrayTree,
+         cost: str) -> StructuredPlan:
+  resolved = _groups.resolve(groups, params)
+  if not any(resolved.channels) and not resolved.blocks:
+    raise ValueError(
+        "`groups` has no member in these params: were they traced from "
+        "other variables?")
+  return StructuredPlan(
+      resolved=resolved, costs=structure_costs(groups, params, cost),
+      touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))))
+
+
+def minimum_cost(plan_: StructuredPlan) -> float:
+  """The cost of one channel per group: kept under any budget."""
+  total, start = 0.0, 0
+  for size in plan_.resolved.sizes:
+    total += float(np.min(plan_.costs[start:start + size])) if size else 0.0
+    start += size
+  return total
+
+
+def structure_cost(groups: _groups.Groups, tree: chex.ArrayTree,
+                   keep: _groups.StructureMask,
+                   cost: str = "params") -> tuple[float, float]:
+  """The exact cost of the model before and after removing structures.
+
+  Counts every entry of ``tree`` that survives (an entry shared by two
+  structures once), in params or multiply-adds per example of the traced
+  input; entries in no structure count as kept.
+
+  Args:
+    groups: the structures.
+    tree: the params.
+    keep: the structures kept (`kept_structures`).
+    cost: "params" or "flops".
+
+  Returns:
+    ``(before, after)``.
+  """
+  check_cost(cost)
+  masks = _groups.entry_masks(_groups.resolve(groups, tree), keep, tree)
+  per_entry = _entry_costs(groups, _groups.leaf_paths(tree), cost)
+  before = after = 0.0
+  for mask, unit in zip(jax.tree.leaves(masks), per_entry):
+    before += unit * np.size(mask)
+    after += unit * float(np.sum(np.asarray(mask)))
+  return before, after
+
+
+def as_contribution_saliency(saliency: Any) -> Any:
+  """Validates ``saliency`` for structures: a name or a callable."""
+  if callable(saliency) or saliency in ("taylor", "magnitude"):
+    return saliency
+  raise ValueError(
+      "`saliency` with `groups` must be 'taylor', 'magnitude' or a callable "
+      f"(grads, params) -> per-entry contributions; got {saliency!r}.")
+

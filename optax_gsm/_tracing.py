@@ -1,0 +1,811 @@
+"""`channel_groups`: the prunable structures of a model, read off its jaxpr.
+
+The model's apply function is traced once with `jax.make_jaxpr`; nested
+calls (``jit``, ``custom_jvp``/``custom_vjp`` such as ``relu``, ``remat``)
+are inlined. Every value is then one of: derived from variables only (a
+parameter view: which leaf axis each of its axes is), derived from the
+inputs (an activation), or a constant. Along one axis an activation may
+carry channel labels: per position, the (group, channel) it belongs to.
+
+- A Dense (``dot_general``) or Conv (``conv_general_dilated``) whose kernel
+  is a variable starts a new group on its output features; its input
+  labels make the kernel's input axis a member ("in").
+- An element-wise op joins its operands' labels (a residual add unites two
+  groups) and makes members of the parameter views it meets along the
+  labelled axis (bias, batch-norm scale, shift, mean and variance).
+- Pooling, transposes, reshapes that keep or flatten the channel axis (a
+  flatten maps row ``(h * W + w) * C + c`` to channel ``c``), slices and pads
+  that do not touch it, reductions over other axes and concatenations carry
+  the labels along.
+- Channels become unprunable (listed in `Groups.unprunable`) where they
+  reach the model's output, a reduction over the channel axis (LayerNorm,
+  RMSNorm, a softmax), a reshape that splits the channel axis (GroupNorm),
+  a grouped (not depthwise) convolution, or are combined element-wise with
+  an input or constant that has its own values per channel.
+- Any other op that meets labelled channels is an error naming the op
+  (``on_unknown="error"``), or makes them unprunable
+  (``on_unknown="unprunable"``).
+
+A residual block is an ``add`` of an activation ``x`` and a branch computed
+from ``x`` alone whose values and variables are used nowhere else; its
+removal leaves ``x``.
+
+Trace in inference mode (batch norm with running averages, dropout off):
+dropout's random mask would make every channel unprunable.
+"""
+
+import collections
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import chex
+import jax
+import numpy as np
+from jax.extend import core as jex_core
+
+from optax_gsm import _groups
+
+_ELEMENTWISE = frozenset("""
+abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp
+convert_element_type copy copy_p cos cosh div eq erf erf_inv erfc exp exp2
+expm1 floor ge gt integer_pow is_finite le log log1p logistic lt max min mul
+ne neg nextafter not or pow reduce_precision rem round rsqrt select_n sign
+sin sinh sqrt square stop_gradient sub tan tanh xor
+""".split())
+_REDUCTIONS = frozenset(
+    "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or "
+    "argmax argmin".split())
+_WINDOWED = frozenset(
+    "reduce_window_max reduce_window_min reduce_window_sum "
+    "reduce_window".split())
+_CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
+
+
+@dataclasses.dataclass
+class _Value:
+  """What tracing knows of one jaxpr value.
+
+  kind: "act" (depends on the inputs), "param" (on variables only) or
+  "const". For "act", ``axis``/``group``/``channel`` label one axis (or
+  ``axis`` is None). For "param", ``sources`` lists ``(leaf, axis_map)``:
+  which leaf axis each axis of the value is (None: none).
+  """
+  kind: str
+  shape: tuple[int, ...]
+  axis: int | None = None
+  group: np.ndarray | None = None
+  channel: np.ndarray | None = None
+  sources: tuple[tuple[int, tuple[int | None, ...]], ...] = ()
+
+
+@dataclasses.dataclass
+class _Eqn:
+  primitive: str
+  params: dict
+  inputs: list[int]
+  outputs: list[int]
+
+
+class _Graph:
+  """The jaxpr with nested calls inlined; values are integer ids."""
+
+  def __init__(self):
+    self.eqns: list[_Eqn] = []
+    self.shapes: list[tuple[int, ...]] = []
+    self.constants: set[int] = set()
+
+  def new(self, shape) -> int:
+    self.shapes.append(tuple(shape))
+    return len(self.shapes) - 1
+
+  def add(self, jaxpr, inputs: list[int], consts: list[int]) -> list[int]:
+    env = dict(zip(jaxpr.invars, inputs))
+    env.update(zip(jaxpr.constvars, consts))
+
+    def read(var):
+      if isinstance(var, jex_core.Literal):
+        index = self.new(np.shape(var.val))
+        self.constants.add(index)
+        return index
+      return env[var]
+
+    for eqn in jaxpr.eqns:
+      ins = [read(v) for v in eqn.invars]
+      inner = _inner_jaxpr(eqn)
+      if inner is not None:
+        closed_consts = []
+        if isinstance(inner, jex_core.ClosedJaxpr):
+          for c in inner.consts:
+            index = self.new(np.shape(c))
+            self.constants.add(index)
+            closed_consts.append(index)
+          inner = inner.jaxpr
+        outs = self.add(inner, ins, closed_consts)
+      else:
+        outs = [self.new(v.aval.shape) for v in eqn.outvars]
+        self.eqns.append(_Eqn(eqn.primitive.name, dict(eqn.params), ins,
+                              outs))
+      env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _inner_jaxpr(eqn):
+  """A nested jaxpr with the call's own inputs and outputs, to inline."""
+  for value in eqn.params.values():
+    jaxpr = value.jaxpr if isinstance(value, jex_core.ClosedJaxpr) else value
+    if isinstance(jaxpr, jex_core.Jaxpr) and (
+        len(jaxpr.invars) == len(eqn.invars)
+        and len(jaxpr.outvars) == len(eqn.outvars)):
+      return value
+  return None
+
+
+class _UnionFind:
+  """Channel groups being built: union by residual adds, members, fixes."""
+
+  def __init__(self):
+    self.parent: list[int] = []
+    self.size: list[int] = []
+    self.name: list[str] = []
+    self.members: list[list[tuple]] = []
+    self.fixed: list[str | None] = []
+
+  def new(self, size: int, name: str) -> int:
+    self.parent.append(len(self.parent))
+    self.size.append(size)
+    self.name.append(name)
+    self.members.append([])
+    self.fixed.append(None)
+    return len(self.parent) - 1
+
+  def find(self, group: int) -> int:
+    while self.parent[group] != group:
+      self.parent[group] = self.parent[self.parent[group]]
+      group = self.parent[group]
+    return group
+
+  def union(self, a: int, b: int) -> None:
+    a, b = self.find(a), self.find(b)
+    if a != b:
+      self.parent[b] = a
+      self.members[a].extend(self.members[b])
+      self.fixed[a] = self.fixed[a] or self.fixed[b]
+
+  def fix(self, groups, reason: str) -> None:
+    for group in set(int(g) for g in np.asarray(groups).ravel() if g >= 0):
+      root = self.find(group)
+      if self.fixed[root] is None:
+        self.fixed[root] = reason
+
+
+class _Tracer:
+  """One forward pass over the graph, assigning labels and members."""
+
+  def __init__(self, graph: _Graph, paths: list[str], leaf_ids: list[int],
+               on_unknown: str, collections_level: bool):
+    self.graph = graph
+    self.collections_level = collections_level
+    self.paths = paths
+    self.on_unknown = on_unknown
+    self.groups = _UnionFind()
+    self.values: dict[int, _Value] = {}
+    self.macs: dict[str, float] = collections.defaultdict(float)
+    for leaf, index in enumerate(leaf_ids):
+      shape = graph.shapes[index]
+      self.values[index] = _Value(
+          "param", shape, sources=((leaf, tuple(range(len(shape)))),))
+    for index in graph.constants:
+      self.values[index] = _Value("const", graph.shapes[index])
+
+  # -- helpers --------------------------------------------------------------
+
+  def value(self, index: int) -> _Value:
+    if index not in self.values:  # a model input
+      self.values[index] = _Value("act", self.graph.shapes[index])
+    return self.values[index]
+
+  def fix(self, value: _Value, reason: str) -> None:
+    if value.kind == "act" and value.axis is not None:
+      self.groups.fix(value.group, reason)
+
+  def member(self, value: _Value, source, axis_in_source: int,
+             role: str) -> bool:
+    """Makes a parameter view's axis a member of ``value``'s labels; False
+    if that axis is no single leaf axis."""
+    leaf, axis_map = source
+    leaf_axis = axis_map[axis_in_source]
+    if leaf_axis is None:
+      return False
+    for group in set(int(g) for g in value.group if g >= 0):
+      channel_of = np.where(value.group == group, value.channel, -1)
+      self.groups.members[self.groups.find(group)].append(
+          (leaf, leaf_axis, channel_of, role))
+    return True
+
+  def new_group(self, shape, axis: int, source, role_axis: int,
+                name_leaf: int) -> _Value:
+    size = shape[axis]
+    name = self.paths[name_leaf]
+    group = self.groups.new(size, name)
+    out = _Value("act", tuple(shape), axis=axis,
+                 group=np.full(size, group), channel=np.arange(size))
+    for src in source:
+      if not self.member(out, src, role_axis, "out"):
+        self.groups.fix([group], f"kernel of {name} is reshaped")
+    return out
+
+  def unknown(self, eqn: _Eqn, labelled: list[_Value]) -> None:
+    reason = f"op `{eqn.primitive}`"
+    if self.on_unknown == "error":
+      names = sorted({
+          _module_path(self.groups.name[self.groups.find(int(g))],
+                       self.collections_level)
+          for v in labelled for g in v.group if g >= 0})
+      raise NotImplementedError(
+          f"channel_groups cannot follow channels through {reason} (channels "
+          f"of {names}). Pass `on_unknown='unprunable'` to leave them "
+          "unpruned, or build the groups by hand (optax_gsm.Groups).")
+    for v in labelled:
+      self.fix(v, reason)
+
+  def default_outputs(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    kind = ("act" if any(v.kind == "act" for v in ins)
+            else "param" if any(v.kind == "param" for v in ins) else "const")
+    for out in eqn.outputs:
+      shape = self.graph.shapes[out]
+      sources = tuple((leaf, (None,) * len(shape))
+                      for v in ins for leaf, _ in v.sources)
+      self.values[out] = _Value(kind, shape, sources=sources)
+
+  # -- the pass -------------------------------------------------------------
+
+  def run(self, outputs: list[int]) -> None:
+    for eqn in self.graph.eqns:
+      ins = [self.value(i) for i in eqn.inputs]
+      labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
+      handler = _HANDLERS.get(eqn.primitive)
+      if handler is None:
+        for name, family in _FAMILIES:
+          if eqn.primitive in family:
+            handler = name
+      if handler is not None:
+        getattr(self, handler)(eqn, ins)
+      else:
+        if labelled:
+          self.unknown(eqn, labelled)
+        self.default_outputs(eqn, ins)
+    for index in outputs:
+      self.fix(self.value(index), "model output")
+
+  def elementwise(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    shape = self.graph.shapes[eqn.outputs[0]]
+    acts = [v for v in ins if v.kind == "act"]
+    if not acts:
+      kind = "param" if any(v.kind == "param" for v in ins) else "const"
+      sources = tuple(
+          (leaf, tuple(m if v.shape[a] == shape[a] else None
+                       for a, m in enumerate(axis_map)))
+          for v in ins if len(v.shape) == len(shape)
+          for leaf, axis_map in v.sources)
+      self.values[eqn.outputs[0]] = _Value(kind, shape, sources=sources)
+      return
+    labelled = [v for v in acts if v.axis is not None
+                and v.shape[v.axis] == shape[v.axis]]
+    out = _Value("act", shape)
+    if labelled:
+      first = labelled[0]
+      out = dataclasses.replace(first, shape=shape)
+      for other in labelled[1:]:
+        self.join(first, other)
+      axis = first.axis
+      for v in ins:
+        full = len(v.shape) == len(shape) and v.shape[axis] == shape[axis]
+        if v.kind == "param" and full:
+          for source in v.sources:
+            if not self.member(first, source, axis, "out"):
+              self.fix(first, "a parameter with its own values per channel")
+        elif v.kind != "param" and full and v.axis != axis:
+          what = "a constant" if v.kind == "const" else "an input"
+          self.fix(first, f"{what} with its own values per channel")
+    self.values[eqn.outputs[0]] = out
+
+  def join(self, a: _Value, b: _Value) -> None:
+    if a.axis != b.axis or not np.array_equal(a.group < 0, b.group < 0):
+      self.fix(a, "joined with channels along another axis")
+      self.fix(b, "joined with channels along another axis")
+      return
+    pairs = {}
+    for ga, ca, gb, cb in zip(a.group, a.channel, b.group, b.channel):
+      if ga >= 0:
+        pairs.setdefault((int(ga), int(gb)), []).append(ca == cb)
+    for (ga, gb), same in pairs.items():
+      sizes_match = (self.groups.size[ga] == self.groups.size[gb]
+                     == len(same))
+      if all(same) and sizes_match:
+        self.groups.union(ga, gb)
+      else:
+        self.groups.fix([ga, gb], "joined with a permutation of channels")
+
+  def broadcast_in_dim(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    v = ins[0]
+    shape = self.graph.shapes[eqn.outputs[0]]
+    dims = eqn.params["broadcast_dimensions"]
+    if v.kind == "act":
+      out = _Value("act", shape)
+      if v.axis is not None:
+        if v.shape[v.axis] == shape[dims[v.axis]]:
+          out = dataclasses.replace(v, shape=shape, axis=dims[v.axis])
+        else:
+          self.fix(v, "broadcast along the channel axis")
+      self.values[eqn.outputs[0]] = out
+      return
+    sources = []
+    for leaf, axis_map in v.sources:
+      new_map = [None] * len(shape)
+      for a, d in enumerate(dims):
+        if v.shape[a] == shape[d]:
+          new_map[d] = axis_map[a]
+      sources.append((leaf, tuple(new_map)))
+    self.values[eqn.outputs[0]] = _Value(v.kind, shape, sources=tuple(sources))
+
+  def reshape(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    v = ins[0]
+    shape = self.graph.shapes[eqn.outputs[0]]
+    blocks = _reshape_blocks(v.shape, shape)
+    if v.kind != "act":
+      sources = []
+      for leaf, axis_map in v.sources:
+        new_map = [None] * len(shape)
+        for (i0, i1), (o0, o1) in blocks:
+          kept_in = [a for a in range(i0, i1) if v.shape[a] != 1]
+          kept_out = [a for a in range(o0, o1) if shape[a] != 1]
+          if len(kept_in) == 1 and len(kept_out) == 1:
+            new_map[kept_out[0]] = axis_map[kept_in[0]]
+        sources.append((leaf, tuple(new_map)))
+      self.values[eqn.outputs[0]] = _Value(v.kind, shape,
+                                           sources=tuple(sources))
+      return
+    out = _Value("act", shape)
+    if v.axis is not None:
+      for (i0, i1), (o0, o1) in blocks:
+        if not i0 <= v.axis < i1:
+          continue
+        kept_out = [a for a in range(o0, o1) if shape[a] != 1]
+        if len(kept_out) == 1:  # keeps or flattens the channel axis
+          inner = int(np.prod(v.shape[v.axis + 1:i1], dtype=np.int64))
+          positions = np.arange(shape[kept_out[0]])
+          index = (positions // inner) % v.shape[v.axis]
+          out = _Value("act", shape, axis=kept_out[0], group=v.group[index],
+                       channel=v.channel[index])
+        else:
+          self.fix(v, "a reshape that splits the channel axis (GroupNorm?)")
+    self.values[eqn.outputs[0]] = out
+
+  def transpose(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    v = ins[0]
+    perm = tuple(eqn.params["permutation"])
+    shape = self.graph.shapes[eqn.outputs[0]]
+    if v.kind == "act":
+      axis = None if v.axis is None else perm.index(v.axis)
+      self.values[eqn.outputs[0]] = dataclasses.replace(v, shape=shape,
+                                                        axis=axis)
+    else:
+      self.values[eqn.outputs[0]] = _Value(
+          v.kind, shape, sources=tuple(
+              (leaf, tuple(axis_map[p] for p in perm))
+              for leaf, axis_map in v.sources))
+
+  def squeeze(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    self.drop_axes(eqn, ins[0], tuple(eqn.params["dimensions"]), None)
+
+  def reduction(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    self.drop_axes(eqn, ins[0], tuple(eqn.params["axes"]),
+                   f"a reduction over the channel axis (`{eqn.primitive}`, "
+                   "e.g. LayerNorm)")
+
+  def drop_axes(self, eqn: _Eqn, v: _Value, axes, reason) -> None:
+    shape = self.graph.shapes[eqn.outputs[0]]
+    kept = [a for a in range(len(v.shape)) if a not in axes]
+    if v.kind == "act":
+      out = _Value("act", shape)
+      if v.axis is not None:
+        if v.axis in axes:
+          self.fix(v, reason or f"`{eqn.primitive}` of the channel axis")
+        else:
+          out = dataclasses.replace(v, shape=shape, axis=kept.index(v.axis))
+      self.values[eqn.outputs[0]] = out
+    else:
+      self.values[eqn.outputs[0]] = _Value(
+          v.kind, shape, sources=tuple(
+              (leaf, tuple(axis_map[a] for a in kept))
+              for leaf, axis_map in v.sources))
+
+  def along_axes(self, eqn: _Eqn, ins: list[_Value], untouched) -> None:
+    """Ops that keep every axis: labels pass where the channel axis is
+    ``untouched(axis)``."""
+    v = ins[0]
+    shape = self.graph.shapes[eqn.outputs[0]]
+    if v.kind == "act" and v.axis is not None:
+      if untouched(v.axis) and shape[v.axis] == v.shape[v.axis]:
+        self.values[eqn.outputs[0]] = dataclasses.replace(v, shape=shape)
+      else:
+        self.fix(v, f"`{eqn.primitive}` along the channel axis")
+        self.values[eqn.outputs[0]] = _Value("act", shape)
+    else:
+      self.default_outputs(eqn, ins)
+    for other in ins[1:]:
+      if other.kind == "act" and other.axis is not None:
+        self.unknown(eqn, [other])
+
+  def windowed(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    p = eqn.params
+    self.along_axes(eqn, ins, lambda a: (
+        p["window_dimensions"][a] == 1 and p["window_strides"][a] == 1
+        and tuple(p["padding"][a]) == (0, 0)))
+
+  def cumulative(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    self.along_axes(eqn, ins, lambda a: a != eqn.params["axis"])
+
+  def pad(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    config = eqn.params["padding_config"]
+    self.along_axes(eqn, ins, lambda a: tuple(config[a]) == (0, 0, 0))
+
+  def slice(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    p = eqn.params
+    self.along_axes(eqn, ins, lambda a: (
+        p["start_indices"][a] == 0 and (p["strides"] is None
+                                        or p["strides"][a] == 1)))
+
+  def concatenate(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    dim = eqn.params["dimension"]
+    shape = self.graph.shapes[eqn.outputs[0]]
+    if not any(v.kind == "act" for v in ins):
+      self.default_outputs(eqn, ins)
+      return
+    labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
+    if labelled and all(v.axis == dim for v in labelled):
+      groups, channels = [], []
+      for v in ins:
+        if v.kind == "act" and v.axis is not None:
+          groups.append(v.group)
+          channels.append(v.channel)
+        else:
+          groups.append(np.full(v.shape[dim], -1))
+          channels.append(np.full(v.shape[dim], -1))
+      self.values[eqn.outputs[0]] = _Value(
+          "act", shape, axis=dim, group=np.concatenate(groups),
+          channel=np.concatenate(channels))
+      return
+    if labelled and all(v.axis != dim for v in labelled):
+      self.elementwise(dataclasses.replace(eqn, primitive="concatenate"),
+                       [dataclasses.replace(v, shape=shape) for v in ins])
+      return
+    self.unknown(eqn, labelled)
+    self.values[eqn.outputs[0]] = _Value("act", shape)
+
+  def dot_general(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    lhs, rhs = ins
+    shape = self.graph.shapes[eqn.outputs[0]]
+    if lhs.kind == "act" and rhs.kind == "param" and not lb and len(lc) == 1:
+      act, param, act_axis, param_axis = lhs, rhs, lc[0], rc[0]
+      param_free = [a for a in range(len(rhs.shape)) if a != rc[0]]
+      out_axis = len(shape) - len(param_free)
+    elif rhs.kind == "act" and lhs.kind == "param" and not lb and len(lc) == 1:
+      act, param, act_axis, param_axis = rhs, lhs, rc[0], lc[0]
+      param_free = [a for a in range(len(lhs.shape)) if a != lc[0]]
+      out_axis = 0
+    else:
+      labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
+      if labelled:
+        self.unknown(eqn, labelled)
+      self.default_outputs(eqn, ins)
+      return
+    self.consume(act, act_axis, param, param_axis, eqn)
+    if len(param_free) != 1:
+      self.values[eqn.outputs[0]] = _Value("act", shape)
+      return
+    free = param_free[0]
+    examples = shape[0] if act_axis != 0 and len(shape) > 1 else 1
+    self.count_macs(param, shape, shape[out_axis], examples)
+    self.values[eqn.outputs[0]] = self.new_group(
+        shape, out_axis, param.sources, free, param.sources[0][0])
+
+  def consume(self, act: _Value, act_axis: int, param: _Value,
+              param_axis: int, eqn: _Eqn) -> None:
+    """The input slices of a kernel join the labels of what it reads."""
+    if act.axis is None:
+      return
+    if act.axis != act_axis:
+      self.unknown(eqn, [act])
+      return
+    for source in param.sources:
+      if not self.member(act, source, param_axis, "in"):
+        self.fix(act, f"read by a reshaped kernel ({self.paths[source[0]]})")
+
+  def count_macs(self, param: _Value, out_shape, out_features: int,
+                 examples: int) -> None:
+    """Each kernel entry takes part in one multiply-add per output position
+    of its output feature."""
+    per_entry = int(np.prod(out_shape)) / out_features / max(1, examples)
+    for leaf, _ in param.sources:
+      self.macs[self.paths[leaf]] += per_entry
+
+  def conv_general_dilated(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    lhs, rhs = ins
+    shape = self.graph.shapes[eqn.outputs[0]]
+    numbers = eqn.params["dimension_numbers"]
+    lhs_spec, rhs_spec, out_spec = (numbers.lhs_spec, numbers.rhs_spec,
+                                    numbers.out_spec)
+    if not (lhs.kind == "act" and rhs.kind == "param"):
+      labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
+      if labelled:
+        self.unknown(eqn, labelled)
+      self.default_outputs(eqn, ins)
+      return
+    in_features = lhs.shape[lhs_spec[1]]
+    out_features = shape[out_spec[1]]
+    groups = eqn.params["feature_group_count"]
+    examples = shape[out_spec[0]]
+    self.count_macs(rhs, shape, out_features, examples)
+    if groups == 1:
+      self.consume(lhs, lhs_spec[1], rhs, rhs_spec[1], eqn)
+      self.values[eqn.outputs[0]] = self.new_group(
+          shape, out_spec[1], rhs.sources, rhs_spec[0], rhs.sources[0][0])
+      return
+    if groups == in_features == out_features and lhs.axis == lhs_spec[1]:
+      # Depthwise: output channel j is input channel j, filtered.
+      out = dataclasses.replace(lhs, shape=shape, axis=out_spec[1])
+      for source in rhs.sources:
+        self.member(out, source, rhs_spec[0], "out")
+      self.values[eqn.outputs[0]] = out
+      return
+    self.fix(lhs, f"a grouped convolution ({groups} groups)")
+    out = self.new_group(shape, out_spec[1], rhs.sources, rhs_spec[0],
+                         rhs.sources[0][0])
+    self.fix(out, f"a grouped convolution ({groups} groups)")
+    self.values[eqn.outputs[0]] = out
+
+  def gather(self, eqn: _Eqn, ins: list[_Value]) -> None:
+    operand, indices = ins[0], ins[1]
+    shape = self.graph.shapes[eqn.outputs[0]]
+    slice_sizes = eqn.params["slice_sizes"]
+    embedding = (operand.kind == "param" and indices.kind == "act"
+                 and indices.axis is None and len(operand.shape) == 2
+                 and slice_sizes[-1] == operand.shape[-1]
+                 and shape[-1] == operand.shape[-1])
+    if embedding:  # Embed: looked-up rows, features last
+      self.values[eqn.outputs[0]] = self.new_group(
+          shape, len(shape) - 1, operand.sources, 1, operand.sources[0][0])
+      return
+    labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
+    if labelled:
+      self.unknown(eqn, labelled)
+    self.default_outputs(eqn, ins)
+
+
+_HANDLERS = {name: name for name in (
+    "broadcast_in_dim", "reshape", "transpose", "squeeze", "pad", "slice",
+    "concatenate", "dot_general", "conv_general_dilated", "gather")}
+_FAMILIES = (("elementwise", _ELEMENTWISE), ("reduction", _REDUCTIONS),
+             ("windowed", _WINDOWED), ("cumulative", _CUMULATIVE))
+
+
+def _reshape_blocks(in_shape, out_shape):
+  """Pairs of axis ranges ``((i0, i1), (o0, o1))`` with equal products."""
+  blocks, i, o = [], 0, 0
+  while i < len(in_shape) or o < len(out_shape):
+    i0, o0 = i, o
+    p_in = p_out = 1
+    if i < len(in_shape):
+      p_in *= in_shape[i]
+      i += 1
+    if o < len(out_shape):
+      p_out *= out_shape[o]
+      o += 1
+    while p_in != p_out:
+      if p_in < p_out:
+        p_in *= in_shape[i]
+        i += 1
+      else:
+        p_out *= out_shape[o]
+        o += 1
+    # Trailing size-1 axes join the block they follow.
+    while i < len(in_shape) and in_shape[i] == 1 and (
+        o >= len(out_shape) or out_shape[o] != 1):
+      i += 1
+    while o < len(out_shape) and out_shape[o] == 1 and (
+        i >= len(in_shape) or in_shape[i] != 1):
+      o += 1
+    blocks.append(((i0, i), (o0, o)))
+  return blocks
+
+
+def _closure(graph: _Graph, producer: dict[int, int], start: int) -> set[int]:
+  """The equations that ``start`` depends on (its producer included)."""
+  seen, stack = set(), [start]
+  while stack:
+    index = producer.get(stack.pop())
+    if index is not None and index not in seen:
+      seen.add(index)
+      stack.extend(graph.eqns[index].inputs)
+  return seen
+
+
+def _blocks(graph: _Graph, tracer: _Tracer, leaf_ids: list[int],
+            outputs: list[int]) -> list[tuple[int, ...]]:
+  """Leaves of every residual branch ``x + f(x)`` that can be removed."""
+  producer = {o: i for i, e in enumerate(graph.eqns) for o in e.outputs}
+  consumers = collections.defaultdict(set)
+  for i, eqn in enumerate(graph.eqns):
+    for index in eqn.inputs:
+      consumers[index].add(i)
+  leaf_of = {index: leaf for leaf, index in enumerate(leaf_ids)}
+  found = []
+  for add_index, eqn in enumerate(graph.eqns):
+    if eqn.primitive not in ("add", "add_any") or len(eqn.inputs) != 2:
+      continue
+    values = [tracer.value(i) for i in eqn.inputs]
+    if any(v.kind != "act" for v in values) or (
+        values[0].shape != values[1].shape):
+      continue
+    for branch_out, shortcut in (eqn.inputs, eqn.inputs[::-1]):
+      branch = (_closure(graph, producer, branch_out)
+                - _closure(graph, producer, shortcut))
+      leaves = _branch_leaves(graph, tracer, branch, branch_out, shortcut,
+                              add_index, consumers, leaf_of, outputs)
+      if leaves:
+        found.append(tuple(sorted(leaves)))
+  return found
+
+
+def _branch_leaves(graph, tracer, branch, branch_out, shortcut, add_index,
+                   consumers, leaf_of, outputs):
+  """The branch's leaves if it reads only ``shortcut`` and its own values
+  and nothing outside uses them; else None."""
+  if not branch:
+    return None
+  leaves, reads_shortcut = set(), False
+  for i in branch:
+    for index in graph.eqns[i].inputs:
+      if index == shortcut:
+        reads_shortcut = True
+      elif index in leaf_of:
+        leaves.add(leaf_of[index])
+        if not consumers[index] <= branch:
+          return None
+      elif tracer.value(index).kind == "act" and not any(
+          index in graph.eqns[j].outputs for j in branch):
+        return None
+    for index in graph.eqns[i].outputs:
+      allowed = branch | ({add_index} if index == branch_out else set())
+      if not consumers[index] <= allowed or index in outputs:
+        return None
+  if not reads_shortcut or not leaves:
+    return None
+  return leaves
+
+
+def _module_path(path: str, collections_level: bool) -> str:
+  names = path.split("/")[:-1]
+  return "/".join(names[1:] if collections_level else names)
+
+
+def _has_collections(variables: Any) -> bool:
+  return isinstance(variables, Mapping) and "params" in variables and all(
+      isinstance(v, Mapping) for v in variables.values())
+
+
+def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
+                   *args: Any, on_unknown: str = "error",
+                   **kwargs: Any) -> _groups.Groups:
+  """Every prunable structure of a model, found by tracing ``apply_fn``.
+
+  Traces ``apply_fn(variables, *args, **kwargs)`` with `jax.make_jaxpr`
+  and follows each Dense/Conv output channel through the model (see the
+  module docstring for the ops it understands): the channel with its bias
+  and batch-norm entries, and the input slice of every layer that reads it
+  (after a flatten, the rows of that channel in Flax's NHWC order), with
+  channels that residual adds join forming one group across all branches
+  (projection shortcuts included). Also finds residual blocks whose removal
+  leaves the identity shortcut.
+
+  Channels that reach the model's output (the logits), that LayerNorm or
+  GroupNorm mix, or that are combined with per-channel inputs or constants
+  are not prunable; `Groups.unprunable` lists them with the reason.
+
+  Trace in inference mode (``train=False``, batch norm on running
+  averages): dropout's random mask makes every channel it meets unprunable.
+
+  Example (linen)::
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, optax_gsm
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> groups = optax_gsm.channel_groups(model.apply, variables,
+    ...                                   jnp.ones((1, 4)))
+    >>> [(g.name, g.size, len(g.members)) for g in groups.channels]
+    [('params/layers_0', 8, 3)]
+
+  For NNX, trace the pure function of the state::
+
+    graphdef, state = nnx.split(model)
+    groups = channel_groups(
+        lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+
+  Args:
+    apply_fn: ``(variables, *args, **kwargs) -> outputs``.
+    variables: the model's variables (params and batch statistics).
+    *args: example inputs, arrays (shapes matter, values do not).
+    on_unknown: "error" (default): an op this tracer does not model that
+      meets prunable channels raises NotImplementedError naming it;
+      "unprunable": those channels are left unpruned instead.
+    **kwargs: passed to ``apply_fn`` as constants (``train=False``).
+
+  Returns:
+    `Groups`: channel groups (with members) and residual blocks.
+
+  Raises:
+    NotImplementedError: an op the tracer cannot follow channels through
+      (``on_unknown="error"``).
+  """
+  if on_unknown not in ("error", "unprunable"):
+    raise ValueError(
+        f"`on_unknown` must be 'error' or 'unprunable'; got {on_unknown!r}.")
+  closed = jax.make_jaxpr(
+      lambda v, inputs: apply_fn(v, *inputs, **kwargs))(variables, args)
+  graph = _Graph()
+  invars = [graph.new(v.aval.shape) for v in closed.jaxpr.invars]
+  leaf_ids = invars[:len(jax.tree.leaves(variables))]
+  consts = []
+  for c in closed.consts:
+    index = graph.new(np.shape(c))
+    graph.constants.add(index)
+    consts.append(index)
+  outputs = graph.add(closed.jaxpr, invars, consts)
+  paths = _groups.leaf_paths(variables)
+  collections_level = _has_collections(variables)
+  tracer = _Tracer(graph, paths, leaf_ids, on_unknown, collections_level)
+  tracer.run(outputs)
+  return _assemble(tracer, paths, _blocks(graph, tracer, leaf_ids, outputs),
+                   collections_level)
+
+
+def _assemble(tracer: _Tracer, paths: list[str], blocks,
+              collections_level: bool) -> _groups.Groups:
+  found = tracer.groups
+  channels, unprunable = [], []
+  for group in range(len(found.parent)):
+    if found.find(group) != group:
+      continue
+    name = _module_path(found.name[group], collections_level)
+    if found.fixed[group] is not None:
+      unprunable.append((name, found.fixed[group]))
+      continue
+    merged = {}
+    for leaf, axis, channel_of, role in found.members[group]:
+      key = (leaf, axis)
+      if key in merged:
+        channel_of = np.where(channel_of >= 0, channel_of, merged[key][0])
+      merged[key] = (channel_of, role if key not in merged
+                     else merged[key][1])
+    members = tuple(
+        _groups.Member(paths[leaf], axis, np.asarray(c, np.int32), role)
+        for (leaf, axis), (c, role) in sorted(merged.items()))
+    channels.append(_groups.ChannelGroup(name, found.size[group], members))
+  block_list, seen = [], set()
+  for leaves in blocks:
+    if leaves in seen:
+      continue
+    seen.add(leaves)
+    module_paths = [_module_path(paths[leaf], collections_level)
+                    for leaf in leaves]
+    name = os.path.commonpath(module_paths) if all(module_paths) else ""
+    block_list.append(_groups.Block(
+        name or "+".join(sorted(set(module_paths))),
+        tuple(paths[leaf] for leaf in leaves)))
+  return _groups.Groups(channels=tuple(channels), blocks=tuple(block_list),
+                        unprunable=tuple(unprunable),
+                        macs_per_entry=dict(tracer.macs))

@@ -1,0 +1,211 @@
+"""channel_groups finds the groups one would write by hand."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optax_gsm
+from tests import structured_cases
+
+
+def _summary(groups):
+  """{group name: {(path, axis, role)}} and per member its channel map."""
+  members = {g.name: {(m.path, m.axis, m.role) for m in g.members}
+             for g in groups.channels}
+  maps = {(g.name, m.path, m.axis): m.channel_of for g in groups.channels
+          for m in g.members}
+  return members, maps
+
+
+def _dense(name, role, axis):
+  """Members of a Dense/Conv kernel (+ its bias for "out")."""
+  out = {(f"params/{name}/kernel", axis, role)}
+  if role == "out":
+    out.add((f"params/{name}/bias", 0, "out"))
+  return out
+
+
+def _trace(name):
+  case = structured_cases.case(name)
+  return case, optax_gsm.channel_groups(case.apply, case.variables,
+                                        jnp.ones(case.input_shape))
+
+
+def test_mlp_groups_are_the_hand_written_ones():
+  _, groups = _trace("mlp")
+  members, maps = _summary(groups)
+  assert members == {
+      "Dense_0": _dense("Dense_0", "out", 1) | _dense("Dense_1", "in", 0),
+      "Dense_1": _dense("Dense_1", "out", 1) | _dense("Dense_2", "in", 0)}
+  for channel_of in maps.values():
+    np.testing.assert_array_equal(channel_of, np.arange(len(channel_of)))
+  assert groups.blocks == ()
+  assert groups.unprunable == (("Dense_2", "model output"),)
+  assert [g.size for g in groups.channels] == [300, 100]
+
+
+def test_lenet5_flatten_maps_rows_to_channels_in_nhwc_order():
+  _, groups = _trace("lenet5")
+  members, maps = _summary(groups)
+  assert members == {
+      "Conv_0": _dense("Conv_0", "out", 3) | _dense("Conv_1", "in", 2),
+      "Conv_1": _dense("Conv_1", "out", 3) | _dense("Dense_0", "in", 0),
+      "Dense_0": _dense("Dense_0", "out", 1) | _dense("Dense_1", "in", 0)}
+  # 4 x 4 x 50 flattened: row (h * 4 + w) * 50 + c is channel c.
+  np.testing.assert_array_equal(
+      maps[("Conv_1", "params/Dense_0/kernel", 0)], np.arange(800) % 50)
+
+
+def _bn(module, collection_free=False):
+  prefix = "" if collection_free else "params/"
+  stats = "" if collection_free else "batch_stats/"
+  return {(f"{prefix}{module}/scale", 0, "out"),
+          (f"{prefix}{module}/bias", 0, "out"),
+          (f"{stats}{module}/mean", 0, "out"),
+          (f"{stats}{module}/var", 0, "out")}
+
+
+def _conv(path, role):
+  return {(f"params/{path}/kernel", 3 if role == "out" else 2, role)}
+
+
+def test_resnet_groups_join_residual_adds_and_projection_shortcuts():
+  _, groups = _trace("resnet")
+  members, _ = _summary(groups)
+  expected = {}
+  # The stem's channels run through stage 0 (identity shortcuts) and into
+  # stage 1's first block (its conv1 and its projection read them).
+  expected["conv"] = (_conv("conv", "out") | _bn("bn")
+                      | _conv("stage1_block0/conv1", "in")
+                      | _conv("stage1_block0/shortcut_conv", "in"))
+  for block in ("stage0_block0", "stage0_block1"):
+    expected["conv"] |= (_conv(f"{block}/conv1", "in")
+                         | _conv(f"{block}/conv2", "out") | _bn(f"{block}/bn2"))
+  for stage, following in ((1, "stage2_block0"), (2, None)):
+    first, second = f"stage{stage}_block0", f"stage{stage}_block1"
+    stream = (_conv(f"{first}/shortcut_conv", "out")
+              | _bn(f"{first}/shortcut_bn") | _conv(f"{first}/conv2", "out")
+              | _bn(f"{first}/bn2") | _conv(f"{second}/conv1", "in")
+              | _conv(f"{second}/conv2", "out") | _bn(f"{second}/bn2"))
+    if following:
+      stream |= (_conv(f"{following}/conv1", "in")
+                 | _conv(f"{following}/shortcut_conv", "in"))
+    expected[f"{first}/shortcut_conv"] = stream
+  for stage in range(3):
+    for block in range(2):
+      name = f"stage{stage}_block{block}"
+      expected[f"{name}/conv1"] = (_conv(f"{name}/conv1", "out")
+                                   | _bn(f"{name}/bn1")
+                                   | _conv(f"{name}/conv2", "in"))
+  # The last stage's channels reach the head through the global mean.
+  expected["stage2_block0/shortcut_conv"] = (
+      expected.pop("stage2_block0/shortcut_conv")
+      | {("params/head/kernel", 0, "in")})
+  assert members == expected
+  assert [b.name for b in groups.blocks] == [
+      "stage0_block0", "stage0_block1", "stage1_block1", "stage2_block1"]
+  block = groups.blocks[1]
+  assert set(block.paths) == {
+      f"{c}/stage0_block1/{m}" for c, m in [
+          ("params", "conv1/kernel"), ("params", "conv2/kernel"),
+          ("params", "bn1/scale"), ("params", "bn1/bias"),
+          ("params", "bn2/scale"), ("params", "bn2/bias"),
+          ("batch_stats", "bn1/mean"), ("batch_stats", "bn1/var"),
+          ("batch_stats", "bn2/mean"), ("batch_stats", "bn2/var")]}
+  assert groups.unprunable == (("head", "model output"),)
+
+
+def test_nnx_groups_and_block():
+  _, groups = _trace("nnx")
+  members, _ = _summary(groups)
+
+  def conv(name, role, bias=True):
+    out = {(f"{name}/kernel", 3 if role == "out" else 2, role)}
+    return out | ({(f"{name}/bias", 0, "out")} if role == "out" else set())
+
+  assert members == {
+      "conv1": (conv("conv1", "out") | _bn("bn1", True) | conv("conv2", "in")
+                | conv("conv2", "out") | _bn("bn2", True) | conv("conv3", "in")
+                | conv("shortcut", "in")),
+      "shortcut": (conv("shortcut", "out") | conv("conv3", "out")
+                   | _bn("bn3", True) | {("head/kernel", 0, "in")}),
+  }
+  assert [(b.name, set(b.paths)) for b in groups.blocks] == [
+      ("bn2+conv2", {"conv2/kernel", "conv2/bias", "bn2/scale", "bn2/bias",
+                     "bn2/mean", "bn2/var"})]
+
+
+class _Concat(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    a = nn.Dense(3, name="a")(x)
+    b = nn.Dense(2, name="b")(x)
+    return nn.Dense(1, name="c")(nn.relu(jnp.concatenate([a, x, b], -1)))
+
+
+def test_concatenation_maps_positions_to_each_group():
+  model = _Concat()
+  x = jnp.ones((2, 4))
+  variables = model.init(jax.random.key(0), x)
+  groups = optax_gsm.channel_groups(model.apply, variables, x)
+  _, maps = _summary(groups)
+  # Rows of c: a's 3 channels, x's 4 features (unprunable), b's 2.
+  np.testing.assert_array_equal(maps[("a", "params/c/kernel", 0)],
+                                [0, 1, 2, -1, -1, -1, -1, -1, -1])
+  np.testing.assert_array_equal(maps[("b", "params/c/kernel", 0)],
+                                [-1, -1, -1, -1, -1, -1, -1, 0, 1])
+
+
+class _LayerNormed(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.LayerNorm()(nn.Dense(6, name="normed")(x))
+    return nn.Dense(2, name="out")(nn.relu(nn.Dense(5, name="free")(x)))
+
+
+def test_layer_norm_makes_its_channels_unprunable():
+  model = _LayerNormed()
+  x = jnp.ones((2, 4))
+  variables = model.init(jax.random.key(0), x)
+  groups = optax_gsm.channel_groups(model.apply, variables, x)
+  assert [g.name for g in groups.channels] == ["free"]
+  reasons = dict(groups.unprunable)
+  assert "reduction over the channel axis" in reasons["normed"]
+
+
+class _Sorted(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(2, name="out")(jnp.sort(nn.Dense(6, name="sorted")(x), -1))
+
+
+def test_unknown_op_is_an_error_naming_it_or_unprunable_on_request():
+  model = _Sorted()
+  x = jnp.ones((2, 4))
+  variables = model.init(jax.random.key(0), x)
+  with pytest.raises(NotImplementedError, match="`sort`.*'sorted'"):
+    optax_gsm.channel_groups(model.apply, variables, x)
+  groups = optax_gsm.channel_groups(model.apply, variables, x,
+                                    on_unknown="unprunable")
+  assert groups.channels == ()
+  assert ("sorted", "op `sort`") in groups.unprunable
+  with pytest.raises(ValueError, match="on_unknown"):
+    optax_gsm.channel_groups(model.apply, variables, x, on_unknown="skip")
+
+
+def test_groups_without_removes_by_name_and_rejects_unknown_names():
+  _, groups = _trace("mlp")
+  fewer = groups.without(["Dense_1"])
+  assert [g.name for g in fewer.channels] == ["Dense_0"]
+  with pytest.raises(ValueError, match="Dense_9"):
+    groups.without(["Dense_9"])
+
+
+def test_macs_per_entry_for_flops_cost():
+  _, groups = _trace("lenet5")
+  # Conv_0 output 24 x 24 positions; Conv_1 8 x 8; dense layers once.
+  assert groups.macs_per_entry == {
+      "params/Conv_0/kernel": 576.0, "params/Conv_1/kernel": 64.0,
+      "params/Dense_0/kernel": 1.0, "params/Dense_1/kernel": 1.0}
