@@ -1,0 +1,225 @@
+"""Structured GSM: structure saliency, the budgeted ranking, the update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import optax_gsm
+from optax_gsm import _groups, _structured
+from tests import structured_cases
+
+
+@pytest.fixture(scope="module")
+def mlp():
+  case = structured_cases.case("mlp")
+  x = jax.random.normal(jax.random.key(0), (8, 784))
+  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  params = case.variables["params"]
+  loss = lambda p: jnp.mean((case.apply({"params": p}, x) - 1.0) ** 2)
+  return groups, params, loss
+
+
+def _numpy_scores(params, grads, kind):
+  """Channel scores of LeNet-300-100's two groups, written out."""
+  p = jax.tree.map(np.asarray, params)
+  g = jax.tree.map(np.asarray, grads)
+  scores = []
+  for layer, following in (("Dense_0", "Dense_1"), ("Dense_1", "Dense_2")):
+    if kind == "taylor":
+      total = ((g[layer]["kernel"] * p[layer]["kernel"]).sum(0)
+               + g[layer]["bias"] * p[layer]["bias"]
+               + (g[following]["kernel"] * p[following]["kernel"]).sum(1))
+      scores.append(np.abs(total))
+    else:
+      scores.append(np.sqrt((p[layer]["kernel"] ** 2).sum(0)
+                            + p[layer]["bias"] ** 2
+                            + (p[following]["kernel"] ** 2).sum(1)))
+  return np.concatenate(scores)
+
+
+@pytest.mark.parametrize("kind", ["taylor", "magnitude"])
+def test_structure_scores_match_numpy(mlp, kind):
+  groups, params, loss = mlp
+  params = jax.tree.map(lambda w: w + 0.01, params)  # non-zero biases
+  grads = jax.grad(loss)(params)
+  scores = _structured.structure_scores(_groups.resolve(groups, params),
+                                        grads, params, kind)
+  np.testing.assert_allclose(scores, _numpy_scores(params, grads, kind),
+                             rtol=1e-5, atol=1e-7)
+
+
+def test_structure_costs_count_member_entries(mlp):
+  groups, params, _ = mlp
+  costs = optax_gsm.structure_costs(groups, params)
+  # Dense_0 channel: 784 kernel + 1 bias + 100 next-layer weights.
+  np.testing.assert_array_equal(costs[:300], 784 + 1 + 100)
+  np.testing.assert_array_equal(costs[300:], 300 + 1 + 10)
+  flops = optax_gsm.structure_costs(groups, params, "flops")
+  np.testing.assert_array_equal(flops[:300], 784 + 100)  # biases: no MACs
+
+
+def _numpy_select(scores, costs, sizes, budget):
+  """The documented rule, written as a loop."""
+  ratio = np.where(costs > 0, scores / np.maximum(costs, 1e-30), np.inf)
+  start = 0
+  for size in sizes:
+    ratio[start + np.argmax(ratio[start:start + size])] = np.inf
+    start += size
+  order = sorted(range(len(ratio)), key=lambda i: (-ratio[i], i))
+  kept, spent = np.zeros(len(ratio), bool), 0.0
+  for i in order:
+    if np.isinf(ratio[i]) or spent + costs[i] <= budget:
+      kept[i] = True
+      spent += costs[i]
+    else:
+      break
+  return kept
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_selection_is_the_budgeted_prefix_of_the_ranking(data):
+  sizes = tuple(data.draw(st.lists(st.integers(1, 6), min_size=1,
+                                   max_size=3)))
+  count = sum(sizes) + data.draw(st.integers(0, 2))
+  scores = np.asarray(data.draw(st.lists(
+      st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]), min_size=count,
+      max_size=count)), np.float32)
+  costs = np.asarray(data.draw(st.lists(
+      st.sampled_from([1.0, 2.0, 4.0]), min_size=count, max_size=count)),
+      np.float32)
+  budget = float(data.draw(st.integers(0, int(costs.sum()))))
+  kept = _structured.select_structures(jnp.asarray(scores), costs, sizes,
+                                       budget)
+  flat = np.concatenate([np.asarray(k) for k in kept.channels]
+                        + [np.asarray(kept.blocks)])
+  np.testing.assert_array_equal(flat, _numpy_select(scores, costs, sizes,
+                                                    budget))
+
+
+def _steps(tx, params, loss, count, jit):
+  update = jax.jit(tx.update) if jit else tx.update
+  state = tx.init(params)
+  for _ in range(count):
+    grads = jax.grad(loss)(params)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def test_update_matches_a_numpy_reference(mlp):
+  groups, params, loss = mlp
+  beta, decay, passive, lr = 0.9, 1e-3, 5e-2, 0.1
+  tx = optax_gsm.gsm_sgd(lr, 3.0, groups=groups, momentum=beta,
+                         weight_decay=decay, passive_weight_decay=passive,
+                         unprunable_weight_decay=1e-4)
+  state = tx.init(params)
+  momentum = jax.tree.map(np.zeros_like, params)
+  costs = optax_gsm.structure_costs(groups, params)
+  for _ in range(3):
+    grads = jax.grad(loss)(params)
+    keep = _numpy_select(_numpy_scores(params, grads, "taylor"), costs,
+                         (300, 100), costs.sum() / 3.0)
+    mask = _groups.entry_masks(
+        _groups.resolve(groups, params), optax_gsm.StructureMask(
+            (keep[:300], keep[300:]), np.zeros(0, bool)), params)
+    expected = {}
+    for layer in params:
+      expected[layer] = {}
+      for name in params[layer]:
+        w, g = np.asarray(params[layer][name]), np.asarray(grads[layer][name])
+        active_decay = decay if name == "kernel" else 1e-4
+        touched = layer != "Dense_2" or name == "kernel"
+        m = np.asarray(mask[layer][name]) if touched else True
+        direction = np.where(m, g + active_decay * w, passive * w)
+        momentum[layer][name] = beta * momentum[layer][name] + direction
+        expected[layer][name] = w - lr * momentum[layer][name]
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                         atol=1e-7),
+                 params, expected)
+
+
+@pytest.mark.parametrize("cost", ["params", "flops"])
+def test_members_move_together_and_budget_holds(cost):
+  case = structured_cases.case("resnet")
+  x = jax.random.normal(jax.random.key(1), case.input_shape)
+  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  params = case.variables["params"]
+  loss = lambda p: jnp.mean(case.apply({**case.variables, "params": p}, x)
+                            ** 2)
+  tx = optax_gsm.gsm_sgd(0.05, 2.0, groups=groups, cost=cost)
+  _, state = _steps(tx, params, loss, 2, jit=True)
+  gsm_state = state[0]
+  masks = _groups.entry_masks(_groups.resolve(groups, params),
+                              gsm_state.kept, params)
+  jax.tree.map(np.testing.assert_array_equal, gsm_state.mask, masks)
+  costs = optax_gsm.structure_costs(groups, params, cost)
+  flat = np.concatenate([np.asarray(k) for k in gsm_state.kept.channels]
+                        + [np.asarray(gsm_state.kept.blocks)])
+  assert costs[flat].sum() <= costs.sum() / 2.0
+  assert 0 < flat.sum() < len(flat)
+
+
+def test_jit_and_no_jit_agree(mlp):
+  groups, params, loss = mlp
+  tx = optax_gsm.gsm_sgd(0.1, 4.0, groups=groups, momentum=0.9,
+                         weight_decay=1e-3)
+  jitted, jit_state = _steps(tx, params, loss, 3, jit=True)
+  plain, plain_state = _steps(tx, params, loss, 3, jit=False)
+  jax.tree.map(np.testing.assert_array_equal, jit_state[0].kept,
+               plain_state[0].kept)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               jitted, plain)
+
+
+def test_freeze_keeps_the_magnitude_choice(mlp):
+  groups, params, loss = mlp
+  tx = optax_gsm.gsm_sgd(0.1, 4.0, groups=groups, freeze_mask_at=1)
+  after_two, state_two = _steps(tx, params, loss, 2, jit=True)
+  _, state_four = _steps(tx, params, loss, 4, jit=True)
+  jax.tree.map(np.testing.assert_array_equal, state_two[0].kept,
+               state_four[0].kept)
+  del after_two
+
+
+def test_inject_hyperparams_traces_the_ratio(mlp):
+  groups, params, loss = mlp
+  tx = optax.inject_hyperparams(optax_gsm.gsm_sgd)(
+      learning_rate=0.1, compression_ratio=4.0, groups=groups)
+  _, state = _steps(tx, params, loss, 1, jit=True)
+  kept = optax_gsm.kept_structures(state)
+  assert 0 < sum(int(k.sum()) for k in kept.channels) < 400
+
+
+def test_structure_cost_is_the_shrunk_models_size():
+  case = structured_cases.case("lenet5")
+  x = jnp.ones(case.input_shape)
+  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  keep = structured_cases.random_keep(groups, 3)
+  before, after = optax_gsm.structure_cost(groups, case.variables["params"],
+                                           keep)
+  small, _ = optax_gsm.shrink(case.variables, groups, keep)
+  assert before == sum(np.size(w) for w in jax.tree.leaves(
+      case.variables["params"]))
+  assert after == sum(np.size(w) for w in jax.tree.leaves(small["params"]))
+
+
+def test_bad_arguments_are_clear_errors(mlp):
+  groups, params, _ = mlp
+  with pytest.raises(ValueError, match="compression_ratio.*one channel per"):
+    optax_gsm.gsm(1000.0, groups=groups).init(params)
+  with pytest.raises(ValueError, match="`prunable` and `groups`"):
+    optax_gsm.gsm(2.0, groups=groups, prunable="*/kernel")
+  with pytest.raises(ValueError, match="`cost` must be one of"):
+    optax_gsm.gsm(2.0, groups=groups, cost="latency")
+  with pytest.raises(ValueError, match="`saliency` with `groups`"):
+    optax_gsm.gsm(2.0, groups=groups, saliency="random")
+  with pytest.raises(ValueError, match="no member in these params"):
+    optax_gsm.gsm(2.0, groups=groups).init({"other": jnp.ones((3, 3))})
