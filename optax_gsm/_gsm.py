@@ -39,11 +39,13 @@ from jax import lax
 
 from optax_gsm import (
   _compression_ratio,
+  _density_bounds,
   _groups,
   _lossless,
+  _n_of_m,
   _prunable,
+  _rules,
   _saliency,
-  _selection,
   _structured,
   _validation,
 )
@@ -64,12 +66,20 @@ class GSMState(NamedTuple):
       `prune_readiness` read it (with ``num_active``) from ``opt_state=``, so
       that the final prune ranks exactly what the optimizer ranked.
     num_active: Q of the current mask (int32).
+    min_active: pytree of int32 scalars like the params: each ranked leaf's
+      lower bound on kept entries (``min_density``; 0 without).
+    max_active: likewise the upper bound (``max_density``; the leaf's size
+      without).
+    n_of_m: int32 ``[n, m]`` of an N:M ranking, ``[0, 0]`` for a global one.
   """
   count: chex.Array
   mask: Any
   momentum: Any
   prunable: Any
   num_active: chex.Array
+  min_active: Any
+  max_active: Any
+  n_of_m: chex.Array
 
 
 class StructuredGSMState(NamedTuple):
@@ -104,6 +114,9 @@ def gsm(
     momentum_dtype: chex.ArrayDType | None = None,
     groups: _groups.Groups | None = None,
     cost: str = "params",
+    n_of_m: tuple[int, int] | None = None,
+    min_density: _density_bounds.Density = None,
+    max_density: _density_bounds.Density = None,
 ) -> optax.GradientTransformation:
   r"""Global Sparse Momentum: momentum SGD where only the top-Q gradients pass.
 
@@ -189,13 +202,36 @@ def gsm(
       ``passive_weight_decay``. The state is a `StructuredGSMState`.
     cost: with ``groups``: "params" or "flops" (multiply-adds per example
       of the traced input).
+    n_of_m: None, or ``(n, m)``: N:M sparsity instead of the global
+      ranking: in every ``m`` consecutive entries along the input axis (-2)
+      of each prunable kernel, the ``n`` most salient are active (2:4 runs
+      on sparse tensor cores); sets the ratio to ``m / n``, so leave
+      ``compression_ratio`` and ``sparsity`` out. Pass the same to `prune`
+      (or ``opt_state=``).
+    min_density: None, or a float in [0, 1] (every prunable leaf) or a
+      pytree of floats like the params (None entries: no bound): each leaf
+      keeps at least this share; still exactly Q active overall (see
+      `optax_gsm._density_bounds`). Costs 32 counting passes a refresh.
+    max_density: likewise, the most each leaf may keep.
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs ``params``.
     With a traced ratio (a schedule under ``jit``, or
     ``optax.inject_hyperparams``) Q follows `num_active`'s rules.
   """
-  ratio_at = _compression_ratio.compression_schedule(compression_ratio, sparsity)
+  if n_of_m is not None:
+    n_of_m = _n_of_m.check_n_of_m(n_of_m)
+    if compression_ratio is not None or sparsity is not None:
+      raise ValueError("`n_of_m` sets the ratio (m / n): leave "
+                       "`compression_ratio` and `sparsity` out.")
+    if min_density is not None or max_density is not None or (
+        groups is not None):
+      raise ValueError("`n_of_m` is a ranking of its own: it excludes "
+                       "`min_density`, `max_density` and `groups`.")
+    ratio_at = None  # Q comes from the pattern
+  else:
+    ratio_at = _compression_ratio.compression_schedule(compression_ratio,
+                                                       sparsity)
   _validation.check_range("momentum", momentum, low=0.0, high=1.0,
                           high_inclusive=False)
   _validation.check_bool("nesterov", nesterov)
@@ -212,6 +248,9 @@ def gsm(
     freeze_mask_at = _validation.check_int("freeze_mask_at", freeze_mask_at,
                                            low=0)
   if groups is not None:
+    if min_density is not None or max_density is not None:
+      raise ValueError("`min_density`/`max_density` bound leaves of the "
+                       "unstructured ranking; with `groups` use the groups.")
     if prunable is not None:
       raise ValueError("`prunable` and `groups` exclude each other: with "
                        "groups, the structures say what is pruned.")
@@ -226,41 +265,73 @@ def gsm(
         momentum_dtype=momentum_dtype)
   saliency_fn = _saliency.resolve_saliency(saliency)
 
-  def prunable_flags(params):
+  bounded = min_density is not None or max_density is not None
+
+  def ranking(params, step):
+    """The prunable flags, Q and rule at ``step`` (checked)."""
     flags = _prunable.resolve_prunable(prunable, params)
-    return flags, _prunable.prunable_count(flags, jax.tree.leaves(params))
+    leaves = jax.tree.leaves(params)
+    if n_of_m is not None:
+      ranked = _prunable.prunable_leaves(flags, leaves)
+      for path, leaf in zip(_prunable.prunable_leaves(
+          flags, _groups.leaf_paths(params)), ranked):
+        _n_of_m.check_shape(np.shape(leaf), n_of_m[1], repr(path))
+      return flags, _rules.n_of_m_count([np.shape(w) for w in ranked],
+                                        n_of_m), _rules.Rule(n_of_m=n_of_m)
+    q = _compression_ratio.num_active(
+        _prunable.prunable_count(flags, leaves), ratio_at(step))
+    if not bounded:
+      return flags, q, _rules.Rule()
+    low, high = _density_bounds.leaf_bounds(params, flags, min_density,
+                                            max_density)
+    _density_bounds.check_feasible(low, high, q)
+    return flags, q, _rules.Rule(low=low, high=high)
+
+  def rule_state(params, flags, rule):
+    """``min_active``, ``max_active`` and ``n_of_m`` of the state."""
+    treedef = jax.tree.structure(params)
+    sizes = [np.size(w) for w in jax.tree.leaves(params)]
+    low = list(rule.low) if rule.low is not None else None
+    high = list(rule.high) if rule.high is not None else None
+    per_leaf_low, per_leaf_high = [], []
+    for flag, size in zip(flags, sizes):
+      per_leaf_low.append(jnp.asarray(low.pop(0) if flag and low else 0,
+                                      jnp.int32))
+      per_leaf_high.append(jnp.asarray(
+          high.pop(0) if flag and high else size, jnp.int32))
+    return (treedef.unflatten(per_leaf_low), treedef.unflatten(per_leaf_high),
+            jnp.asarray(rule.n_of_m or (0, 0), jnp.int32))
 
   def init_fn(params):
-    flags, num_prunable = prunable_flags(params)
     # Validates a constant ratio, or a schedule's first value, before training.
-    q = _compression_ratio.num_active(num_prunable, ratio_at(0))
+    flags, q, rule = ranking(params, 0)
     treedef = jax.tree.structure(params)
+    min_active, max_active, pattern = rule_state(params, flags, rule)
     return GSMState(
         count=jnp.zeros([], jnp.int32),
         mask=jax.tree.map(lambda w: jnp.ones_like(w, dtype=bool), params),
         momentum=optax.tree_utils.tree_zeros_like(params,
                                                   dtype=momentum_dtype),
         prunable=treedef.unflatten([jnp.asarray(f) for f in flags]),
-        num_active=jnp.asarray(q, jnp.int32))
+        num_active=jnp.asarray(q, jnp.int32), min_active=min_active,
+        max_active=max_active, n_of_m=pattern)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(
           "gsm needs the params: call `update(grads, opt_state, params)`.")
-    flags, num_prunable = prunable_flags(params)
-    q = _compression_ratio.num_active(num_prunable, ratio_at(state.count))
+    flags, q, rule = ranking(params, state.count)
     masks, num_active = _active_masks(
-        saliency_fn, updates, params, state, flags, q, mask_update_every,
-        freeze_mask_at)
+        saliency_fn, updates, params, state, flags, q, rule,
+        mask_update_every, freeze_mask_at)
     new_momentum, new_updates = _momentum_step(
         updates, params, state.momentum, masks, flags, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay,
         passive_weight_decay=passive_weight_decay,
         unprunable_weight_decay=unprunable_weight_decay)
-    return new_updates, GSMState(
+    return new_updates, state._replace(
         count=optax.safe_increment(state.count), mask=masks,
-        momentum=new_momentum, prunable=state.prunable,
-        num_active=num_active)
+        momentum=new_momentum, num_active=num_active)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -357,7 +428,7 @@ def _prunable_scores(saliency_fn, grads, params, flags):
   return prunable_scores
 
 
-def _active_masks(saliency_fn, grads, params, state, flags, q,
+def _active_masks(saliency_fn, grads, params, state, flags, q, rule,
                   mask_update_every, freeze_mask_at):
   """The new mask pytree and its Q: top-Q of the prunable scores (see
   `refreshed` for when)."""
@@ -371,7 +442,7 @@ def _active_masks(saliency_fn, grads, params, state, flags, q,
                                     params, flags)
       scores = [jnp.where(at_freeze, m, s)
                 for m, s in zip(magnitudes, scores)]
-    return _selection.top_q_mask(scores, q), jnp.asarray(q, jnp.int32)
+    return _rules.masks(scores, q, rule), jnp.asarray(q, jnp.int32)
 
   prunable_masks, num_active = refreshed(
       select_active,

@@ -13,20 +13,24 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from optax_gsm import _gsm
+from optax_gsm import _gsm, _rules
 
 
 class Ranking(NamedTuple):
-  """One global ranking: the leaves it covers and how many entries it keeps.
+  """One ranking: the leaves it covers, how many entries it keeps, its rule.
 
   Attributes:
     flags: one bool per leaf of the params (``jax.tree.leaves`` order).
     num_active: Q, the number of entries kept over the flagged leaves.
+    rule: per-leaf bounds or an N:M pattern; the plain global top-Q if
+      empty.
   """
   flags: list[bool]
   num_active: int
+  rule: _rules.Rule = _rules.Rule()
 
 
 def covered_flags(rankings: list[Ranking]) -> list[bool]:
@@ -36,6 +40,10 @@ def covered_flags(rankings: list[Ranking]) -> list[bool]:
 
 def _is_gsm_state(node: Any) -> bool:
   return isinstance(node, _gsm.GSMState)
+
+
+def _is_structured_state(node: Any) -> bool:
+  return isinstance(node, _gsm.StructuredGSMState)
 
 
 def gsm_states(opt_state: chex.ArrayTree) -> list[_gsm.GSMState]:
@@ -83,8 +91,25 @@ def state_rankings(opt_state: chex.ArrayTree,
   for state in gsm_states(opt_state):
     flags = [value is not None and bool(value)
              for value in _aligned_leaves(state.prunable, params)]
-    rankings.append(Ranking(flags=flags, num_active=int(state.num_active)))
+    rankings.append(Ranking(flags=flags, num_active=int(state.num_active),
+                            rule=_state_rule(state, params, flags)))
   return rankings
+
+
+def _state_rule(state: _gsm.GSMState, params: chex.ArrayTree,
+                flags: list[bool]) -> _rules.Rule:
+  """The rule a GSM state ranked by: N:M, bounds, or the plain top-Q."""
+  n, m = (int(v) for v in np.asarray(state.n_of_m))
+  if n:
+    return _rules.Rule(n_of_m=(n, m))
+  sizes = [np.size(w) for w in jax.tree.leaves(params)]
+  pick = lambda tree: [int(v) for v, f in zip(_aligned_leaves(tree, params),
+                                              flags) if f]
+  low, high = pick(state.min_active), pick(state.max_active)
+  ranked_sizes = [s for s, f in zip(sizes, flags) if f]
+  if not any(low) and high == ranked_sizes:
+    return _rules.Rule()
+  return _rules.Rule(low=np.asarray(low), high=np.asarray(high))
 
 
 def active_mask(opt_state: chex.ArrayTree,
@@ -92,8 +117,9 @@ def active_mask(opt_state: chex.ArrayTree,
   """The active set of the last GSM step, as one bool pytree like ``params``.
 
   Merges the masks of every GSM transformation in ``opt_state`` (where
-  ``optax.tree_utils.tree_get(opt_state, "mask")`` refuses several); leaves
-  no GSM sees are all True.
+  ``optax.tree_utils.tree_get(opt_state, "mask")`` refuses several), or
+  reads the one of a structured GSM (``gsm(groups=...)``); leaves no GSM
+  sees are all True.
 
   Args:
     opt_state: the state of an optimizer containing `gsm` (any nesting).
@@ -104,7 +130,13 @@ def active_mask(opt_state: chex.ArrayTree,
   """
   leaves, treedef = jax.tree.flatten(params)
   merged = [None] * len(leaves)
-  for state in gsm_states(opt_state):
+  structured = [node for node in jax.tree.leaves(
+      opt_state, is_leaf=_is_structured_state) if _is_structured_state(node)]
+  for state in structured:  # every leaf it masks is in its mask
+    for i, mask in enumerate(_aligned_leaves(state.mask, params)):
+      if mask is not None:
+        merged[i] = jnp.asarray(mask)
+  for state in gsm_states(opt_state) if not structured else []:
     for i, (mask, flag) in enumerate(zip(
         _aligned_leaves(state.mask, params),
         _aligned_leaves(state.prunable, params))):

@@ -18,10 +18,12 @@ import jax.numpy as jnp
 
 from optax_gsm import (
   _compression_ratio,
+  _density_bounds,
+  _n_of_m,
   _optimizer_state,
   _prunable,
+  _rules,
   _saliency,
-  _selection,
 )
 
 
@@ -38,16 +40,32 @@ def rankings(
     sparsity: _compression_ratio.RatioOrSchedule | None,
     prunable: _prunable.Prunable,
     opt_state: chex.ArrayTree | None,
+    n_of_m: tuple[int, int] | None = None,
+    min_density: _density_bounds.Density = None,
+    max_density: _density_bounds.Density = None,
 ) -> list[_optimizer_state.Ranking]:
-  """The global rankings a prune of ``params`` makes, from either source."""
+  """The rankings a prune of ``params`` makes, from either source."""
   if opt_state is not None:
-    if compression_ratio is not None or sparsity is not None or (
-        prunable is not None):
+    if any(v is not None for v in (compression_ratio, sparsity, prunable,
+                                   n_of_m, min_density, max_density)):
       raise ValueError(
-          "Give either `opt_state` (the prunable set and Q of the GSM "
-          "optimizer) or `compression_ratio`/`sparsity` and `prunable`, not "
-          "both.")
+          "Give either `opt_state` (the prunable set, Q and rule of the GSM "
+          "optimizer) or `compression_ratio`/`sparsity`, `prunable`, "
+          "`n_of_m` and the density bounds, not both.")
     return _optimizer_state.state_rankings(opt_state, params)
+  if n_of_m is not None:
+    n_of_m = _n_of_m.check_n_of_m(n_of_m)
+    if compression_ratio is not None or sparsity is not None:
+      raise ValueError("`n_of_m` sets the ratio (m / n): leave "
+                       "`compression_ratio` and `sparsity` out.")
+    flags = _prunable.resolve_prunable(prunable, params)
+    ranked = _prunable.prunable_leaves(flags, jax.tree.leaves(params))
+    for leaf in ranked:
+      _n_of_m.check_shape(jnp.shape(leaf), n_of_m[1])
+    return [_optimizer_state.Ranking(
+        flags=flags, num_active=_rules.n_of_m_count(
+            [jnp.shape(w) for w in ranked], n_of_m),
+        rule=_rules.Rule(n_of_m=n_of_m))]
   for name, value in (("compression_ratio", compression_ratio),
                       ("sparsity", sparsity)):
     if callable(value):
@@ -59,9 +77,14 @@ def rankings(
                                                   sparsity)(0)
   flags = _prunable.resolve_prunable(prunable, params)
   num_prunable = _prunable.prunable_count(flags, jax.tree.leaves(params))
-  return [_optimizer_state.Ranking(
-      flags=flags, num_active=_compression_ratio.num_active(num_prunable,
-                                                            ratio))]
+  q = _compression_ratio.num_active(num_prunable, ratio)
+  rule = _rules.Rule()
+  if min_density is not None or max_density is not None:
+    low, high = _density_bounds.leaf_bounds(params, flags, min_density,
+                                            max_density)
+    _density_bounds.check_feasible(low, high, q)
+    rule = _rules.Rule(low=low, high=high)
+  return [_optimizer_state.Ranking(flags=flags, num_active=q, rule=rule)]
 
 
 def ranking_masks(
@@ -76,7 +99,7 @@ def ranking_masks(
     scores = jax.tree.leaves(_saliency.magnitude_saliency(None, ranked))
     scores = [jnp.where(s == 0, -jnp.inf, s) for s in scores]
     masks = _prunable.merge_prunable(
-        ranking.flags, _selection.top_q_mask(scores, ranking.num_active),
+        ranking.flags, _rules.masks(scores, ranking.num_active, ranking.rule),
         lambda i, masks=masks: masks[i])
   return masks
 
@@ -88,6 +111,9 @@ def magnitude_mask(
     sparsity: _compression_ratio.RatioOrSchedule | None = None,
     prunable: _prunable.Prunable = None,
     opt_state: chex.ArrayTree | None = None,
+    n_of_m: tuple[int, int] | None = None,
+    min_density: _density_bounds.Density = None,
+    max_density: _density_bounds.Density = None,
 ) -> chex.ArrayTree:
   """Bool pytree: True at the ``Q = floor(N / C)`` largest ``|w|`` over all
   prunable leaves, and everywhere on leaves that are not prunable.
@@ -96,8 +122,9 @@ def magnitude_mask(
   """
   return jax.tree.unflatten(
       jax.tree.structure(params),
-      ranking_masks(params, rankings(params, compression_ratio, sparsity, prunable,
-                              opt_state)))
+      ranking_masks(params, rankings(
+          params, compression_ratio, sparsity, prunable, opt_state, n_of_m,
+          min_density, max_density)))
 
 
 def prune(
@@ -107,6 +134,9 @@ def prune(
     sparsity: _compression_ratio.RatioOrSchedule | None = None,
     prunable: _prunable.Prunable = None,
     opt_state: chex.ArrayTree | None = None,
+    n_of_m: tuple[int, int] | None = None,
+    min_density: _density_bounds.Density = None,
+    max_density: _density_bounds.Density = None,
 ) -> tuple[chex.ArrayTree, chex.ArrayTree]:
   """Global magnitude pruning: keep exactly ``Q = floor(N / C)`` weights.
 
@@ -120,7 +150,12 @@ def prune(
     opt_state: instead of the three above, the optimizer state of the run:
       each GSM transformation in it contributes its own prunable set and Q
       (recommended: with ``multi_transform`` or ``masked`` it is the only
-      way to rank exactly what GSM ranked).
+      way to rank exactly what GSM ranked), N:M patterns and density
+      bounds included.
+    n_of_m: ``(n, m)``: keep the ``n`` largest ``|w|`` of every ``m``
+      consecutive entries along each kernel's input axis (-2) instead.
+    min_density: per-leaf lower bounds on the kept share, as in `gsm`.
+    max_density: per-leaf upper bounds, as in `gsm`.
 
   Returns:
     ``(pruned_params, mask)``: the params with every pruned entry set to
@@ -129,7 +164,9 @@ def prune(
     ``|w|`` are broken by position, as in `select_top`.
   """
   mask = magnitude_mask(params, compression_ratio, sparsity=sparsity,
-                        prunable=prunable, opt_state=opt_state)
+                        prunable=prunable, opt_state=opt_state,
+                        n_of_m=n_of_m, min_density=min_density,
+                        max_density=max_density)
   pruned = jax.tree.map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)),
                         params, mask)
   return pruned, mask

@@ -223,3 +223,12 @@ def test_bad_arguments_are_clear_errors(mlp):
     optax_gsm.gsm(2.0, groups=groups, saliency="random")
   with pytest.raises(ValueError, match="no member in these params"):
     optax_gsm.gsm(2.0, groups=groups).init({"other": jnp.ones((3, 3))})
+
+
+def test_active_mask_reads_a_structured_state(mlp):
+  groups, params, loss = mlp
+  tx = optax_gsm.gsm_sgd(0.1, 4.0, groups=groups)
+  _, state = _steps(tx, params, loss, 1, jit=True)
+  mask = optax_gsm.active_mask(state, params)
+  jax.tree.map(np.testing.assert_array_equal, mask, state[0].mask)
+  assert not bool(mask["Dense_0"]["kernel"].all())

@@ -1,0 +1,106 @@
+"""N:M GSM: exactly n of every m consecutive input entries are active."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import optax_gsm
+from optax_gsm import _n_of_m
+
+
+def _numpy_n_of_m(scores, n, m):
+  """Loop over every group of m along axis -2; ties to the earlier entry."""
+  kept = np.zeros(scores.shape, bool)
+  flat = scores.reshape(-1, scores.shape[-2], scores.shape[-1])
+  out = kept.reshape(flat.shape)
+  for b in range(flat.shape[0]):
+    for col in range(flat.shape[2]):
+      for start in range(0, flat.shape[1], m):
+        group = flat[b, start:start + m, col]
+        order = sorted(range(m), key=lambda i: (-group[i], i))
+        for i in order[:n]:
+          out[b, start + i, col] = True
+  return out.reshape(scores.shape)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_mask_matches_numpy_with_ties(data):
+  n, m = data.draw(st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4), (4, 8)]))
+  shape = (data.draw(st.integers(1, 2)), m * data.draw(st.integers(1, 3)),
+           data.draw(st.integers(1, 3)))
+  values = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0]),
+                              min_size=int(np.prod(shape)),
+                              max_size=int(np.prod(shape))))
+  scores = np.asarray(values, np.float32).reshape(shape)
+  np.testing.assert_array_equal(_n_of_m.n_of_m_mask(jnp.asarray(scores), n, m),
+                                _numpy_n_of_m(scores, n, m))
+
+
+def _model():
+  rng = np.random.default_rng(0)
+  params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(8, 6)),
+                                            jnp.float32),
+                      "bias": jnp.zeros(6)},
+            "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 4, 5)),
+                                           jnp.float32)}}
+  grads = jax.tree.map(lambda w: jnp.asarray(
+      rng.normal(size=w.shape), jnp.float32), params)
+  return params, grads
+
+
+def _groups_of(mask, m):
+  moved = np.moveaxis(np.asarray(mask), -2, -1)
+  return moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m)).sum(-1)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_gsm_keeps_exactly_n_of_every_m(jit):
+  params, grads = _model()
+  tx = optax_gsm.gsm(n_of_m=(2, 4), momentum=0.9)
+  state = tx.init(params)
+  update = jax.jit(tx.update) if jit else tx.update
+  _, state = update(grads, state, params)
+  for name in ("dense", "conv"):
+    mask = state.mask[name]["kernel"]
+    np.testing.assert_array_equal(_groups_of(mask, 4), 2)
+    scores = np.abs(np.asarray(grads[name]["kernel"])
+                    * np.asarray(params[name]["kernel"]))
+    np.testing.assert_array_equal(mask, _numpy_n_of_m(scores, 2, 4))
+  assert bool(state.mask["dense"]["bias"].all())
+  assert int(state.num_active) == (48 + 180) // 2
+
+
+def test_prune_from_state_and_from_arguments_gives_the_pattern():
+  params, grads = _model()
+  tx = optax.chain(optax_gsm.gsm(n_of_m=(1, 4)),
+                   optax.scale_by_learning_rate(0.1))
+  state = tx.init(params)
+  _, state = tx.update(grads, state, params)
+  pruned, mask = optax_gsm.prune(params, opt_state=state)
+  for name in ("dense", "conv"):
+    np.testing.assert_array_equal(_groups_of(mask[name]["kernel"], 4), 1)
+    np.testing.assert_array_equal(
+        mask[name]["kernel"],
+        _numpy_n_of_m(np.abs(np.asarray(params[name]["kernel"])), 1, 4))
+  _, direct = optax_gsm.prune(params, n_of_m=(1, 4))
+  jax.tree.map(np.testing.assert_array_equal, direct, mask)
+  assert int(np.count_nonzero(pruned["dense"]["kernel"])) == 12
+
+
+def test_bad_n_of_m_is_a_clear_error():
+  params, _ = _model()
+  with pytest.raises(ValueError, match="multiple of 3; 'conv/kernel'"):
+    optax_gsm.gsm(n_of_m=(1, 3)).init(params)
+  with pytest.raises(ValueError, match="1 <= n <= m"):
+    optax_gsm.gsm(n_of_m=(5, 4))
+  with pytest.raises(ValueError, match="pair"):
+    optax_gsm.gsm(n_of_m=2)
+  with pytest.raises(ValueError, match="leave `compression_ratio`"):
+    optax_gsm.gsm(2.0, n_of_m=(2, 4))
+  with pytest.raises(ValueError, match="multiple of 8"):
+    optax_gsm.prune(params, n_of_m=(2, 8))
