@@ -1,5 +1,7 @@
 """The training loop every example shares: Flax ``TrainState``, a plain jitted
 step with the data passed as arguments, epochs of shuffled batches, timing.
+Models with batch norm (``batch_stats``, a ``train`` argument) train on
+batch statistics and are evaluated on the running averages.
 
 The training set is an argument of the jitted step, not a constant it closes
 over: closed over, the whole of MNIST (~188 MB) was embedded in every
@@ -20,19 +22,43 @@ from flax.training import train_state
 from tqdm import tqdm
 
 
-def cross_entropy(apply_fn, params, x, y):
-  logits = apply_fn({"params": params}, x)
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the batch statistics (None without batch norm)."""
+  batch_stats: Any = None
+
+
+def variables_of(params, batch_stats):
+  if batch_stats is None:
+    return {"params": params}
+  return {"params": params, "batch_stats": batch_stats}
+
+
+def cross_entropy(logits, y):
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+def predict(apply_fn, params, batch_stats, x):
+  """Logits in inference mode (running batch statistics)."""
+  if batch_stats is None:
+    return apply_fn({"params": params}, x)
+  return apply_fn(variables_of(params, batch_stats), x, train=False)
+
+
 @jax.jit
-def train_step(state: train_state.TrainState, train_x, train_y, indices,
-               mask=None):
+def train_step(state: TrainState, train_x, train_y, indices, mask=None):
   """One optimizer step on ``train_x[indices]``; ``mask`` keeps zeros zero."""
   x, y = train_x[indices], train_y[indices]
-  grads = jax.grad(lambda p: cross_entropy(state.apply_fn, p, x, y))(
-      state.params)
-  state = state.apply_gradients(grads=grads)
+
+  def loss(params):
+    if state.batch_stats is None:
+      return cross_entropy(state.apply_fn({"params": params}, x), y), None
+    logits, updated = state.apply_fn(
+        variables_of(params, state.batch_stats), x, train=True,
+        mutable=["batch_stats"])
+    return cross_entropy(logits, y), updated["batch_stats"]
+
+  grads, batch_stats = jax.grad(loss, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if mask is not None:  # fixed-mask training: pruned weights stay exactly 0
     state = state.replace(params=jax.tree.map(
         lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), state.params, mask))
@@ -51,11 +77,13 @@ class Trainer:
     self.steps_per_epoch = steps_per_epoch
     self.batch_size = batch_size
     self.seed = seed
-    self._accuracy = jax.jit(lambda params, x, y: jnp.mean(
-        jnp.argmax(model.apply({"params": params}, x), -1) == y))
+    self._accuracy = jax.jit(lambda params, batch_stats, x, y: jnp.mean(
+        jnp.argmax(predict(model.apply, params, batch_stats, x), -1) == y))
+    self.batch_stats = None  # of the model last trained, if it has BN
 
-  def accuracy(self, params) -> float:
-    return float(self._accuracy(params, self.test_x, self.test_y))
+  def accuracy(self, params, batch_stats=None) -> float:
+    return float(self._accuracy(params, batch_stats, self.test_x,
+                                self.test_y))
 
   def _epoch_batches(self, rng):
     n = self.train_y.shape[0]
@@ -66,15 +94,17 @@ class Trainer:
                                                  self.batch_size))
 
   def train(self, params, tx, epochs, *, mask=None, desc="train",
-            on_evaluate: Callable[[Any, Any], None] | None = None):
-    """Trains ``epochs`` epochs from ``params``.
+            on_evaluate: Callable[[Any, Any], None] | None = None,
+            batch_stats=None):
+    """Trains ``epochs`` epochs from ``params`` (and ``batch_stats``).
 
     Returns (params, opt_state, timing): ``timing`` has the wall time of the
     stage and the seconds per step after the first (compiling) epoch.
     ``on_evaluate(params, opt_state)`` runs at the five evaluation points.
+    The trained batch statistics are left in ``self.batch_stats``.
     """
-    state = train_state.TrainState.create(apply_fn=self.model.apply,
-                                          params=params, tx=tx)
+    state = TrainState.create(apply_fn=self.model.apply, params=params,
+                              tx=tx, batch_stats=batch_stats)
     # Each stage shuffles from its own stream: its batches do not depend on
     # which stages ran before it (say, a dense model loaded from a file).
     rng = np.random.default_rng([self.seed, zlib.crc32(desc.encode())])
@@ -93,10 +123,12 @@ class Trainer:
       if i == 0:
         start = time.perf_counter()  # excludes compilation
       if (i + 1) % max(epochs // 5, 1) == 0 or i + 1 == epochs:
-        bar.set_postfix(test_acc=f"{self.accuracy(state.params):.4f}")
+        accuracy = self.accuracy(state.params, state.batch_stats)
+        bar.set_postfix(test_acc=f"{accuracy:.4f}")
         if on_evaluate is not None:
           on_evaluate(state.params, state.opt_state)
     end = time.perf_counter()
+    self.batch_stats = state.batch_stats
     steps = max(epochs - 1, 1) * self.steps_per_epoch
     return state.params, state.opt_state, {
         "seconds_per_step": (end - start) / steps,

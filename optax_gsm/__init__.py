@@ -28,7 +28,11 @@ from optax_gsm._saliency import magnitude_saliency, taylor_saliency
 from optax_gsm._selection import Selection, kth_largest, select_top, top_q_mask
 from optax_gsm._shrink import kept_structures, shrink
 from optax_gsm._sparse_storage import load_sparse, save_sparse
-from optax_gsm._structured import structure_cost, structure_costs
+from optax_gsm._structured import (
+  prune_structures,
+  structure_cost,
+  structure_costs,
+)
 from optax_gsm._tracing import channel_groups
 
 try:
@@ -68,6 +72,7 @@ __all__ = (
     "prunable_size",
     "prune",
     "prune_readiness",
+    "prune_structures",
     "recalibrate_batch_stats",
     "save_sparse",
     "select_top",

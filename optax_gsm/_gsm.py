@@ -522,6 +522,9 @@ def gsm_sgd(
     momentum_dtype: chex.ArrayDType | None = None,
     groups: _groups.Groups | None = None,
     cost: str = "params",
+    n_of_m: tuple[int, int] | None = None,
+    min_density: _density_bounds.Density = None,
+    max_density: _density_bounds.Density = None,
 ) -> optax.GradientTransformation:
   r"""GSM SGD: `gsm` chained with ``optax.scale_by_learning_rate``.
 
@@ -578,6 +581,9 @@ def gsm_sgd(
     momentum_dtype: see `gsm`.
     groups: see `gsm`.
     cost: see `gsm`.
+    n_of_m: see `gsm`.
+    min_density: see `gsm`.
+    max_density: see `gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -599,5 +605,6 @@ def gsm_sgd(
           unprunable_weight_decay=unprunable_weight_decay, saliency=saliency,
           prunable=prunable, mask_update_every=mask_update_every,
           freeze_mask_at=freeze_mask_at, momentum_dtype=momentum_dtype,
-          groups=groups, cost=cost),
+          groups=groups, cost=cost, n_of_m=n_of_m, min_density=min_density,
+          max_density=max_density),
       optax.scale_by_learning_rate(learning_rate))

@@ -223,3 +223,41 @@ def as_contribution_saliency(saliency: Any) -> Any:
       "`saliency` with `groups` must be 'taylor', 'magnitude' or a callable "
       f"(grads, params) -> per-entry contributions; got {saliency!r}.")
 
+
+
+def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
+                     compression_ratio: float, *, cost: str = "params",
+                     saliency: str = "magnitude",
+                     grads: chex.ArrayTree | None = None
+                     ) -> _groups.StructureMask:
+  """One-shot structured pruning: the structures GSM's rule keeps now.
+
+  The same budgeted ranking as ``gsm(groups=...)`` (saliency per unit
+  cost, a prefix of the ranking within ``sum(costs) / C``, each group's
+  best channel kept), applied once to ``params``: by default by magnitude
+  (the L2 norm of each structure), with ``grads`` by Taylor saliency.
+
+  Args:
+    params: the params.
+    groups: the structures.
+    compression_ratio: C >= 1, the budget's divisor.
+    cost: "params" or "flops".
+    saliency: "magnitude", or "taylor" (needs ``grads``).
+    grads: gradients like the params, for "taylor".
+
+  Returns:
+    The kept `StructureMask`; `shrink` and `mask_structures` take it.
+  """
+  check_cost(cost)
+  if saliency == "taylor" and grads is None:
+    raise ValueError("`saliency`='taylor' needs `grads`.")
+  if saliency not in ("magnitude", "taylor"):
+    raise ValueError(
+        f"`saliency` must be 'magnitude' or 'taylor'; got {saliency!r}.")
+  ratio = float(compression_ratio)
+  if not ratio >= 1.0:
+    raise ValueError(f"`compression_ratio` must be >= 1; got {ratio!r}.")
+  plan_ = plan(groups, params, cost)
+  scores = structure_scores(plan_.resolved, grads, params, saliency)
+  return select_structures(scores, plan_.costs, plan_.resolved.sizes,
+                           float(np.sum(plan_.costs)) / ratio)

@@ -1,0 +1,419 @@
+"""Structured GSM on real MNIST: fewer channels and blocks, a model that is
+really smaller and faster, against uniform L1-norm filter pruning.
+
+For LeNet-5 or a ResNet-20-style network (batch norm, projection
+shortcuts, 3 stages), at each FLOPs reduction asked for:
+
+1. train the dense model (momentum SGD, cosine schedule);
+2. trace its structures once (`optax_gsm.channel_groups`);
+3. structured GSM from the dense model (``gsm_sgd(..., groups=groups,
+   cost="flops", total_steps=T)``: channels and residual blocks in one
+   global ranking by Taylor saliency per FLOP), then `shrink`: the
+   accuracy of the trained model, of the masked model and of the shrunk
+   model (the last two must be equal);
+4. the baseline on the same data and step budget: uniform per-layer
+   L1-norm filter pruning (Li et al., ICLR 2017: in every channel group
+   the same share of channels, the smallest sum of ``|w|`` of their filters
+   removed) to the same FLOPs, shrunk, then fine-tuned for T steps;
+5. CPU inference time of the dense and the GSM-shrunk model at batch 1 and
+   256, measured in the same run.
+
+The ratio given to GSM is calibrated once on the dense model so that the
+kept FLOPs (counted exactly: `structure_cost`) are 1/R of the dense
+model's; the table reports the reduction each method really reached.
+
+``--n-of-m 2 4`` instead trains LeNet-300-100 with 2:4 GSM
+(``gsm_sgd(..., n_of_m=(2, 4))``) against 2:4 magnitude pruning of the
+dense model plus fine-tuning with the pattern fixed, on the same budget.
+
+    python -m examples.structured_gsm --model resnet20 --reductions 2 4
+    python -m examples.structured_gsm --model lenet5 --reductions 2 4
+    python -m examples.structured_gsm --n-of-m 2 4
+    python -m examples.structured_gsm --quick     # as the tests run it
+
+Writes ``benchmarks/results/structured/mnist_<model>.json``, a Markdown
+table and a PNG of the channels each method kept beside it.
+"""
+
+import argparse
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_gsm
+from benchmarks._common import machine_info, time_call
+from examples.mnist_data import load_mnist
+from examples.models import CifarResNet, LeNet5, LeNet300100
+from examples.training import Trainer, predict
+
+RESULTS = (pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+           / "results" / "structured")
+LEARNING_RATE = 0.05
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+CALIBRATION_STEPS = 40
+MODELS = {
+    "lenet5": lambda depth, widths: LeNet5(widths=widths),
+    "resnet20": lambda depth, widths: CifarResNet(depth, widths=widths),
+    "lenet300": lambda depth, widths: LeNet300100(widths=widths),
+}
+
+
+def schedule(steps: int) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      0.0, LEARNING_RATE, max(1, steps // 20), steps)
+
+
+def sgd(steps: int) -> optax.GradientTransformation:
+  return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
+                     optax.sgd(schedule(steps), momentum=MOMENTUM))
+
+
+class Setup:
+  """Data, model factory and budget of one run."""
+
+  def __init__(self, args):
+    data = load_mnist()
+    limit = args.max_train
+    shape = (-1, 28, 28, 1) if args.model == "resnet20" else (-1, 784)
+    self.train = (data.train_images[:limit].reshape(shape),
+                  data.train_labels[:limit])
+    self.test = (data.test_images.reshape(shape), data.test_labels)
+    self.args = args
+    self.steps = args.epochs * args.steps_per_epoch
+    self.inference_kwargs = ({"train": False} if args.model == "resnet20"
+                             else {})
+
+  def model(self, widths=None):
+    return MODELS[self.args.model](self.args.depth, widths or {})
+
+  def trainer(self, model):
+    return Trainer(model, self.train, self.test,
+                   steps_per_epoch=self.args.steps_per_epoch,
+                   batch_size=self.args.batch, seed=self.args.seed)
+
+  def variables(self, params, batch_stats):
+    out = {"params": params}
+    if batch_stats is not None:
+      out["batch_stats"] = batch_stats
+    return out
+
+
+def dense_stage(setup):
+  model = setup.model()
+  trainer = setup.trainer(model)
+  variables = model.init(jax.random.key(setup.args.seed),
+                         jnp.asarray(setup.train[0][:1]),
+                         **setup.inference_kwargs)
+  params, _, timing = trainer.train(
+      variables["params"], sgd(setup.steps), setup.args.epochs,
+      batch_stats=variables.get("batch_stats"), desc="dense")
+  batch_stats = trainer.batch_stats
+  accuracy = trainer.accuracy(params, batch_stats)
+  print(f"dense: {accuracy:.4f}", flush=True)
+  return model, trainer, params, batch_stats, {
+      "accuracy": accuracy, "steps": setup.steps, **timing}
+
+
+def calibrated_ratio(groups, params, reduction, cost="flops"):
+  """The compression ratio whose one-shot ranking of ``params`` keeps
+  1/``reduction`` of the exact cost (bisection on a log scale)."""
+  def reached(ratio):
+    keep = optax_gsm.prune_structures(params, groups, ratio, cost=cost)
+    before, after = optax_gsm.structure_cost(groups, params, keep, cost)
+    return before / after
+
+  low, high = 1.0, 2.0
+  while reached(high) < reduction and high < 1e4:
+    low, high = high, high * 2
+  for _ in range(CALIBRATION_STEPS // 2):
+    middle = math.sqrt(low * high)
+    low, high = (middle, high) if reached(middle) < reduction else (
+        low, middle)
+  return high
+
+
+def l1_uniform_keep(groups, params, keep_fraction):
+  """Li et al.: per group, the channels with the largest sum of |w| over
+  their output filters; the same share kept in every group."""
+  leaves = dict(zip(_paths(params), jax.tree.leaves(params)))
+  channels = []
+  for group in groups.channels:
+    norms = np.zeros(group.size)
+    for member in group.members:
+      leaf = leaves.get(member.path.partition("/")[2])
+      if member.role == "out" and leaf is not None and (
+          member.path.endswith("kernel")):
+        moved = np.moveaxis(np.abs(np.asarray(leaf)), member.axis, 0)
+        norms += moved.reshape(moved.shape[0], -1).sum(1)
+    count = max(1, round(keep_fraction * group.size))
+    kept = np.zeros(group.size, bool)
+    kept[np.argsort(-norms, kind="stable")[:count]] = True
+    channels.append(kept)
+  return optax_gsm.StructureMask(tuple(channels),
+                                 np.ones(len(groups.blocks), bool))
+
+
+def _paths(tree):
+  return ["/".join(str(getattr(k, "key", k)) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def l1_uniform_for(groups, params, reduction):
+  """The uniform keep fraction that reaches the FLOPs reduction."""
+  low, high = 0.0, 1.0
+  for _ in range(CALIBRATION_STEPS // 2):
+    middle = (low + high) / 2
+    before, after = optax_gsm.structure_cost(
+        groups, params, l1_uniform_keep(groups, params, middle), "flops")
+    low, high = (middle, high) if before / after > reduction else (
+        low, middle)
+  return l1_uniform_keep(groups, params, low)
+
+
+def shrunk_accuracy(setup, variables, groups, keep):
+  small, widths = optax_gsm.shrink(variables, groups, keep)
+  trainer = setup.trainer(setup.model(widths))
+  return small, widths, trainer, trainer.accuracy(
+      small["params"], small.get("batch_stats"))
+
+
+def gsm_stage(setup, trainer, groups, params, batch_stats, reduction):
+  ratio = calibrated_ratio(groups, params, reduction)
+  tx = optax_gsm.gsm_sgd(schedule(setup.steps), ratio, groups=groups,
+                         cost="flops", total_steps=setup.steps,
+                         momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+  trained, opt_state, timing = trainer.train(
+      params, tx, setup.args.epochs, batch_stats=batch_stats,
+      desc=f"structured GSM {reduction}x")
+  stats = trainer.batch_stats
+  keep = optax_gsm.kept_structures(opt_state)
+  variables = setup.variables(trained, stats)
+  masked = optax_gsm.mask_structures(variables, groups, keep)
+  small, widths, _, small_accuracy = shrunk_accuracy(setup, variables,
+                                                     groups, keep)
+  before, after = optax_gsm.structure_cost(groups, trained, keep, "flops")
+  params_before, params_after = optax_gsm.structure_cost(groups, trained,
+                                                         keep)
+  record = {
+      "compression_ratio": ratio,
+      "accuracy_trained": trainer.accuracy(trained, stats),
+      "accuracy_masked": trainer.accuracy(masked["params"],
+                                          masked.get("batch_stats")),
+      "accuracy_shrunk": small_accuracy,
+      "flops_reduction": before / after,
+      "params_reduction": params_before / params_after,
+      "widths": widths,
+      "kept_fraction": [float(np.mean(k)) for k in keep.channels],
+      "blocks_removed": [b.name for b, k in zip(groups.blocks, keep.blocks)
+                         if not k],
+      **timing}
+  print(f"GSM {reduction}x: trained {record['accuracy_trained']:.4f} "
+        f"masked {record['accuracy_masked']:.4f} shrunk "
+        f"{small_accuracy:.4f} at {record['flops_reduction']:.2f}x FLOPs",
+        flush=True)
+  return record, small, widths
+
+
+def l1_stage(setup, groups, params, batch_stats, reduction):
+  keep = l1_uniform_for(groups, params, reduction)
+  variables = setup.variables(params, batch_stats)
+  small, widths, trainer, pruned_accuracy = shrunk_accuracy(
+      setup, variables, groups, keep)
+  tuned, _, timing = trainer.train(
+      small["params"], sgd(setup.steps), setup.args.epochs,
+      batch_stats=small.get("batch_stats"), desc=f"L1 {reduction}x")
+  before, after = optax_gsm.structure_cost(groups, params, keep, "flops")
+  record = {
+      "accuracy_pruned": pruned_accuracy,
+      "accuracy_fine_tuned": trainer.accuracy(tuned, trainer.batch_stats),
+      "flops_reduction": before / after,
+      "kept_fraction": [float(np.mean(k)) for k in keep.channels],
+      **timing}
+  print(f"L1 {reduction}x: pruned {pruned_accuracy:.4f} fine-tuned "
+        f"{record['accuracy_fine_tuned']:.4f}", flush=True)
+  return record
+
+
+def inference_times(setup, variables, small, widths, repeats_budget):
+  times = {}
+  for name, model, model_variables in (
+      ("dense", setup.model(), variables),
+      ("shrunk", setup.model(widths), small)):
+    apply = jax.jit(lambda v, x, model=model: predict(
+        model.apply, v["params"], v.get("batch_stats"), x))
+    for batch in (1, 256):
+      x = jnp.asarray(setup.test[0][:batch])
+      times[f"{name}_batch{batch}_ms"] = 1e3 * time_call(
+          lambda apply=apply, v=model_variables, x=x: jax.block_until_ready(
+              apply(v, x)), budget_s=repeats_budget)
+  for batch in (1, 256):
+    times[f"speedup_batch{batch}"] = (times[f"dense_batch{batch}_ms"]
+                                      / times[f"shrunk_batch{batch}_ms"])
+  return times
+
+
+def n_of_m_stages(setup, trainer, params, n_of_m):
+  """2:4 GSM against 2:4 magnitude pruning + fine-tuning, same budget."""
+  tx = optax_gsm.gsm_sgd(schedule(setup.steps), n_of_m=n_of_m,
+                         total_steps=setup.steps, momentum=MOMENTUM,
+                         weight_decay=WEIGHT_DECAY)
+  trained, opt_state, gsm_timing = trainer.train(
+      params, tx, setup.args.epochs, desc=f"{n_of_m} GSM")
+  pruned, _ = optax_gsm.prune(trained, opt_state=opt_state)
+  one_shot, mask = optax_gsm.prune(params, n_of_m=n_of_m)
+  tuned, _, tune_timing = trainer.train(
+      one_shot, optax.chain(sgd(setup.steps), optax_gsm.keep_mask(mask)),
+      setup.args.epochs, mask=mask, desc=f"{n_of_m} magnitude + fine-tune")
+  record = {
+      "n_of_m": list(n_of_m),
+      "gsm_trained": trainer.accuracy(trained),
+      "gsm_pruned": trainer.accuracy(pruned),
+      "magnitude_one_shot": trainer.accuracy(one_shot),
+      "magnitude_fine_tuned": trainer.accuracy(tuned),
+      "gsm_seconds_per_step": gsm_timing["seconds_per_step"],
+      "fine_tune_seconds_per_step": tune_timing["seconds_per_step"]}
+  print(json.dumps(record), flush=True)
+  return record
+
+
+def markdown(record) -> str:
+  lines = [f"# Structured pruning on MNIST: {record['model']}", "",
+           f"Dense: {record['dense']['accuracy']:.4f} "
+           f"({record['dense']['steps']} steps). Each method then has "
+           f"{record['steps']} steps; machine: {record['machine']['cpu']}, "
+           f"{record['machine']['cpu_count']} cores.", ""]
+  if "n_of_m" in record:
+    r = record["n_of_m"]
+    lines += ["| 2:4 method | accuracy |", "|---|---|",
+              f"| GSM n_of_m, trained | {r['gsm_trained']:.4f} |",
+              f"| GSM n_of_m, pruned (no fine-tuning) | {r['gsm_pruned']:.4f} |",
+              f"| magnitude 2:4, one-shot | {r['magnitude_one_shot']:.4f} |",
+              f"| magnitude 2:4 + fine-tuning | {r['magnitude_fine_tuned']:.4f} |"]
+    return "\n".join(lines) + "\n"
+  lines += ["| FLOPs target | method | FLOPs reduction | params reduction | "
+            "trained | masked | shrunk | blocks removed | speed-up b=1 | "
+            "speed-up b=256 |", "|---" * 10 + "|"]
+  for run in record["runs"]:
+    g, l1 = run["gsm"], run["l1"]
+    t = run["inference"]
+    lines.append(
+        f"| {run['reduction']}x | structured GSM | {g['flops_reduction']:.2f}x"
+        f" | {g['params_reduction']:.2f}x | {g['accuracy_trained']:.4f} | "
+        f"{g['accuracy_masked']:.4f} | {g['accuracy_shrunk']:.4f} | "
+        f"{', '.join(g['blocks_removed']) or '-'} | "
+        f"{t['speedup_batch1']:.2f}x | {t['speedup_batch256']:.2f}x |")
+    lines.append(
+        f"| {run['reduction']}x | L1 uniform + fine-tune | "
+        f"{l1['flops_reduction']:.2f}x | | {l1['accuracy_pruned']:.4f} "
+        f"(pruned) | | {l1['accuracy_fine_tuned']:.4f} (fine-tuned) | - | | |")
+  lines += ["", "Inference (ms, dense / shrunk): " + "; ".join(
+      f"{run['reduction']}x: b=1 {run['inference']['dense_batch1_ms']:.2f} / "
+      f"{run['inference']['shrunk_batch1_ms']:.2f}, b=256 "
+      f"{run['inference']['dense_batch256_ms']:.1f} / "
+      f"{run['inference']['shrunk_batch256_ms']:.1f}"
+      for run in record["runs"])]
+  return "\n".join(lines) + "\n"
+
+
+def plot(record, group_names, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  runs = record["runs"]
+  figure, axes = plt.subplots(len(runs), 1, figsize=(10, 3 * len(runs)),
+                              squeeze=False)
+  positions = np.arange(len(group_names))
+  for axis, run in zip(axes[:, 0], runs):
+    axis.bar(positions - 0.2, run["gsm"]["kept_fraction"], 0.4,
+             label="structured GSM")
+    axis.bar(positions + 0.2, run["l1"]["kept_fraction"], 0.4,
+             label="L1 uniform")
+    removed = run["gsm"]["blocks_removed"]
+    axis.set_title(f"{record['model']}, {run['reduction']}x fewer FLOPs; "
+                   f"blocks GSM removed: {', '.join(removed) or 'none'}")
+    axis.set_ylabel("channels kept")
+    axis.set_xticks(positions, group_names, rotation=45, ha="right",
+                    fontsize=7)
+    axis.set_ylim(0, 1.05)
+    axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def save(record, stem, directory):
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / f"{stem}.json").write_text(json.dumps(record, indent=2))
+  (directory / f"{stem}.md").write_text(markdown(record))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+  parser.add_argument("--model", choices=["lenet5", "resnet20"],
+                      default="resnet20")
+  parser.add_argument("--depth", type=int, default=20,
+                      help="ResNet depth, 6n + 2")
+  parser.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
+  parser.add_argument("--n-of-m", type=int, nargs=2, default=None,
+                      help="2:4 GSM on LeNet-300-100 instead")
+  parser.add_argument("--epochs", type=int, default=10)
+  parser.add_argument("--steps-per-epoch", type=int, default=100)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--max-train", type=int, default=None)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--quick", action="store_true",
+                      help="a ResNet-8 and a few steps, as the tests run it")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.epochs, args.steps_per_epoch, args.batch = 2, 5, 32
+    args.max_train = args.max_train or 1024
+    args.reductions = args.reductions[:1]
+    if args.model == "resnet20":
+      args.depth = 8
+  if args.n_of_m:
+    args.model = "lenet300"
+  setup = Setup(args)
+  suffix = "_quick" if args.quick else ""
+  model, trainer, params, batch_stats, dense = dense_stage(setup)
+  record = {"model": args.model if args.model != "resnet20"
+            else f"resnet{args.depth}", "dense": dense, "steps": setup.steps,
+            "batch": args.batch, "machine": machine_info(), "runs": []}
+  if args.n_of_m:
+    record["n_of_m"] = n_of_m_stages(setup, trainer, params,
+                                     tuple(args.n_of_m))
+    save(record, f"mnist_lenet300_{args.n_of_m[0]}of{args.n_of_m[1]}{suffix}",
+         args.out)
+    return record
+  variables = setup.variables(params, batch_stats)
+  groups = optax_gsm.channel_groups(
+      lambda v, x: predict(model.apply, v["params"], v.get("batch_stats"), x),
+      variables, jnp.asarray(setup.train[0][:1]))
+  stem = f"mnist_{record['model']}{suffix}"
+  for reduction in args.reductions:
+    gsm_record, small, widths = gsm_stage(setup, trainer, groups, params,
+                                          batch_stats, reduction)
+    run = {"reduction": reduction, "gsm": gsm_record,
+           "l1": l1_stage(setup, groups, params, batch_stats, reduction),
+           "inference": inference_times(
+               setup, variables, small, widths,
+               0.2 if args.quick else 2.0)}
+    record["runs"].append(run)
+    save(record, stem, args.out)
+  plot(record, [g.name for g in groups.channels],
+       args.out / f"{stem}_channels.png")
+  print(markdown(record))
+  return record
+
+
+if __name__ == "__main__":
+  main()
