@@ -56,6 +56,14 @@ class Mnist:
   source: str
 
 
+MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels in [0, 1]
+
+
+def normalise(images: np.ndarray) -> np.ndarray:
+  """uint8 pixels to float32, zero mean and unit variance over MNIST."""
+  return (images.astype(np.float32) / 255.0 - MEAN) / STD
+
+
 def cache_dir() -> pathlib.Path:
   root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
   return pathlib.Path(root) / "optax_gsm"

@@ -66,11 +66,10 @@ import pathlib
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import optax_gsm
-from examples.mnist_data import load_mnist
+from examples.mnist_data import load_mnist, normalise
 from examples.models import MNIST_MODELS
 from examples.training import Trainer
 
@@ -360,7 +359,6 @@ def main(argv=None):
   print(f"MNIST from {data.source}: {len(data.train_labels)} train, "
         f"{len(data.test_labels)} test", flush=True)
   model = MNIST_MODELS[args.model]()
-  normalise = lambda x: (x.astype(np.float32) / 255.0 - 0.1307) / 0.3081
   train = slice(0, args.max_train)
   trainer = Trainer(model, (normalise(data.train_images[train]),
                             data.train_labels[train]),

@@ -47,13 +47,15 @@ import optax
 
 import optax_gsm
 from benchmarks._common import machine_info, time_call
-from examples.mnist_data import load_mnist
+from examples.mnist_data import load_mnist, normalise
 from examples.models import CifarResNet, LeNet5, LeNet300100
 from examples.training import Trainer, predict
 
 RESULTS = (pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
            / "results" / "structured")
-LEARNING_RATE = 0.05
+# Peak learning rates (warm-up, cosine decay); LeNet-5 without batch norm
+# diverges at 0.05.
+LEARNING_RATES = {"lenet5": 0.02, "lenet300": 0.02, "resnet20": 0.05}
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 CALIBRATION_STEPS = 40
@@ -64,14 +66,9 @@ MODELS = {
 }
 
 
-def schedule(steps: int) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(
-      0.0, LEARNING_RATE, max(1, steps // 20), steps)
-
-
-def sgd(steps: int) -> optax.GradientTransformation:
-  return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                     optax.sgd(schedule(steps), momentum=MOMENTUM))
+def schedule(peak: float, steps: int) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(0.0, peak, max(1, steps // 20),
+                                            steps)
 
 
 class Setup:
@@ -81,13 +78,20 @@ class Setup:
     data = load_mnist()
     limit = args.max_train
     shape = (-1, 28, 28, 1) if args.model == "resnet20" else (-1, 784)
-    self.train = (data.train_images[:limit].reshape(shape),
+    self.train = (normalise(data.train_images[:limit]).reshape(shape),
                   data.train_labels[:limit])
-    self.test = (data.test_images.reshape(shape), data.test_labels)
+    self.test = (normalise(data.test_images).reshape(shape),
+                 data.test_labels)
     self.args = args
     self.steps = args.epochs * args.steps_per_epoch
     self.inference_kwargs = ({"train": False} if args.model == "resnet20"
                              else {})
+    self.schedule = schedule(args.lr or LEARNING_RATES[args.model],
+                             self.steps)
+
+  def sgd(self) -> optax.GradientTransformation:
+    return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
+                       optax.sgd(self.schedule, momentum=MOMENTUM))
 
   def model(self, widths=None):
     return MODELS[self.args.model](self.args.depth, widths or {})
@@ -111,7 +115,7 @@ def dense_stage(setup):
                          jnp.asarray(setup.train[0][:1]),
                          **setup.inference_kwargs)
   params, _, timing = trainer.train(
-      variables["params"], sgd(setup.steps), setup.args.epochs,
+      variables["params"], setup.sgd(), setup.args.epochs,
       batch_stats=variables.get("batch_stats"), desc="dense")
   batch_stats = trainer.batch_stats
   accuracy = trainer.accuracy(params, batch_stats)
@@ -128,9 +132,15 @@ def calibrated_ratio(groups, params, reduction, cost="flops"):
     before, after = optax_gsm.structure_cost(groups, params, keep, cost)
     return before / after
 
-  low, high = 1.0, 2.0
-  while reached(high) < reduction and high < 1e4:
-    low, high = high, high * 2
+  costs = optax_gsm.structure_costs(groups, params, cost)
+  limit = float(costs.sum()) / sum(
+      float(costs[start:start + g.size].min())
+      for start, g in zip(np.cumsum([0] + [g.size for g in groups.channels]),
+                          groups.channels))
+  if reached(limit) < reduction:
+    raise ValueError(f"a {reduction}x reduction is out of reach: one channel "
+                     f"per group left is {reached(limit):.2f}x")
+  low, high = 1.0, limit
   for _ in range(CALIBRATION_STEPS // 2):
     middle = math.sqrt(low * high)
     low, high = (middle, high) if reached(middle) < reduction else (
@@ -185,7 +195,7 @@ def shrunk_accuracy(setup, variables, groups, keep):
 
 def gsm_stage(setup, trainer, groups, params, batch_stats, reduction):
   ratio = calibrated_ratio(groups, params, reduction)
-  tx = optax_gsm.gsm_sgd(schedule(setup.steps), ratio, groups=groups,
+  tx = optax_gsm.gsm_sgd(setup.schedule, ratio, groups=groups,
                          cost="flops", total_steps=setup.steps,
                          momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
   trained, opt_state, timing = trainer.train(
@@ -226,7 +236,7 @@ def l1_stage(setup, groups, params, batch_stats, reduction):
   small, widths, trainer, pruned_accuracy = shrunk_accuracy(
       setup, variables, groups, keep)
   tuned, _, timing = trainer.train(
-      small["params"], sgd(setup.steps), setup.args.epochs,
+      small["params"], setup.sgd(), setup.args.epochs,
       batch_stats=small.get("batch_stats"), desc=f"L1 {reduction}x")
   before, after = optax_gsm.structure_cost(groups, params, keep, "flops")
   record = {
@@ -260,7 +270,7 @@ def inference_times(setup, variables, small, widths, repeats_budget):
 
 def n_of_m_stages(setup, trainer, params, n_of_m):
   """2:4 GSM against 2:4 magnitude pruning + fine-tuning, same budget."""
-  tx = optax_gsm.gsm_sgd(schedule(setup.steps), n_of_m=n_of_m,
+  tx = optax_gsm.gsm_sgd(setup.schedule, n_of_m=n_of_m,
                          total_steps=setup.steps, momentum=MOMENTUM,
                          weight_decay=WEIGHT_DECAY)
   trained, opt_state, gsm_timing = trainer.train(
@@ -268,7 +278,7 @@ def n_of_m_stages(setup, trainer, params, n_of_m):
   pruned, _ = optax_gsm.prune(trained, opt_state=opt_state)
   one_shot, mask = optax_gsm.prune(params, n_of_m=n_of_m)
   tuned, _, tune_timing = trainer.train(
-      one_shot, optax.chain(sgd(setup.steps), optax_gsm.keep_mask(mask)),
+      one_shot, optax.chain(setup.sgd(), optax_gsm.keep_mask(mask)),
       setup.args.epochs, mask=mask, desc=f"{n_of_m} magnitude + fine-tune")
   record = {
       "n_of_m": list(n_of_m),
@@ -368,6 +378,8 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--steps-per-epoch", type=int, default=100)
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--lr", type=float, default=None,
+                      help="peak learning rate (default: per model)")
   parser.add_argument("--max-train", type=int, default=None)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS)

@@ -27,7 +27,7 @@ belongs to is kept; entries in no structure are always kept.
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -222,19 +222,22 @@ def _expand(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
 
 
 def entry_masks(resolved: Resolved, keep: StructureMask,
-                tree: chex.ArrayTree) -> chex.ArrayTree:
-  """Bool pytree like ``tree``: entries of kept structures (and of none)."""
+                tree: chex.ArrayTree, xp: Any = jnp) -> chex.ArrayTree:
+  """Bool pytree like ``tree``: entries of kept structures (and of none).
+
+  Only the shapes of ``tree`` are read; ``xp=np`` computes on the host.
+  """
   leaves, treedef = jax.tree.flatten(tree)
-  masks = [jnp.ones(np.shape(w), bool) for w in leaves]
+  masks = [xp.ones(np.shape(w), bool) for w in leaves]
   for members, kept, size in zip(resolved.channels, keep.channels,
                                  resolved.sizes):
-    kept_or_none = jnp.concatenate([jnp.asarray(kept, bool),
-                                    jnp.ones([1], bool)])
+    kept_or_none = xp.concatenate([xp.asarray(kept, bool),
+                                   xp.ones([1], bool)])
     for member in members:
       along = kept_or_none[_segment_index(member, size)]
       masks[member.leaf] = masks[member.leaf] & _expand(
           along, member.axis, masks[member.leaf].ndim)
-  for block, kept in zip(resolved.blocks, jnp.asarray(keep.blocks, bool)):
+  for block, kept in zip(resolved.blocks, xp.asarray(keep.blocks, bool)):
     for leaf in block:
       masks[leaf] = masks[leaf] & kept
   return treedef.unflatten(masks)

@@ -206,12 +206,13 @@ def structure_cost(groups: _groups.Groups, tree: chex.ArrayTree,
     ``(before, after)``.
   """
   check_cost(cost)
-  masks = _groups.entry_masks(_groups.resolve(groups, tree), keep, tree)
+  keep = jax.tree.map(np.asarray, keep)
+  masks = _groups.entry_masks(_groups.resolve(groups, tree), keep, tree, np)
   per_entry = _entry_costs(groups, _groups.leaf_paths(tree), cost)
   before = after = 0.0
   for mask, unit in zip(jax.tree.leaves(masks), per_entry):
     before += unit * np.size(mask)
-    after += unit * float(np.sum(np.asarray(mask)))
+    after += unit * float(np.sum(mask))
   return before, after
 
 

@@ -727,7 +727,7 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
     >>> groups = optax_gsm.channel_groups(model.apply, variables,
     ...                                   jnp.ones((1, 4)))
     >>> [(g.name, g.size, len(g.members)) for g in groups.channels]
-    [('params/layers_0', 8, 3)]
+    [('layers_0', 8, 3)]
 
   For NNX, trace the pure function of the state::
 

@@ -93,3 +93,30 @@ def test_benchmarks_quick_mode(module):
   pytest.importorskip("benchmarks._common")
   records = importlib.import_module(f"benchmarks.{module}").main(["--quick"])
   assert records
+
+
+def test_structured_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import structured_gsm
+  record = structured_gsm.main(["--quick", "--out", str(tmp_path)])
+  (run,) = record["runs"]
+  gsm = run["gsm"]
+  # The shrunk model computes what the masked one computes.
+  assert gsm["accuracy_shrunk"] == pytest.approx(gsm["accuracy_masked"],
+                                                 abs=2e-4)
+  # Both methods reach the FLOPs target (calibrated, within 10%).
+  assert 1.8 < gsm["flops_reduction"] < 2.2
+  assert 1.8 < run["l1"]["flops_reduction"] < 2.2
+  assert run["inference"]["shrunk_batch256_ms"] > 0
+  for suffix in (".json", ".md", "_channels.png"):
+    assert (tmp_path / f"mnist_resnet8_quick{suffix}").exists()
+
+
+@pytest.mark.slow
+def test_n_of_m_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import structured_gsm
+  record = structured_gsm.main(["--quick", "--n-of-m", "2", "4", "--out",
+                                str(tmp_path)])
+  assert record["n_of_m"]["gsm_pruned"] > 0.1
+  assert (tmp_path / "mnist_lenet300_2of4_quick.md").exists()
