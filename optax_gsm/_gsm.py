@@ -195,8 +195,9 @@ def gsm(
     momentum_dtype: dtype of the momentum buffer; None for the params' dtype.
     groups: None (unstructured), or `Groups` (from `channel_groups`):
       structured GSM over channels and residual blocks, one global ranking
-      by saliency per unit cost (see `optax_gsm._structured`); the ratio is
-      then a budget over structure costs and ``prunable`` must be None.
+      by saliency per unit cost (see `optax_gsm._structured`); the kept
+      model then costs at most 1/C of the whole (params or FLOPs, counted
+      exactly) and ``prunable`` must be None.
       Kernel entries keep ``weight_decay`` where active, other members
       (biases, norms) ``unprunable_weight_decay``; all passive members get
       ``passive_weight_decay``. The state is a `StructuredGSMState`.
@@ -342,23 +343,9 @@ def _structured_gsm(groups, cost, ratio_at, saliency, *, momentum, nesterov,
                     freeze_mask_at, momentum_dtype):
   """`gsm` over structures: see `optax_gsm._structured`."""
 
-  def budget(plan, ratio):
-    total = float(np.sum(plan.costs))
-    concrete = _validation.concrete_float(ratio)
-    if concrete is None:
-      return total / jnp.maximum(jnp.asarray(ratio, jnp.float32), 1.0)
-    _validation.check_range("compression_ratio", concrete, low=1.0)
-    if total / concrete < _structured.minimum_cost(plan):
-      raise ValueError(
-          f"`compression_ratio`={concrete!r} leaves a budget of "
-          f"{total / concrete:.6g} ({cost}), less than one channel per group "
-          f"already costs ({_structured.minimum_cost(plan):.6g}); the most "
-          f"it can be is {total / _structured.minimum_cost(plan):.6g}.")
-    return total / concrete
-
   def init_fn(params):
     plan = _structured.plan(groups, params, cost)
-    budget(plan, ratio_at(0))
+    _structured.budget(plan, params, ratio_at(0), cost)
     return StructuredGSMState(
         count=jnp.zeros([], jnp.int32),
         mask=jax.tree.map(lambda w: jnp.ones_like(w, dtype=bool), params),
@@ -371,7 +358,7 @@ def _structured_gsm(groups, cost, ratio_at, saliency, *, momentum, nesterov,
       raise ValueError(
           "gsm needs the params: call `update(grads, opt_state, params)`.")
     plan = _structured.plan(groups, params, cost)
-    limit = budget(plan, ratio_at(state.count))
+    limit = _structured.budget(plan, params, ratio_at(state.count), cost)
 
     def select(at_freeze):
       scores = _structured.structure_scores(plan.resolved, updates, params,
@@ -379,8 +366,7 @@ def _structured_gsm(groups, cost, ratio_at, saliency, *, momentum, nesterov,
       if freeze_mask_at is not None:
         scores = jnp.where(at_freeze, _structured.structure_scores(
             plan.resolved, updates, params, "magnitude"), scores)
-      return _structured.select_structures(scores, plan.costs,
-                                           plan.resolved.sizes, limit)
+      return _structured.select(plan, params, scores, limit)
 
     kept = refreshed(select, lambda: state.kept, state.count,
                      mask_update_every, freeze_mask_at)

@@ -12,9 +12,12 @@ first-order Taylor estimate of the loss change if it were removed,
 ``c_S``: the parameters it holds (``cost="params"``) or the multiply-adds
 per example they take part in (``cost="flops"``, from the traced shapes).
 All structures of the model, of mixed granularity, are ranked together by
-``T_S / c_S``; the top of the ranking is kept while the kept cost stays
-within ``sum_S c_S / C``. Entries of kept structures get their gradient
-(and decay), entries of the others decay only, exactly as unstructured GSM
+``T_S / c_S``; the longest prefix of the ranking is kept whose model, with
+every other structure removed, costs at most ``1/C`` of the whole model
+(counted exactly: every entry once, entries in no structure included, so
+``C = 2`` with ``cost="flops"`` is a model with half the multiply-adds).
+Entries of kept structures get their gradient (and decay), entries of the
+others decay only, exactly as unstructured GSM
 treats its active and passive weights. Removing channels and removing
 blocks compete under one budget: the split between them is learned (the
 "adaptive channel-and-layer pruning" of the family).
@@ -28,10 +31,11 @@ Decided on purpose:
   channels by index, then blocks);
 - every channel group keeps its best channel whatever the budget (a layer
   of width zero would cut the network);
-- costs are counted per structure: an entry in two structures (a kernel
-  entry is in its input channel's group and its output channel's group)
-  counts in both, so ``C`` is a ratio of structure costs; `structure_cost`
-  gives the exact cost of the model that `shrink` returns.
+- the ranking's denominator ``c_S`` counts a structure's own entries (an
+  entry in two structures, a kernel entry in its input and its output
+  channel's group, is in both), while the budget counts the kept model
+  exactly (`structure_cost`), found by bisection on the prefix length
+  (about log2 of the number of structures passes over the params).
 """
 
 from collections.abc import Callable
@@ -42,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_gsm import _groups
+from optax_gsm import _groups, _validation
 
 StructureSaliency = Callable[[chex.ArrayTree, chex.ArrayTree],
                              chex.ArrayTree]
@@ -134,36 +138,65 @@ def _split(flat: jax.Array, sizes: tuple[int, ...]) -> _groups.StructureMask:
                                blocks=parts[len(sizes)])
 
 
-def select_structures(scores: jax.Array, costs: np.ndarray,
-                      sizes: tuple[int, ...],
-                      budget: jax.typing.ArrayLike) -> _groups.StructureMask:
-  """Keeps the prefix of the ranking by ``scores / costs`` within budget.
+KeptCost = Callable[[jax.Array], jax.Array]
 
-  Each group's best channel is kept first, whatever the budget.
+
+def select_structures(scores: jax.Array, costs: np.ndarray,
+                      sizes: tuple[int, ...], budget: jax.typing.ArrayLike,
+                      kept_cost: KeptCost) -> _groups.StructureMask:
+  """Keeps the longest prefix of the ranking whose kept cost is in budget.
+
+  The ranking is by ``scores / costs`` (ties to the structure listed first),
+  each group's best channel first whatever the budget; ``kept_cost(kept)``
+  (kept: flat bool per structure) is monotone in the kept set, so the
+  longest prefix within ``budget`` is found by bisection on its length.
   """
   costs = jnp.asarray(costs, jnp.float32)
   ratio = jnp.where(costs > 0, scores / jnp.maximum(costs, 1e-30), jnp.inf)
   ratio = jnp.where(jnp.isnan(ratio), -jnp.inf, ratio)
-  forced = []
-  start = 0
+  forced, start = [], 0
   for size in sizes:
     forced.append(jnp.zeros([size], bool).at[
         jnp.argmax(ratio[start:start + size])].set(True))
     start += size
   forced.append(jnp.zeros([scores.shape[0] - start], bool))
-  ratio = jnp.where(jnp.concatenate(forced), jnp.inf, ratio)
+  forced = jnp.concatenate(forced)
+  # Forced channels alone rank +inf; free structures (zero cost) next.
+  ratio = jnp.where(forced, jnp.inf, jnp.minimum(
+      ratio, jnp.finfo(jnp.float32).max))
   order = jnp.argsort(-ratio, stable=True)
-  within = jnp.cumsum(costs[order]) <= budget
-  kept_in_order = jnp.cumprod(within | jnp.isinf(ratio[order])).astype(bool)
-  kept = jnp.zeros(scores.shape, bool).at[order].set(kept_in_order)
-  return _split(kept, sizes)
+  position = jnp.zeros(order.shape, jnp.int32).at[order].set(
+      jnp.arange(order.shape[0], dtype=jnp.int32))
+
+  def fits(length):
+    return kept_cost(position < length) <= budget
+
+  # The forced structures are always kept; bisect on the rest's length.
+  low = jnp.sum(forced, dtype=jnp.int32)
+  high = jnp.int32(order.shape[0])
+
+  def bisect(_, bracket):
+    low, high = bracket  # low fits (or is forced); the answer is in [low, high]
+    middle = (low + high + 1) // 2
+    ok = fits(middle)
+    return jnp.where(ok, middle, low), jnp.where(ok, high, middle - 1)
+
+  steps = max(1, int(np.ceil(np.log2(order.shape[0] + 1))) + 1)
+  length, _ = jax.lax.fori_loop(0, steps, bisect, (low, high))
+  return _split(position < length, sizes)
 
 
 class StructuredPlan(NamedTuple):
-  """What a structured GSM needs, fixed at init for one params structure."""
+  """What a structured GSM needs, fixed at init for one params structure.
+
+  ``unit_costs``: the cost of one entry of each leaf; ``total``: the cost
+  of the whole tree (every leaf, in structures or not).
+  """
   resolved: _groups.Resolved
   costs: np.ndarray
   touched: list[bool]
+  unit_costs: list[float]
+  total: float
 
 
 def plan(groups: _groups.Groups, params: chex.ArrayTree,
@@ -173,18 +206,62 @@ def plan(groups: _groups.Groups, params: chex.ArrayTree,
     raise ValueError(
         "`groups` has no member in these params: were they traced from "
         "other variables?")
+  unit_costs = _entry_costs(groups, _groups.leaf_paths(params), cost)
   return StructuredPlan(
       resolved=resolved, costs=structure_costs(groups, params, cost),
-      touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))))
+      touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))),
+      unit_costs=unit_costs,
+      total=float(sum(u * np.size(w) for u, w in
+                      zip(unit_costs, jax.tree.leaves(params)))))
 
 
-def minimum_cost(plan_: StructuredPlan) -> float:
-  """The cost of one channel per group: kept under any budget."""
-  total, start = 0.0, 0
+def kept_cost_fn(plan_: StructuredPlan, params: chex.ArrayTree) -> KeptCost:
+  """The exact cost of the params once the structures not kept are gone."""
+
+  def kept_cost(kept_flat):
+    keep = _split(kept_flat, plan_.resolved.sizes)
+    masks = jax.tree.leaves(_groups.entry_masks(plan_.resolved, keep, params))
+    return sum(jnp.sum(m, dtype=jnp.float32) * u
+               for m, u in zip(masks, plan_.unit_costs) if u)
+
+  return kept_cost
+
+
+def minimum_cost(plan_: StructuredPlan, params: chex.ArrayTree) -> float:
+  """The cost kept under any budget: one channel per group, no block."""
+  flat, start = np.zeros(len(plan_.costs), bool), 0
   for size in plan_.resolved.sizes:
-    total += float(np.min(plan_.costs[start:start + size])) if size else 0.0
+    flat[start + int(np.argmin(plan_.costs[start:start + size]))] = True
     start += size
-  return total
+  parts = np.split(flat, np.cumsum(plan_.resolved.sizes))
+  keep = _groups.StructureMask(tuple(parts[:-1]), parts[-1])
+  masks = jax.tree.leaves(
+      _groups.entry_masks(plan_.resolved, keep, params, np))
+  return float(sum(np.sum(m) * u for m, u in zip(masks, plan_.unit_costs)))
+
+
+def budget(plan_: StructuredPlan, params: chex.ArrayTree, ratio: Any,
+           cost: str) -> Any:
+  """``total / C``, checked against the minimum for a concrete C."""
+  concrete = _validation.concrete_float(ratio)
+  if concrete is None:
+    return plan_.total / jnp.maximum(jnp.asarray(ratio, jnp.float32), 1.0)
+  _validation.check_range("compression_ratio", concrete, low=1.0)
+  least = minimum_cost(plan_, params)
+  if plan_.total / concrete < least:
+    raise ValueError(
+        f"`compression_ratio`={concrete!r} leaves a budget of "
+        f"{plan_.total / concrete:.6g} ({cost}), less than one channel per "
+        f"group (and everything outside the groups) already costs "
+        f"({least:.6g}); the most it can be is {plan_.total / least:.4g}.")
+  return plan_.total / concrete
+
+
+def select(plan_: StructuredPlan, params: chex.ArrayTree, scores: jax.Array,
+           limit: Any) -> _groups.StructureMask:
+  """`select_structures` with the plan's exact kept cost."""
+  return select_structures(scores, plan_.costs, plan_.resolved.sizes, limit,
+                           kept_cost_fn(plan_, params))
 
 
 def structure_cost(groups: _groups.Groups, tree: chex.ArrayTree,
@@ -255,10 +332,7 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
   if saliency not in ("magnitude", "taylor"):
     raise ValueError(
         f"`saliency` must be 'magnitude' or 'taylor'; got {saliency!r}.")
-  ratio = float(compression_ratio)
-  if not ratio >= 1.0:
-    raise ValueError(f"`compression_ratio` must be >= 1; got {ratio!r}.")
+  ratio = compression_ratio
   plan_ = plan(groups, params, cost)
   scores = structure_scores(plan_.resolved, grads, params, saliency)
-  return select_structures(scores, plan_.costs, plan_.resolved.sizes,
-                           float(np.sum(plan_.costs)) / ratio)
+  return select(plan_, params, scores, budget(plan_, params, ratio, cost))

@@ -1,0 +1,327 @@
+"""Trained Rank Pruning: train low-rank kernels, then split each in two.
+
+Xu, Li, Zhang, Wen, Wang, Qi, Chen, Lin, Xiong, "Trained Rank Pruning for
+Efficient Deep Neural Networks", arXiv 1812.02402 (IJCAI 2020 version
+arXiv 2004.14566).
+
+Each prunable kernel is viewed as a matrix ``M`` (the "scheme"):
+
+- Dense ``(in, out)``: ``M`` is the kernel itself;
+- Conv, Flax HWIO ``(kh, kw, in, out)``, ``scheme="channel"``:
+  ``M = out x (in kh kw)`` (a filter per row);
+- Conv, ``scheme="spatial"``: ``M = (in kh) x (out kw)``.
+
+With ``M = U S V^T`` and ``r`` the smallest rank whose energy
+``sum_{i<=r} s_i^2 / sum_i s_i^2`` reaches ``e``, TRP (1) adds the
+nuclear-norm sub-gradient ``lambda U_r V_r^T`` to the gradient
+(`nuclear_norm`), (2) every ``m`` steps replaces the kernel by its truncated
+SVD ``U_r S_r V_r^T`` (`low_rank_project`, called by the training loop before
+the forward pass, the paper's order), and (3) after training splits each
+kernel into two thinner layers with no retraining (`low_rank_decompose`).
+The SVDs have static shapes: singular values past ``r`` are masked, never
+sliced, so everything runs under ``jit``.
+"""
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_gsm import _prunable, _validation
+
+_SCHEMES = ("channel", "spatial")
+
+
+def _check_scheme(scheme: str) -> None:
+  if scheme not in _SCHEMES:
+    raise ValueError(f"`scheme` must be one of {_SCHEMES}; got {scheme!r}.")
+
+
+def _check_energy(energy: Any) -> None:
+  _validation.check_range("energy", energy, low=0.0, high=1.0,
+                          low_inclusive=False)
+
+
+def _check_kernel(path: str, shape: tuple[int, ...]) -> None:
+  if len(shape) not in (2, 4):
+    raise ValueError(
+        f"low-rank methods take Dense (in, out) or Conv (kh, kw, in, out) "
+        f"kernels; {path!r} has shape {shape}: leave it out of `prunable`.")
+
+
+def to_matrix(kernel: jax.Array, scheme: str) -> jax.Array:
+  """The kernel's matrix view (see the module docstring)."""
+  if kernel.ndim == 2:
+    return kernel
+  kh, kw, cin, cout = kernel.shape
+  if scheme == "channel":  # out x (in kh kw)
+    return jnp.transpose(kernel, (3, 2, 0, 1)).reshape(cout, cin * kh * kw)
+  # (in kh) x (out kw)
+  return jnp.transpose(kernel, (2, 0, 3, 1)).reshape(cin * kh, cout * kw)
+
+
+def from_matrix(matrix: jax.Array, shape: tuple[int, ...],
+                scheme: str) -> jax.Array:
+  """Inverse of `to_matrix` for a kernel of ``shape``."""
+  if len(shape) == 2:
+    return matrix
+  kh, kw, cin, cout = shape
+  if scheme == "channel":
+    return jnp.transpose(matrix.reshape(cout, cin, kh, kw), (2, 3, 1, 0))
+  return jnp.transpose(matrix.reshape(cin, kh, cout, kw), (1, 3, 0, 2))
+
+
+def energy_rank(singular_values: jax.Array, energy: Any) -> jax.Array:
+  """The smallest r with ``sum_{i<r} s_i^2 >= energy * sum s_i^2`` (>= 1)."""
+  squares = jnp.square(singular_values.astype(jnp.float32))
+  cumulative = jnp.cumsum(squares)
+  return jnp.maximum(1, jnp.sum(cumulative < energy * cumulative[-1]) + 1)
+
+
+def _svd(matrix):
+  u, s, vt = jnp.linalg.svd(matrix.astype(jnp.float32), full_matrices=False)
+  return u, s, vt
+
+
+def _kernels(params: chex.ArrayTree, prunable):
+  """Flags of the kernels TRP acts on (checked ranks) and their paths."""
+  flags = _prunable.resolve_prunable(prunable, params)
+  paths = [_prunable.path_string(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]]
+  for flag, path, leaf in zip(flags, paths, jax.tree.leaves(params)):
+    if flag:
+      _check_kernel(path, np.shape(leaf))
+  return flags, paths
+
+
+def _map_kernels(fn, params, flags):
+  leaves, treedef = jax.tree.flatten(params)
+  return treedef.unflatten([fn(w) if f else w for w, f in zip(leaves, flags)])
+
+
+def nuclear_subgradient(kernel: jax.Array, energy: Any,
+                        scheme: str) -> jax.Array:
+  """``U_r V_r^T`` of the kernel's matrix view, back in the kernel's shape."""
+  u, s, vt = _svd(to_matrix(kernel, scheme))
+  keep = jnp.arange(s.shape[0]) < energy_rank(s, energy)
+  return from_matrix((u * keep) @ vt, kernel.shape, scheme).astype(
+      kernel.dtype)
+
+
+def truncated(kernel: jax.Array, energy: Any, scheme: str) -> jax.Array:
+  """``U_r S_r V_r^T`` of the kernel's matrix view, in the kernel's shape."""
+  u, s, vt = _svd(to_matrix(kernel, scheme))
+  s = jnp.where(jnp.arange(s.shape[0]) < energy_rank(s, energy), s, 0.0)
+  return from_matrix((u * s) @ vt, kernel.shape, scheme).astype(kernel.dtype)
+
+
+class NuclearNormState(NamedTuple):
+  """State of `nuclear_norm`: the number of updates so far."""
+  count: chex.Array
+
+
+def nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
+                 scheme: str = "channel", every: int = 1,
+                 prunable: _prunable.Prunable = None
+                 ) -> optax.GradientTransformation:
+  r"""Adds TRP's nuclear-norm sub-gradient to each prunable kernel's gradient.
+
+  .. math::
+    g \leftarrow g + \lambda U_r V_r^\top
+
+  on steps ``0, every, 2 every, ...``, where ``U_r V_r^T`` is the
+  sub-gradient of the nuclear norm restricted to the energy-``e`` rank of
+  the kernel's matrix view (Xu et al., TRP). Put it before the optimizer:
+  ``optax.chain(nuclear_norm(3e-4), optax.sgd(lr, momentum=0.9))``.
+
+  Args:
+    strength: lambda >= 0 (the official example: 3e-4).
+    energy: e in (0, 1]: the rank kept by the sub-gradient.
+    scheme: "channel" or "spatial" (conv kernels; see the module).
+    every: int >= 1: add it every this many steps.
+    prunable: which kernels (default: Flax kernels; each must be rank 2 or
+      4). The paper leaves the last classifier out: pass e.g.
+      ``"*/kernel"`` minus it as a pytree of bools.
+
+  Returns:
+    An ``optax.GradientTransformation`` that needs ``params``.
+  """
+  _validation.check_range("strength", strength, low=0.0)
+  _check_energy(energy)
+  _check_scheme(scheme)
+  every = _validation.check_int("every", every, low=1)
+
+  def init_fn(params):
+    _kernels(params, prunable)
+    return NuclearNormState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("nuclear_norm needs the params: call "
+                       "`update(grads, opt_state, params)`.")
+    flags, _ = _kernels(params, prunable)
+    active = state.count % every == 0
+    leaves, treedef = jax.tree.flatten(params)
+    grads = treedef.flatten_up_to(updates)
+    new = []
+    for g, w, flag in zip(grads, leaves, flags):
+      if flag:
+        g = g + jnp.where(active, strength, 0.0) * nuclear_subgradient(
+            w, energy, scheme).astype(g.dtype)
+      new.append(g)
+    return treedef.unflatten(new), NuclearNormState(
+        count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def low_rank_project(params: chex.ArrayTree, *, energy: float = 0.9,
+                     scheme: str = "channel",
+                     prunable: _prunable.Prunable = None) -> chex.ArrayTree:
+  """TRP's projection: every prunable kernel replaced by its truncated SVD.
+
+  The rank of each kernel is the smallest that keeps ``energy`` of its
+  squared singular values. The paper applies it every ``m`` steps before
+  the forward pass, then trains on the full matrices::
+
+    for step in range(steps):
+      if step % m == 0:
+        params = optax_gsm.low_rank_project(params, energy=0.9)
+      params, opt_state = train_step(params, opt_state, batch)
+
+  Args:
+    params: the params.
+    energy: e in (0, 1].
+    scheme: "channel" or "spatial".
+    prunable: which kernels (default: Flax kernels).
+
+  Returns:
+    The params with projected kernels. Jit-compatible.
+  """
+  _check_energy(energy)
+  _check_scheme(scheme)
+  flags, _ = _kernels(params, prunable)
+  return _map_kernels(lambda w: truncated(w, energy, scheme), params, flags)
+
+
+class LowRankFactors(NamedTuple):
+  """One kernel as two layers.
+
+  Attributes:
+    first: Dense ``(in, r)``; Conv "channel": ``(kh, kw, in, r)`` (stride and
+      padding of the original); Conv "spatial": ``(kh, 1, in, r)`` (the
+      vertical stride and padding).
+    second: Dense ``(r, out)``; Conv "channel": ``(1, 1, r, out)``; Conv
+      "spatial": ``(1, kw, r, out)`` (the horizontal stride and padding).
+    rank: r.
+    params_before: entries of the kernel.
+    params_after: entries of both factors.
+    macs_before: multiply-adds per output position of the kernel.
+    macs_after: multiply-adds per output position of both factors.
+  """
+  first: jax.Array
+  second: jax.Array
+  rank: int
+  params_before: int
+  params_after: int
+  macs_before: int
+  macs_after: int
+
+
+def _decompose(kernel: np.ndarray, rank: int, scheme: str) -> LowRankFactors:
+  matrix = np.asarray(to_matrix(jnp.asarray(kernel), scheme), np.float64)
+  u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+  left, right = u[:, :rank] * s[:rank], vt[:rank]
+  dtype = kernel.dtype
+  if kernel.ndim == 2:  # x @ (U S) @ V^T
+    first, second = left, right
+    macs_after = first.size + second.size
+  elif scheme == "channel":  # M = out x (in kh kw) = (U S) V^T
+    kh, kw, cin, cout = kernel.shape
+    first = np.transpose(right.reshape(rank, cin, kh, kw), (2, 3, 1, 0))
+    second = left.T.reshape(1, 1, rank, cout)
+    macs_after = first.size + second.size
+  else:  # M = (in kh) x (out kw) = (U S) V^T
+    kh, kw, cin, cout = kernel.shape
+    first = np.transpose(left.reshape(cin, kh, 1, rank), (1, 2, 0, 3))
+    second = np.transpose(right.reshape(rank, cout, 1, kw), (2, 3, 0, 1))
+    macs_after = first.size + second.size
+  return LowRankFactors(
+      first=jnp.asarray(first, dtype), second=jnp.asarray(second, dtype),
+      rank=int(rank), params_before=int(kernel.size),
+      params_after=int(first.size + second.size),
+      macs_before=int(kernel.size), macs_after=int(macs_after))
+
+
+def low_rank_decompose(params: chex.ArrayTree, *,
+                       threshold: float | None = 0.05,
+                       energy: float | None = None, scheme: str = "channel",
+                       prunable: _prunable.Prunable = None
+                       ) -> tuple[dict[str, LowRankFactors], dict[str, int]]:
+  """Splits every prunable kernel into two thin factors (after TRP).
+
+  The rank of a kernel is the number of singular values of its matrix view
+  at least ``threshold`` times the largest (the official code drops those
+  "below 0.05"; relative to the largest is our reading, unverified), or
+  with ``energy`` the energy rank. A Dense becomes two Dense layers
+  ``(in, r), (r, out)``; a Conv with "channel" a ``kh x kw`` conv with r
+  filters then a 1x1 conv, with "spatial" a ``kh x 1`` conv then a
+  ``1 x kw`` conv. The factorised layer computes the truncated SVD of the
+  kernel (at full rank, the kernel itself). ``examples/low_rank.py``
+  shows how to run the factorised model.
+
+  MACs are per output position (for a conv, multiply by the output's
+  height times width; for "spatial" the first factor's positions are
+  those of the intermediate map, counted at the output's resolution here).
+
+  Args:
+    params: the trained params.
+    threshold: relative singular-value threshold in (0, 1); exactly one of
+      this and ``energy``.
+    energy: e in (0, 1].
+    scheme: "channel" or "spatial".
+    prunable: which kernels (default: Flax kernels).
+
+  Returns:
+    ``(factors, ranks)``: per kernel path a `LowRankFactors`, and the rank
+    of each.
+  """
+  _check_scheme(scheme)
+  if energy is not None:
+    threshold = None
+  if (threshold is None) == (energy is None):
+    raise ValueError("Give exactly one of `threshold` and `energy`.")
+  if threshold is not None:
+    _validation.check_range("threshold", threshold, low=0.0, high=1.0,
+                            low_inclusive=False, high_inclusive=False)
+  else:
+    _check_energy(energy)
+  flags, paths = _kernels(params, prunable)
+  factors, ranks = {}, {}
+  for flag, path, leaf in zip(flags, paths, jax.tree.leaves(params)):
+    if not flag:
+      continue
+    kernel = np.asarray(leaf)
+    s = np.linalg.svd(np.asarray(to_matrix(jnp.asarray(kernel), scheme),
+                                 np.float64), compute_uv=False)
+    if threshold is not None:
+      rank = max(1, int(np.sum(s >= threshold * s[0])))
+    else:
+      rank = int(energy_rank(jnp.asarray(s), energy))
+    factors[path] = _decompose(kernel, rank, scheme)
+    ranks[path] = rank
+  return factors, ranks
+
+
+def full_rank(shape: tuple[int, ...], scheme: str) -> int:
+  """The largest rank of a kernel's matrix view."""
+  if len(shape) == 2:
+    return min(shape)
+  kh, kw, cin, cout = shape
+  if scheme == "channel":
+    return min(cout, cin * kh * kw)
+  return min(cin * kh, cout * kw)
+
