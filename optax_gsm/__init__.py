@@ -34,6 +34,13 @@ from optax_gsm._structured import (
   structure_costs,
 )
 from optax_gsm._tracing import channel_groups
+from optax_gsm._trp import (
+  LowRankFactors,
+  NuclearNormState,
+  low_rank_decompose,
+  low_rank_project,
+  nuclear_norm,
+)
 
 try:
   __version__ = version("optax_gsm")
@@ -48,7 +55,9 @@ __all__ = (
     "LeafReadiness",
     "LeafSparsity",
     "LosslessSettings",
+    "LowRankFactors",
     "Member",
+    "NuclearNormState",
     "PruneReadiness",
     "Selection",
     "SparsityReport",
@@ -65,9 +74,12 @@ __all__ = (
     "kth_largest",
     "load_sparse",
     "lossless_settings",
+    "low_rank_decompose",
+    "low_rank_project",
     "magnitude_mask",
     "magnitude_saliency",
     "mask_structures",
+    "nuclear_norm",
     "num_active",
     "prunable_size",
     "prune",
