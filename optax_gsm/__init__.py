@@ -20,6 +20,12 @@ from optax_gsm._groups import (
 from optax_gsm._gsm import GSMState, StructuredGSMState, gsm, gsm_sgd
 from optax_gsm._lossless import LosslessSettings, lossless_settings
 from optax_gsm._optimizer_state import active_mask
+from optax_gsm._path_sgd import (
+  ScaleByPathNormState,
+  path_kappa,
+  path_sgd,
+  scale_by_path_norm,
+)
 from optax_gsm._prunable import default_prunable
 from optax_gsm._pruning import magnitude_mask, prunable_size, prune
 from optax_gsm._readiness import LeafReadiness, PruneReadiness, prune_readiness
@@ -59,6 +65,7 @@ __all__ = (
     "Member",
     "NuclearNormState",
     "PruneReadiness",
+    "ScaleByPathNormState",
     "Selection",
     "SparsityReport",
     "StructureMask",
@@ -81,12 +88,15 @@ __all__ = (
     "mask_structures",
     "nuclear_norm",
     "num_active",
+    "path_kappa",
+    "path_sgd",
     "prunable_size",
     "prune",
     "prune_readiness",
     "prune_structures",
     "recalibrate_batch_stats",
     "save_sparse",
+    "scale_by_path_norm",
     "select_top",
     "shrink",
     "sparsity_report",
