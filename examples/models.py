@@ -47,6 +47,19 @@ class LeNet300100(nn.Module):
     return nn.Dense(10, name="Dense_2")(x)
 
 
+class Mlp(nn.Module):
+  """A ReLU MLP, 784-1000-1000-10 by default (the Path-SGD paper's shape,
+  narrower)."""
+  hidden: tuple[int, ...] = (1000, 1000)
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    for features in self.hidden:
+      x = nn.relu(nn.Dense(features)(x))
+    return nn.Dense(10)(x)
+
+
 class LeNet5(nn.Module):
   """LeNet-5, Caffe variant: conv5x5x20, max-pool 2, conv5x5x50, max-pool 2,
   dense 500, dense 10 (430,500 weights)."""

@@ -45,82 +45,12 @@ import numpy as np
 import optax
 
 import optax_gsm
-from benchmarks._common import machine_info, time_call
-from examples.mnist_data import load_mnist, normalise
-from examples.models import CifarResNet, LeNet5, LeNet300100
-from examples.training import Trainer, predict
+from benchmarks._common import time_call
+from examples import experiment
+from examples.training import predict
 
-RESULTS = (pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-           / "results" / "structured")
-# Peak learning rates (warm-up, cosine decay); LeNet-5 without batch norm
-# diverges at 0.05.
-LEARNING_RATES = {"lenet5": 0.02, "lenet300": 0.02, "resnet20": 0.05}
-MOMENTUM = 0.9
-WEIGHT_DECAY = 1e-4
+RESULTS = experiment.RESULTS / "structured"
 CALIBRATION_STEPS = 30  # bisection steps of the baseline's uniform share
-MODELS = {
-    "lenet5": lambda depth, widths: LeNet5(widths=widths),
-    "resnet20": lambda depth, widths: CifarResNet(depth, widths=widths),
-    "lenet300": lambda depth, widths: LeNet300100(widths=widths),
-}
-
-
-def schedule(peak: float, steps: int) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(0.0, peak, max(1, steps // 20),
-                                            steps)
-
-
-class Setup:
-  """Data, model factory and budget of one run."""
-
-  def __init__(self, args):
-    data = load_mnist()
-    limit = args.max_train
-    shape = (-1, 28, 28, 1) if args.model == "resnet20" else (-1, 784)
-    self.train = (normalise(data.train_images[:limit]).reshape(shape),
-                  data.train_labels[:limit])
-    self.test = (normalise(data.test_images).reshape(shape),
-                 data.test_labels)
-    self.args = args
-    self.steps = args.epochs * args.steps_per_epoch
-    self.inference_kwargs = ({"train": False} if args.model == "resnet20"
-                             else {})
-    self.schedule = schedule(args.lr or LEARNING_RATES[args.model],
-                             self.steps)
-
-  def sgd(self) -> optax.GradientTransformation:
-    return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                       optax.sgd(self.schedule, momentum=MOMENTUM))
-
-  def model(self, widths=None):
-    return MODELS[self.args.model](self.args.depth, widths or {})
-
-  def trainer(self, model):
-    return Trainer(model, self.train, self.test,
-                   steps_per_epoch=self.args.steps_per_epoch,
-                   batch_size=self.args.batch, seed=self.args.seed)
-
-  def variables(self, params, batch_stats):
-    out = {"params": params}
-    if batch_stats is not None:
-      out["batch_stats"] = batch_stats
-    return out
-
-
-def dense_stage(setup):
-  model = setup.model()
-  trainer = setup.trainer(model)
-  variables = model.init(jax.random.key(setup.args.seed),
-                         jnp.asarray(setup.train[0][:1]),
-                         **setup.inference_kwargs)
-  params, _, timing = trainer.train(
-      variables["params"], setup.sgd(), setup.args.epochs,
-      batch_stats=variables.get("batch_stats"), desc="dense")
-  batch_stats = trainer.batch_stats
-  accuracy = trainer.accuracy(params, batch_stats)
-  print(f"dense: {accuracy:.4f}", flush=True)
-  return model, trainer, params, batch_stats, {
-      "accuracy": accuracy, "steps": setup.steps, **timing}
 
 
 def l1_uniform_keep(groups, params, keep_fraction):
@@ -174,7 +104,8 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction):
   ratio = reduction
   tx = optax_gsm.gsm_sgd(setup.schedule, ratio, groups=groups,
                          cost="flops", total_steps=setup.steps,
-                         momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+                         momentum=experiment.MOMENTUM,
+                         weight_decay=experiment.WEIGHT_DECAY)
   trained, opt_state, timing = trainer.train(
       params, tx, setup.args.epochs, batch_stats=batch_stats,
       desc=f"structured GSM {reduction}x")
@@ -248,8 +179,9 @@ def inference_times(setup, variables, small, widths, repeats_budget):
 def n_of_m_stages(setup, trainer, params, n_of_m):
   """2:4 GSM against 2:4 magnitude pruning + fine-tuning, same budget."""
   tx = optax_gsm.gsm_sgd(setup.schedule, n_of_m=n_of_m,
-                         total_steps=setup.steps, momentum=MOMENTUM,
-                         weight_decay=WEIGHT_DECAY)
+                         total_steps=setup.steps,
+                         momentum=experiment.MOMENTUM,
+                         weight_decay=experiment.WEIGHT_DECAY)
   trained, opt_state, gsm_timing = trainer.train(
       params, tx, setup.args.epochs, desc=f"{n_of_m} GSM")
   pruned, _ = optax_gsm.prune(trained, opt_state=opt_state)
@@ -334,54 +266,32 @@ def plot(record, group_names, path):
   plt.close(figure)
 
 
-def save(record, stem, directory):
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / f"{stem}.json").write_text(json.dumps(record, indent=2))
-  (directory / f"{stem}.md").write_text(markdown(record))
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-  parser.add_argument("--model", choices=["lenet5", "resnet20"],
-                      default="resnet20")
-  parser.add_argument("--depth", type=int, default=20,
-                      help="ResNet depth, 6n + 2")
+  experiment.add_arguments(parser, model="resnet20")
   parser.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
   parser.add_argument("--n-of-m", type=int, nargs=2, default=None,
                       help="2:4 GSM on LeNet-300-100 instead")
-  parser.add_argument("--epochs", type=int, default=10)
-  parser.add_argument("--steps-per-epoch", type=int, default=100)
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--lr", type=float, default=None,
-                      help="peak learning rate (default: per model)")
-  parser.add_argument("--max-train", type=int, default=None)
-  parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
-  parser.add_argument("--quick", action="store_true",
-                      help="a ResNet-8 and a few steps, as the tests run it")
   args = parser.parse_args(argv)
+  experiment.apply_quick(args)
   if args.quick:
-    args.epochs, args.steps_per_epoch, args.batch = 2, 5, 32
-    args.max_train = args.max_train or 1024
     args.reductions = args.reductions[:1]
-    if args.model == "resnet20":
-      args.depth = 8
   if args.n_of_m:
     args.model = "lenet300"
-  setup = Setup(args)
+  setup = experiment.Setup(args)
   suffix = "_quick" if args.quick else ""
-  model, trainer, params, batch_stats, dense = dense_stage(setup)
-  record = {"model": args.model if args.model != "resnet20"
-            else f"resnet{args.depth}", "dense": dense, "steps": setup.steps,
-            "batch": args.batch, "machine": machine_info(), "runs": []}
+  model, trainer, params, batch_stats, dense = experiment.dense_stage(setup)
+  record = {**setup.record(dense), "runs": []}
   if args.n_of_m:
     record["n_of_m"] = n_of_m_stages(setup, trainer, params,
                                      tuple(args.n_of_m))
-    save(record, f"mnist_lenet300_{args.n_of_m[0]}of{args.n_of_m[1]}{suffix}",
-         args.out)
+    experiment.save(record, markdown(record), args.out,
+                    f"mnist_lenet300_{args.n_of_m[0]}of{args.n_of_m[1]}"
+                    f"{suffix}")
     return record
   variables = setup.variables(params, batch_stats)
   groups = optax_gsm.channel_groups(
@@ -397,7 +307,7 @@ def main(argv=None):
                setup, variables, small, widths,
                0.2 if args.quick else 2.0)}
     record["runs"].append(run)
-    save(record, stem, args.out)
+    experiment.save(record, markdown(record), args.out, stem)
   plot(record, [g.name for g in groups.channels],
        args.out / f"{stem}_channels.png")
   print(markdown(record))

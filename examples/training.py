@@ -95,13 +95,14 @@ class Trainer:
 
   def train(self, params, tx, epochs, *, mask=None, desc="train",
             on_evaluate: Callable[[Any, Any], None] | None = None,
-            batch_stats=None):
+            batch_stats=None, evaluations: int = 5):
     """Trains ``epochs`` epochs from ``params`` (and ``batch_stats``).
 
     Returns (params, opt_state, timing): ``timing`` has the wall time of the
     stage and the seconds per step after the first (compiling) epoch.
-    ``on_evaluate(params, opt_state)`` runs at the five evaluation points.
-    The trained batch statistics are left in ``self.batch_stats``.
+    ``on_evaluate(params, opt_state)`` runs at the ``evaluations`` evenly
+    spaced evaluation points. The trained batch statistics are left in
+    ``self.batch_stats``.
     """
     state = TrainState.create(apply_fn=self.model.apply, params=params,
                               tx=tx, batch_stats=batch_stats)
@@ -122,7 +123,7 @@ class Trainer:
       jax.block_until_ready(state.params)
       if i == 0:
         start = time.perf_counter()  # excludes compilation
-      if (i + 1) % max(epochs // 5, 1) == 0 or i + 1 == epochs:
+      if (i + 1) % max(epochs // evaluations, 1) == 0 or i + 1 == epochs:
         accuracy = self.accuracy(state.params, state.batch_stats)
         bar.set_postfix(test_acc=f"{accuracy:.4f}")
         if on_evaluate is not None:

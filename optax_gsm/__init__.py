@@ -42,9 +42,11 @@ from optax_gsm._structured import (
 from optax_gsm._tracing import channel_groups
 from optax_gsm._trp import (
   LowRankFactors,
+  LowRankProjectionState,
   NuclearNormState,
   low_rank_decompose,
   low_rank_project,
+  low_rank_projection,
   nuclear_norm,
 )
 
@@ -62,6 +64,7 @@ __all__ = (
     "LeafSparsity",
     "LosslessSettings",
     "LowRankFactors",
+    "LowRankProjectionState",
     "Member",
     "NuclearNormState",
     "PruneReadiness",
@@ -83,6 +86,7 @@ __all__ = (
     "lossless_settings",
     "low_rank_decompose",
     "low_rank_project",
+    "low_rank_projection",
     "magnitude_mask",
     "magnitude_saliency",
     "mask_structures",

@@ -22,6 +22,7 @@ The SVDs have static shapes: singular values past ``r`` are masked, never
 sliced, so everything runs under ``jit``.
 """
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import chex
@@ -111,10 +112,13 @@ def nuclear_subgradient(kernel: jax.Array, energy: Any,
       kernel.dtype)
 
 
-def truncated(kernel: jax.Array, energy: Any, scheme: str) -> jax.Array:
-  """``U_r S_r V_r^T`` of the kernel's matrix view, in the kernel's shape."""
+def truncated(kernel: jax.Array, energy: Any, scheme: str,
+              rank: int | None = None) -> jax.Array:
+  """``U_r S_r V_r^T`` of the kernel's matrix view, in the kernel's shape;
+  ``r`` the energy rank, or ``rank`` when given."""
   u, s, vt = _svd(to_matrix(kernel, scheme))
-  s = jnp.where(jnp.arange(s.shape[0]) < energy_rank(s, energy), s, 0.0)
+  r = energy_rank(s, energy) if rank is None else rank
+  s = jnp.where(jnp.arange(s.shape[0]) < r, s, 0.0)
   return from_matrix((u * s) @ vt, kernel.shape, scheme).astype(kernel.dtype)
 
 
@@ -180,7 +184,9 @@ def nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
 
 def low_rank_project(params: chex.ArrayTree, *, energy: float = 0.9,
                      scheme: str = "channel",
-                     prunable: _prunable.Prunable = None) -> chex.ArrayTree:
+                     prunable: _prunable.Prunable = None,
+                     ranks: Mapping[str, int] | None = None
+                     ) -> chex.ArrayTree:
   """TRP's projection: every prunable kernel replaced by its truncated SVD.
 
   The rank of each kernel is the smallest that keeps ``energy`` of its
@@ -197,14 +203,76 @@ def low_rank_project(params: chex.ArrayTree, *, energy: float = 0.9,
     energy: e in (0, 1].
     scheme: "channel" or "spatial".
     prunable: which kernels (default: Flax kernels).
+    ranks: instead of ``energy``, a fixed rank per kernel path (as
+      `low_rank_decompose` returns them): fine-tuning at fixed ranks.
 
   Returns:
     The params with projected kernels. Jit-compatible.
   """
   _check_energy(energy)
   _check_scheme(scheme)
-  flags, _ = _kernels(params, prunable)
-  return _map_kernels(lambda w: truncated(w, energy, scheme), params, flags)
+  flags, paths = _kernels(params, prunable)
+  leaves, treedef = jax.tree.flatten(params)
+  if ranks is not None:
+    unknown = set(ranks) - {p for p, f in zip(paths, flags) if f}
+    if unknown:
+      raise ValueError(f"`ranks` names no prunable kernel: {sorted(unknown)}.")
+    flags = [f and p in ranks for f, p in zip(flags, paths)]
+  return treedef.unflatten([
+      truncated(w, energy, scheme, None if ranks is None else ranks[p])
+      if f else w for w, f, p in zip(leaves, flags, paths)])
+
+
+class LowRankProjectionState(NamedTuple):
+  """State of `low_rank_projection`: the number of updates so far."""
+  count: chex.Array
+
+
+def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
+                        every: int = 1, prunable: _prunable.Prunable = None,
+                        ranks: Mapping[str, int] | None = None
+                        ) -> optax.GradientTransformation:
+  r"""TRP's projection inside the optimizer: adds ``P(W) - W`` every m steps.
+
+  Put it LAST in the chain, after the learning rate: on steps ``0, m, 2m,
+  ...`` the update ``u`` becomes ``u + P(W) - W``, so ``W <- P(W) + u``.
+  The paper projects before the forward pass, so its gradient is taken at
+  ``P(W)``; here the gradient ``u`` was taken at ``W`` (one step later to
+  see the projection). For the paper's exact order call
+  `low_rank_project` in the training loop instead.
+
+  Args:
+    energy: e in (0, 1].
+    scheme: "channel" or "spatial".
+    every: m >= 1.
+    prunable: which kernels (default: Flax kernels).
+    ranks: fixed ranks per kernel path instead of ``energy``.
+
+  Returns:
+    An ``optax.GradientTransformation`` that needs ``params``.
+  """
+  _check_energy(energy)
+  _check_scheme(scheme)
+  every = _validation.check_int("every", every, low=1)
+
+  def init_fn(params):
+    _kernels(params, prunable)
+    return LowRankProjectionState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("low_rank_projection needs the params: call "
+                       "`update(grads, opt_state, params)`.")
+    projected = low_rank_project(params, energy=energy, scheme=scheme,
+                                 prunable=prunable, ranks=ranks)
+    active = state.count % every == 0
+    updates = jax.tree.map(
+        lambda u, p, w: u + jnp.where(active, p - w, 0).astype(u.dtype),
+        updates, projected, params)
+    return updates, LowRankProjectionState(
+        count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 class LowRankFactors(NamedTuple):

@@ -179,3 +179,29 @@ def test_bad_arguments_are_clear_errors():
   with pytest.raises(ValueError, match="needs the params"):
     tx = optax_gsm.nuclear_norm(1e-3)
     tx.update(params, tx.init(params))
+
+
+def test_projection_in_the_chain_lands_on_the_projection_plus_the_step():
+  params = _params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = optax.chain(optax.sgd(0.1),
+                   optax_gsm.low_rank_projection(energy=0.8, every=2))
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  after = optax.apply_updates(params, updates)
+  projected = optax_gsm.low_rank_project(params, energy=0.8)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b - 0.1, atol=1e-5),
+               after, projected)
+  updates, state = tx.update(grads, state, after)  # step 1: no projection
+  np.testing.assert_allclose(updates["dense"]["kernel"], -0.1, atol=1e-7)
+
+
+def test_fixed_ranks_project_to_exactly_those_ranks():
+  params = _params()
+  projected = optax_gsm.low_rank_project(params, ranks={"dense/kernel": 2})
+  assert np.linalg.matrix_rank(np.asarray(projected["dense"]["kernel"]),
+                               tol=1e-4) == 2
+  np.testing.assert_array_equal(projected["conv"]["kernel"],
+                                params["conv"]["kernel"])
+  with pytest.raises(ValueError, match="names no prunable kernel"):
+    optax_gsm.low_rank_project(params, ranks={"head/kernel": 2})
