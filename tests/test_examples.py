@@ -120,3 +120,26 @@ def test_n_of_m_example_quick_mode(tmp_path):
                                 str(tmp_path)])
   assert record["n_of_m"]["gsm_pruned"] > 0.1
   assert (tmp_path / "mnist_lenet300_2of4_quick.md").exists()
+
+
+def test_path_sgd_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import path_sgd
+  record = path_sgd.main(["--quick", "--out", str(tmp_path)])
+  assert set(record["runs"]) == {"path-sgd", "sgd", "adam"}
+  run = record["runs"]["path-sgd"]
+  # Rescaling the start leaves Path-SGD's curve (almost: float32) alone.
+  gap = max(abs(a - b) for a, b in zip(run["balanced"], run["unbalanced"]))
+  assert gap < 0.02
+  for suffix in (".json", ".md", ".png"):
+    assert (tmp_path / f"mnist_mlp_quick{suffix}").exists()
+
+
+def test_low_rank_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import low_rank
+  record = low_rank.main(["--quick", "--out", str(tmp_path)])
+  assert set(record["ranks"]) == {"Dense_0/kernel", "Dense_1/kernel"}
+  assert record["counts"]["params_after"] < record["counts"]["params_before"]
+  assert all(0.1 < a <= 1.0 for a in record["accuracy"].values())
+  assert (tmp_path / "mnist_lenet300_quick.md").exists()
