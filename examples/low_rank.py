@@ -66,7 +66,8 @@ def markdown(record) -> str:
   lines = [f"# Trained Rank Pruning on MNIST: {record['model']}", "",
            f"Dense: {record['dense']['accuracy']:.4f} "
            f"({record['dense']['steps']} steps); every method then "
-           f"{record['steps']} steps. Ranks {record['ranks']}: decomposed "
+           f"{record['steps']} steps; TRP energy {record['energy']}, lambda "
+           f"{record['strength']}. Ranks {record['ranks']}: decomposed "
            f"kernels {c['params_before']} -> {c['params_after']} params "
            f"({c['params_before'] / c['params_after']:.2f}x), "
            f"{c['macs_before']:.0f} -> {c['macs_after']:.0f} multiply-adds "
@@ -85,6 +86,10 @@ def main(argv=None):
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
   experiment.add_arguments(parser, model="lenet300", steps_per_epoch=150)
+  parser.add_argument("--energy", type=float, default=ENERGY,
+                      help="energy kept by the projection and sub-gradient")
+  parser.add_argument("--strength", type=float, default=STRENGTH,
+                      help="nuclear-norm lambda")
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -94,9 +99,10 @@ def main(argv=None):
   model, trainer, dense, _, dense_record = experiment.dense_stage(setup)
   kernels = DECOMPOSED[args.model]
   trp = optax.chain(
-      optax_gsm.nuclear_norm(STRENGTH, energy=ENERGY, prunable=kernels),
+      optax_gsm.nuclear_norm(args.strength, energy=args.energy,
+                             prunable=kernels),
       setup.sgd(),
-      optax_gsm.low_rank_projection(energy=ENERGY, every=PROJECT_EVERY,
+      optax_gsm.low_rank_projection(energy=args.energy, every=PROJECT_EVERY,
                                     prunable=kernels))
   trained, _, timing = trainer.train(dense, trp, args.epochs, desc="TRP")
   factors, ranks = optax_gsm.low_rank_decompose(
@@ -112,6 +118,7 @@ def main(argv=None):
       jnp.asarray(setup.train[0][:1]),
       on_unknown="unprunable").macs_per_entry
   record = {**setup.record(dense_record), "ranks": ranks,
+            "energy": args.energy, "strength": args.strength,
             "counts": counts(factors, positions),
             "accuracy": {
                 "TRP, trained (full matrices)": trainer.accuracy(trained),
@@ -123,8 +130,9 @@ def main(argv=None):
                     trainer.accuracy(tuned)},
             "trp_seconds_per_step": timing["seconds_per_step"],
             "fine_tune_seconds_per_step": tune_timing["seconds_per_step"]}
+  suffix = "" if args.energy == ENERGY else f"_energy{args.energy}"
   experiment.save(record, markdown(record), args.out,
-                  f"mnist_{args.model}{'_quick' if args.quick else ''}")
+                  f"mnist_{args.model}{suffix}{'_quick' if args.quick else ''}")
   print(markdown(record))
   return record
 

@@ -240,27 +240,37 @@ def markdown(record) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(record, group_names, path):
+def plot(record, path):
+  """Per channel group, the share of channels each method kept; groups
+  inside a block GSM removed are drawn as removed (hatched, at 0)."""
+  import textwrap
+
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  names = record["groups"]
   runs = record["runs"]
-  figure, axes = plt.subplots(len(runs), 1, figsize=(10, 3 * len(runs)),
+  figure, axes = plt.subplots(len(runs), 1, figsize=(10, 3.4 * len(runs)),
                               squeeze=False)
-  positions = np.arange(len(group_names))
+  positions = np.arange(len(names))
   for axis, run in zip(axes[:, 0], runs):
-    axis.bar(positions - 0.2, run["gsm"]["kept_fraction"], 0.4,
-             label="structured GSM")
+    removed = run["gsm"]["blocks_removed"]
+    inside = np.array([any(n.startswith(b + "/") for b in removed)
+                       for n in names])
+    kept = np.where(inside, 0.0, run["gsm"]["kept_fraction"])
+    axis.bar(positions - 0.2, kept, 0.4, label="structured GSM")
+    axis.bar(positions[inside] - 0.2, np.full(inside.sum(), 1.0), 0.4,
+             fill=False, hatch="//", edgecolor="tab:blue",
+             label="block removed by GSM")
     axis.bar(positions + 0.2, run["l1"]["kept_fraction"], 0.4,
              label="L1 uniform")
-    removed = run["gsm"]["blocks_removed"]
-    axis.set_title(f"{record['model']}, {run['reduction']}x fewer FLOPs; "
-                   f"blocks GSM removed: {', '.join(removed) or 'none'}")
+    axis.set_title("\n".join(textwrap.wrap(
+        f"{record['model']}, {run['reduction']}x fewer FLOPs; blocks GSM "
+        f"removed: {', '.join(removed) or 'none'}", 100)), fontsize=9)
     axis.set_ylabel("channels kept")
-    axis.set_xticks(positions, group_names, rotation=45, ha="right",
-                    fontsize=7)
+    axis.set_xticks(positions, names, rotation=45, ha="right", fontsize=7)
     axis.set_ylim(0, 1.05)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -298,6 +308,7 @@ def main(argv=None):
       lambda v, x: predict(model.apply, v["params"], v.get("batch_stats"), x),
       variables, jnp.asarray(setup.train[0][:1]))
   stem = f"mnist_{record['model']}{suffix}"
+  record["groups"] = [g.name for g in groups.channels]
   for reduction in args.reductions:
     gsm_record, small, widths = gsm_stage(setup, trainer, groups, params,
                                           batch_stats, reduction)
@@ -308,8 +319,7 @@ def main(argv=None):
                0.2 if args.quick else 2.0)}
     record["runs"].append(run)
     experiment.save(record, markdown(record), args.out, stem)
-  plot(record, [g.name for g in groups.channels],
-       args.out / f"{stem}_channels.png")
+  plot(record, args.out / f"{stem}_channels.png")
   print(markdown(record))
   return record
 
