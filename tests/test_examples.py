@@ -87,7 +87,8 @@ def test_lenet5_pooling_is_flax_max_pool():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["update_time", "train_step", "inference"])
+@pytest.mark.parametrize("module", ["update_time", "train_step", "inference",
+                                    "width_rounding"])
 def test_benchmarks_quick_mode(module):
   import importlib
   pytest.importorskip("benchmarks._common")

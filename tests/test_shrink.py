@@ -90,3 +90,22 @@ def test_kept_structures_reads_the_optimizer_state():
   np.testing.assert_array_equal(keep.channels[0], state[0].kept.channels[0])
   with pytest.raises(ValueError, match="0 structured GSM states"):
     optax_gsm.kept_structures(optax.sgd(0.1).init(params))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet"])
+def test_round_to_pads_with_zero_channels_and_stays_exact(name):
+  case = structured_cases.case(name)
+  x = jax.random.normal(jax.random.key(4), case.input_shape)
+  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  keep = structured_cases.random_keep(groups, 5)
+  small, widths = optax_gsm.shrink(case.variables, groups, keep, round_to=8)
+  # A multiple of 8, or the whole group (LeNet-5's 20, 50 and 500; the
+  # ResNet's 16, 32 and 64), or 0 for a removed block.
+  for module, width in widths.items():
+    assert width % 8 == 0 or width in (20, 50, 500), (module, width)
+  np.testing.assert_allclose(
+      case.rebuild(widths)(small, x),
+      case.apply(optax_gsm.mask_structures(case.variables, groups, keep), x),
+      atol=1e-5)
+  with pytest.raises(ValueError, match="round_to"):
+    optax_gsm.shrink(case.variables, groups, keep, round_to=0)
