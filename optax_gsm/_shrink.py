@@ -25,7 +25,7 @@ default, and skip blocks of width 0::
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -74,18 +74,88 @@ def _check_keep(groups: _groups.Groups, keep: _groups.StructureMask) -> None:
                        "channels.")
 
 
-def _kept_positions(resolved: _groups.Resolved, keep: _groups.StructureMask,
-                    leaves: list[Any]) -> dict[tuple[int, int], np.ndarray]:
-  """Per (leaf, axis) that some group touches: the positions kept."""
-  kept = {}
-  for members, channels in zip(resolved.channels, keep.channels):
-    channels = np.asarray(channels, bool)
+class ChannelMap(NamedTuple):
+  """How one group's channels become the smaller model's.
+
+  ``target[c]``: the new channel of old channel ``c`` (-1: removed);
+  ``representative[c]``: whether ``c``'s producing entries (``"out"``
+  members) are the new channel's; consuming entries (``"in"``) of every
+  channel with the same target are summed.
+  """
+  target: np.ndarray
+  representative: np.ndarray
+
+
+def _axis_matrix(length: int, claims) -> np.ndarray:
+  """The (old, new) 0/1 matrix of one leaf axis; claims are
+  ``(group, channel_of, ChannelMap, role)`` of the members on it.
+
+  New positions come in the order of their first old position, and a
+  channel's k-th occurrence on the axis (after a flatten: the k-th spatial
+  position) stays apart from its other occurrences.
+  """
+  new_index, pairs, seen = {}, [], {}
+  for p in range(length):
+    claim = next((c for c in claims if c[1][p] >= 0), None)
+    if claim is None:
+      key = ("kept", p)
+    else:
+      group, channel_of, channel_map, role = claim
+      channel = int(channel_of[p])
+      slot = seen.get((group, channel), 0)
+      seen[(group, channel)] = slot + 1
+      target = int(channel_map.target[channel])
+      if target < 0 or (role == "out"
+                        and not channel_map.representative[channel]):
+        continue
+      key = (group, slot, target)
+    pairs.append((p, new_index.setdefault(key, len(new_index))))
+  matrix = np.zeros((length, len(new_index)))
+  for p, q in pairs:
+    matrix[p, q] = 1.0
+  return matrix
+
+
+def reduce_channels(variables: chex.ArrayTree, groups: _groups.Groups,
+                    maps: list[ChannelMap], removed_blocks: np.ndarray
+                    ) -> tuple[chex.ArrayTree, Widths]:
+  """The smaller variables for one `ChannelMap` per group, and the widths:
+  what `shrink` (keep or drop) and `merge_clusters` (sum a cluster into one
+  channel) share."""
+  leaves, treedef = jax.tree.flatten(variables)
+  resolved = _groups.resolve(groups, variables)
+  claims = {}
+  for index, (members, channel_map) in enumerate(zip(resolved.channels,
+                                                     maps)):
     for m in members:
-      here = (m.channel_of < 0) | channels[np.maximum(m.channel_of, 0)]
-      key = (m.leaf, m.axis)
-      kept[key] = kept.get(key, np.ones(np.shape(leaves[m.leaf])[m.axis],
-                                        bool)) & here
-  return kept
+      claims.setdefault((m.leaf, m.axis), []).append(
+          (index, m.channel_of, channel_map, m.role))
+  small = []
+  for index, leaf in enumerate(leaves):
+    value = np.asarray(leaf)
+    for (i, axis), on_axis in claims.items():
+      if i == index:
+        matrix = _axis_matrix(value.shape[axis], on_axis)
+        moved = np.moveaxis(value, axis, -1).astype(np.float64) @ matrix
+        value = np.moveaxis(moved, -1, axis).astype(np.asarray(leaf).dtype)
+    small.append(jnp.asarray(value))
+  paths = _groups.leaf_paths(variables)
+  widths: Widths = {}
+  for members, channel_map in zip(resolved.channels, maps):
+    width = int(np.max(channel_map.target, initial=-1)) + 1
+    for m in members:
+      if m.role == "out" and paths[m.leaf].rsplit("/", 1)[-1] in (
+          "kernel", "embedding"):
+        widths[_module(paths[m.leaf], variables)] = width
+  removed = set()
+  for block, resolved_block, flag in zip(groups.blocks, resolved.blocks,
+                                         np.asarray(removed_blocks, bool)):
+    if flag:
+      widths[block.name] = 0
+      removed.update(resolved_block)
+  if not removed:
+    return treedef.unflatten(small), widths
+  return _without(variables, paths, small, removed), widths
 
 
 def _rounded(keep: _groups.StructureMask,
@@ -145,33 +215,13 @@ def shrink(variables: chex.ArrayTree, groups: _groups.Groups,
   if round_to > 1:
     keep, real = _rounded(keep, round_to)
     variables = _groups.mask_structures(variables, groups, real)
-  leaves, treedef = jax.tree.flatten(variables)
-  resolved = _groups.resolve(groups, variables)
-  kept = _kept_positions(resolved, keep, leaves)
-  removed = set()
-  for block, flag in zip(resolved.blocks, np.asarray(keep.blocks, bool)):
-    if not flag:
-      removed.update(block)
-  small = []
-  for index, leaf in enumerate(leaves):
-    value = np.asarray(leaf)
-    for (i, axis), positions in kept.items():
-      if i == index:
-        value = np.compress(positions, value, axis=axis)
-    small.append(jnp.asarray(value))
-  paths = _groups.leaf_paths(variables)
-  widths: Widths = {}
-  for members, channels in zip(resolved.channels, keep.channels):
-    for m in members:
-      if m.role == "out" and paths[m.leaf].rsplit("/", 1)[-1] in (
-          "kernel", "embedding"):
-        widths[_module(paths[m.leaf], variables)] = int(np.sum(channels))
-  for block, flag in zip(groups.blocks, np.asarray(keep.blocks, bool)):
-    if not flag:
-      widths[block.name] = 0
-  if not removed:
-    return treedef.unflatten(small), widths
-  return _without(variables, paths, small, removed), widths
+  maps = []
+  for kept in keep.channels:
+    kept = np.asarray(kept, bool)
+    maps.append(ChannelMap(target=np.where(kept, np.cumsum(kept) - 1, -1),
+                           representative=kept))
+  return reduce_channels(variables, groups, maps,
+                         ~np.asarray(keep.blocks, bool))
 
 
 def _module(path: str, variables: Any) -> str:
