@@ -8,6 +8,15 @@ from importlib.metadata import PackageNotFoundError, version
 from optax_gsm._batch_stats import recalibrate_batch_stats
 from optax_gsm._bcoo import to_bcoo
 from optax_gsm._compression_ratio import compression_schedule, num_active
+from optax_gsm._csgd import (
+  CentripetalState,
+  Clusters,
+  cluster_channels,
+  cluster_spread,
+  csgd,
+  csgd_sgd,
+  merge_clusters,
+)
 from optax_gsm._fine_tuning import keep_mask
 from optax_gsm._groups import (
   Block,
@@ -57,7 +66,9 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 __all__ = (
     "Block",
+    "CentripetalState",
     "ChannelGroup",
+    "Clusters",
     "GSMState",
     "Groups",
     "LeafReadiness",
@@ -75,7 +86,11 @@ __all__ = (
     "StructuredGSMState",
     "active_mask",
     "channel_groups",
+    "cluster_channels",
+    "cluster_spread",
     "compression_schedule",
+    "csgd",
+    "csgd_sgd",
     "default_prunable",
     "gsm",
     "gsm_sgd",
@@ -90,6 +105,7 @@ __all__ = (
     "magnitude_mask",
     "magnitude_saliency",
     "mask_structures",
+    "merge_clusters",
     "nuclear_norm",
     "num_active",
     "path_kappa",
