@@ -96,6 +96,7 @@ def test_benchmarks_quick_mode(module):
   assert records
 
 
+@pytest.mark.slow
 def test_structured_example_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_gsm
@@ -144,3 +145,14 @@ def test_low_rank_example_quick_mode(tmp_path):
   assert record["counts"]["params_after"] < record["counts"]["params_before"]
   assert all(0.1 < a <= 1.0 for a in record["accuracy"].values())
   assert (tmp_path / "mnist_lenet300_quick.md").exists()
+
+
+@pytest.mark.slow
+def test_csgd_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import csgd
+  record = csgd.main(["--quick", "--out", str(tmp_path)])
+  (run,) = record["runs"]
+  assert run["csgd"]["flops_reduction"] > 1.5
+  assert run["gsm"]["flops_reduction"] >= run["csgd"]["flops_reduction"]
+  assert (tmp_path / "mnist_lenet5_quick.md").exists()
