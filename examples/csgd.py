@@ -20,7 +20,8 @@ rate, ``(1 - sqrt(momentum))**2 / lr`` (the official 3e-3 is for hundreds
 of epochs; here clusters must meet within one budget).
 
     python -m examples.csgd --model lenet5 --ratios 2 4
-    python -m examples.csgd --model resnet20 --ratios 2 4 --batch 64
+    python -m examples.csgd --model resnet20 --ratios 2 4 --batch 64 \
+        --epochs 10 --steps-per-epoch 50 --vector-factor 1
     python -m examples.csgd --quick            # as the tests run it
 
 Writes ``benchmarks/results/csgd/mnist_<model>.{json,md}``.
@@ -45,6 +46,7 @@ def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
   strength = (1 - math.sqrt(experiment.MOMENTUM)) ** 2 / setup.peak_lr
   tx = optax_gsm.csgd_sgd(setup.schedule, clusters,
                           centripetal_strength=strength,
+                          vector_factor=setup.args.vector_factor,
                           weight_decay=experiment.WEIGHT_DECAY,
                           momentum=experiment.MOMENTUM)
   trained, _, timing = trainer.train(params, tx, setup.args.epochs,
@@ -64,6 +66,7 @@ def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
   before, after = optax_gsm.structure_cost(groups, trained, keep, "flops")
   record = {
       "centripetal_strength": strength,
+      "vector_factor": setup.args.vector_factor,
       "accuracy_before_merge": trainer.accuracy(trained, stats),
       "accuracy_merged": merged.accuracy(small["params"],
                                          small.get("batch_stats")),
@@ -105,6 +108,9 @@ def main(argv=None):
       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
   experiment.add_arguments(parser, model="lenet5", steps_per_epoch=150)
   parser.add_argument("--ratios", type=float, nargs="+", default=[2, 4])
+  parser.add_argument("--vector-factor", type=float, default=0.1,
+                      help="share of the centripetal strength for bias and "
+                      "norm parameters (official: 0.1)")
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)

@@ -151,3 +151,18 @@ def test_bad_arguments_are_clear_errors():
     optax_gsm.csgd(clusters, centripetal_strength=float("nan"))
   with pytest.raises(ValueError, match="`method` must be one of"):
     optax_gsm.cluster_channels(params, groups, ratio=2.0, method="random")
+
+
+def test_vector_factor_scales_the_pull_on_biases():
+  _, _, params, _, clusters, loss = _mlp()
+  grads = jax.grad(loss)(params)
+  updates = {}
+  for factor in (0.1, 1.0):
+    tx = optax_gsm.csgd(clusters, centripetal_strength=0.5, momentum=0.0,
+                        vector_factor=factor)
+    updates[factor], _ = tx.update(grads, tx.init(params), params)
+  b, assignment = np.asarray(params["a"]["bias"]), clusters.assignments[0]
+  mean = np.array([b[assignment == c].mean() for c in assignment])
+  np.testing.assert_allclose(
+      updates[1.0]["a"]["bias"][:2] - updates[0.1]["a"]["bias"][:2],
+      0.9 * 0.5 * (b - mean)[:2], rtol=1e-5, atol=1e-7)
