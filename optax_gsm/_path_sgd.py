@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 from jax.extend import core as jex_core
 
-from optax_gsm import _validation
+from optax_gsm import _tracing, _validation
 
 KappaFn = Callable[[chex.ArrayTree], chex.ArrayTree]
 
@@ -57,17 +57,6 @@ _SCALINGS = frozenset({"mul", "div"})
 class _Value(NamedTuple):
   value: Any
   kind: str  # "const", "param" or "act"
-
-
-def _inner(eqn):
-  for value in eqn.params.values():
-    jaxpr = value.jaxpr if isinstance(value, jex_core.ClosedJaxpr) else value
-    if isinstance(jaxpr, jex_core.Jaxpr) and (
-        len(jaxpr.invars) == len(eqn.invars)
-        and len(jaxpr.outvars) == len(eqn.outvars)):
-      consts = value.consts if isinstance(value, jex_core.ClosedJaxpr) else []
-      return jaxpr, consts
-  return None
 
 
 def _is_zero(v: _Value) -> bool:
@@ -92,7 +81,7 @@ def _evaluate(jaxpr, consts, inputs: list[_Value]) -> list[_Value]:
   for eqn in jaxpr.eqns:
     ins = [read(v) for v in eqn.invars]
     name = eqn.primitive.name
-    inner = _inner(eqn)
+    inner = _tracing.inner_jaxpr(eqn)
     if inner is not None:
       outs = _evaluate(inner[0], inner[1], ins)
     elif all(v.kind == "const" for v in ins):

@@ -113,15 +113,14 @@ class _Graph:
 
     for eqn in jaxpr.eqns:
       ins = [read(v) for v in eqn.invars]
-      inner = _inner_jaxpr(eqn)
+      inner = inner_jaxpr(eqn)
       if inner is not None:
+        inner, consts = inner
         closed_consts = []
-        if isinstance(inner, jex_core.ClosedJaxpr):
-          for c in inner.consts:
-            index = self.new(np.shape(c))
-            self.constants.add(index)
-            closed_consts.append(index)
-          inner = inner.jaxpr
+        for c in consts:
+          index = self.new(np.shape(c))
+          self.constants.add(index)
+          closed_consts.append(index)
         outs = self.add(inner, ins, closed_consts)
       else:
         outs = [self.new(v.aval.shape) for v in eqn.outvars]
@@ -131,14 +130,17 @@ class _Graph:
     return [read(v) for v in jaxpr.outvars]
 
 
-def _inner_jaxpr(eqn):
-  """A nested jaxpr with the call's own inputs and outputs, to inline."""
+def inner_jaxpr(eqn):
+  """``(jaxpr, consts)`` of a call to inline (``jit``, ``custom_jvp``,
+  ``custom_vjp``, ``remat``): a nested jaxpr with the call's own inputs and
+  outputs; None for any other equation."""
   for value in eqn.params.values():
-    jaxpr = value.jaxpr if isinstance(value, jex_core.ClosedJaxpr) else value
+    closed = isinstance(value, jex_core.ClosedJaxpr)
+    jaxpr = value.jaxpr if closed else value
     if isinstance(jaxpr, jex_core.Jaxpr) and (
         len(jaxpr.invars) == len(eqn.invars)
         and len(jaxpr.outvars) == len(eqn.outvars)):
-      return value
+      return jaxpr, (value.consts if closed else [])
   return None
 
 
