@@ -98,9 +98,32 @@ def _kernels(params: chex.ArrayTree, prunable):
   return flags, paths
 
 
-def _map_kernels(fn, params, flags):
+def _map_kernels_or_zero(fn, params, flags):
   leaves, treedef = jax.tree.flatten(params)
-  return treedef.unflatten([fn(w) if f else w for w, f in zip(leaves, flags)])
+  return treedef.unflatten([fn(w) if f else jnp.zeros_like(w)
+                            for w, f in zip(leaves, flags)])
+
+
+def _added_every(name, every, prunable, state_type, term):
+  """Adds ``term(params)`` to the updates on steps ``0, every, 2 every, ...``
+  (a ``count`` state); what `nuclear_norm` and `low_rank_projection`
+  share."""
+
+  def init_fn(params):
+    _kernels(params, prunable)
+    return state_type(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(f"{name} needs the params: call "
+                       "`update(grads, opt_state, params)`.")
+    active = state.count % every == 0
+    updates = jax.tree.map(
+        lambda u, t: u + jnp.where(active, t, 0).astype(u.dtype), updates,
+        term(params))
+    return updates, state_type(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def nuclear_subgradient(kernel: jax.Array, energy: Any,
@@ -158,28 +181,15 @@ def nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
   _check_scheme(scheme)
   every = _validation.check_int("every", every, low=1)
 
-  def init_fn(params):
-    _kernels(params, prunable)
-    return NuclearNormState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("nuclear_norm needs the params: call "
-                       "`update(grads, opt_state, params)`.")
+  def term(params):
     flags, _ = _kernels(params, prunable)
-    active = state.count % every == 0
-    leaves, treedef = jax.tree.flatten(params)
-    grads = treedef.flatten_up_to(updates)
-    new = []
-    for g, w, flag in zip(grads, leaves, flags):
-      if flag:
-        g = g + jnp.where(active, strength, 0.0) * nuclear_subgradient(
-            w, energy, scheme).astype(g.dtype)
-      new.append(g)
-    return treedef.unflatten(new), NuclearNormState(
-        count=optax.safe_increment(state.count))
+    return _map_kernels_or_zero(
+        lambda w: strength * nuclear_subgradient(w, energy, scheme), params,
+        flags)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _added_every("nuclear_norm", every, prunable, NuclearNormState,
+                      term)
+
 
 
 def low_rank_project(params: chex.ArrayTree, *, energy: float = 0.9,
@@ -255,24 +265,14 @@ def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
   _check_scheme(scheme)
   every = _validation.check_int("every", every, low=1)
 
-  def init_fn(params):
-    _kernels(params, prunable)
-    return LowRankProjectionState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("low_rank_projection needs the params: call "
-                       "`update(grads, opt_state, params)`.")
+  def term(params):
     projected = low_rank_project(params, energy=energy, scheme=scheme,
                                  prunable=prunable, ranks=ranks)
-    active = state.count % every == 0
-    updates = jax.tree.map(
-        lambda u, p, w: u + jnp.where(active, p - w, 0).astype(u.dtype),
-        updates, projected, params)
-    return updates, LowRankProjectionState(
-        count=optax.safe_increment(state.count))
+    return jax.tree.map(lambda p, w: p - w, projected, params)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _added_every("low_rank_projection", every, prunable,
+                      LowRankProjectionState, term)
+
 
 
 class LowRankFactors(NamedTuple):
