@@ -27,7 +27,6 @@ of epochs; here clusters must meet within one budget).
 Writes ``benchmarks/results/csgd/mnist_<model>.{json,md}``.
 """
 
-import argparse
 import math
 import pathlib
 
@@ -102,11 +101,7 @@ def markdown(record) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-  experiment.add_arguments(parser, model="lenet5", steps_per_epoch=150)
+  parser = experiment.parser(__doc__, model="lenet5", steps_per_epoch=150)
   parser.add_argument("--ratios", type=float, nargs="+", default=[2, 4])
   parser.add_argument("--vector-factor", type=float, default=0.1,
                       help="share of the centripetal strength for bias and "

@@ -34,6 +34,17 @@ MODELS = {
 }
 
 
+def parser(doc: str, **defaults) -> argparse.ArgumentParser:
+  """A script's parser: its docstring's first paragraph as the description,
+  the rest as the epilog, and `add_arguments` with ``defaults``."""
+  result = argparse.ArgumentParser(
+      description=doc.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="\n\n".join(doc.split("\n\n")[1:]))
+  add_arguments(result, **defaults)
+  return result
+
+
 def add_arguments(parser: argparse.ArgumentParser, *, model: str,
                   epochs: int = 10, steps_per_epoch: int = 100,
                   batch: int = 128) -> None:

@@ -20,7 +20,6 @@ For LeNet-300-100 or LeNet-5 (every kernel but the classifier):
 Writes ``benchmarks/results/low_rank/mnist_<model>.{json,md}``.
 """
 
-import argparse
 import pathlib
 
 import jax
@@ -81,11 +80,7 @@ def markdown(record) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-  experiment.add_arguments(parser, model="lenet300", steps_per_epoch=150)
+  parser = experiment.parser(__doc__, model="lenet300", steps_per_epoch=150)
   parser.add_argument("--energy", type=float, default=ENERGY,
                       help="energy kept by the projection and sub-gradient")
   parser.add_argument("--strength", type=float, default=STRENGTH,

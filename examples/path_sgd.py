@@ -14,7 +14,6 @@ test error at the end and the largest gap between its two curves.
 Writes ``benchmarks/results/path_sgd/mnist_mlp.{json,md,png}``.
 """
 
-import argparse
 import pathlib
 
 import jax
@@ -89,11 +88,7 @@ def plot(record, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-  experiment.add_arguments(parser, model="mlp", epochs=20,
+  parser = experiment.parser(__doc__, model="mlp", epochs=20,
                            steps_per_epoch=100)
   parser.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000])
   parser.add_argument("--scale", type=float, default=SCALE)

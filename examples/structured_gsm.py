@@ -35,7 +35,6 @@ Writes ``benchmarks/results/structured/mnist_<model>.json``, a Markdown
 table and a PNG of the channels each method kept beside it.
 """
 
-import argparse
 import json
 import pathlib
 
@@ -277,11 +276,7 @@ def plot(record, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-  experiment.add_arguments(parser, model="resnet20")
+  parser = experiment.parser(__doc__, model="resnet20")
   parser.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
   parser.add_argument("--n-of-m", type=int, nargs=2, default=None,
                       help="2:4 GSM on LeNet-300-100 instead")
