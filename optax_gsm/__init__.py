@@ -30,7 +30,6 @@ from optax_gsm._gsm import GSMState, StructuredGSMState, gsm, gsm_sgd
 from optax_gsm._lossless import LosslessSettings, lossless_settings
 from optax_gsm._optimizer_state import active_mask
 from optax_gsm._path_sgd import (
-  ScaleByPathNormState,
   path_kappa,
   path_sgd,
   scale_by_path_norm,
@@ -79,7 +78,6 @@ __all__ = (
     "Member",
     "NuclearNormState",
     "PruneReadiness",
-    "ScaleByPathNormState",
     "Selection",
     "SparsityReport",
     "StructureMask",

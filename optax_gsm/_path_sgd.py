@@ -155,10 +155,6 @@ def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
   return kappa
 
 
-class ScaleByPathNormState(NamedTuple):
-  """`scale_by_path_norm` keeps no state."""
-
-
 def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
                        apply_fn: Callable[..., Any] | None = None,
                        example_input: jax.Array | None = None,
@@ -186,7 +182,7 @@ def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
 
   def init_fn(params):
     del params
-    return ScaleByPathNormState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     if params is None:
