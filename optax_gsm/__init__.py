@@ -27,6 +27,7 @@ from optax_gsm._groups import (
   mask_structures,
 )
 from optax_gsm._gsm import GSMState, StructuredGSMState, gsm, gsm_sgd
+from optax_gsm._lasso import LassoLayer, LassoReport, lasso_channel_prune
 from optax_gsm._lossless import LosslessSettings, lossless_settings
 from optax_gsm._optimizer_state import active_mask
 from optax_gsm._path_sgd import (
@@ -70,6 +71,8 @@ __all__ = (
     "Clusters",
     "GSMState",
     "Groups",
+    "LassoLayer",
+    "LassoReport",
     "LeafReadiness",
     "LeafSparsity",
     "LosslessSettings",
@@ -95,6 +98,7 @@ __all__ = (
     "keep_mask",
     "kept_structures",
     "kth_largest",
+    "lasso_channel_prune",
     "load_sparse",
     "lossless_settings",
     "low_rank_decompose",
