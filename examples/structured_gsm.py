@@ -52,12 +52,12 @@ RESULTS = experiment.RESULTS / "structured"
 CALIBRATION_STEPS = 30  # bisection steps of the baseline's uniform share
 
 
-def l1_uniform_keep(groups, params, keep_fraction):
-  """Li et al.: per group, the channels with the largest sum of |w| over
-  their output filters; the same share kept in every group."""
+def l1_keep(groups, params, counts):
+  """Li et al.: per group, the ``counts[i]`` channels with the largest sum
+  of |w| over their output filters."""
   leaves = dict(zip(_paths(params), jax.tree.leaves(params)))
   channels = []
-  for group in groups.channels:
+  for group, count in zip(groups.channels, counts):
     norms = np.zeros(group.size)
     for member in group.members:
       leaf = leaves.get(member.path.partition("/")[2])
@@ -65,7 +65,6 @@ def l1_uniform_keep(groups, params, keep_fraction):
           member.path.endswith("kernel")):
         moved = np.moveaxis(np.abs(np.asarray(leaf)), member.axis, 0)
         norms += moved.reshape(moved.shape[0], -1).sum(1)
-    count = max(1, round(keep_fraction * group.size))
     kept = np.zeros(group.size, bool)
     kept[np.argsort(-norms, kind="stable")[:count]] = True
     channels.append(kept)
@@ -73,21 +72,34 @@ def l1_uniform_keep(groups, params, keep_fraction):
                                  np.ones(len(groups.blocks), bool))
 
 
+def l1_uniform_keep(groups, params, keep_fraction):
+  """`l1_keep` with the same share kept in every group."""
+  return l1_keep(groups, params, [max(1, round(keep_fraction * g.size))
+                                  for g in groups.channels])
+
+
 def _paths(tree):
   return ["/".join(str(getattr(k, "key", k)) for k in path)
           for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def l1_uniform_for(groups, params, reduction):
-  """The uniform keep fraction that reaches the FLOPs reduction."""
+def share_for(groups, params, reduction, keep_for):
+  """The largest uniform share (bisection) whose `StructureMask`
+  ``keep_for(share)`` still reaches the FLOPs reduction."""
   low, high = 0.0, 1.0
   for _ in range(CALIBRATION_STEPS):
     middle = (low + high) / 2
-    before, after = optax_gsm.structure_cost(
-        groups, params, l1_uniform_keep(groups, params, middle), "flops")
+    before, after = optax_gsm.structure_cost(groups, params,
+                                             keep_for(middle), "flops")
     low, high = (middle, high) if before / after > reduction else (
         low, middle)
-  return l1_uniform_keep(groups, params, low)
+  return low
+
+
+def l1_uniform_for(groups, params, reduction):
+  """The uniform keep fraction that reaches the FLOPs reduction."""
+  keep_for = lambda share: l1_uniform_keep(groups, params, share)
+  return keep_for(share_for(groups, params, reduction, keep_for))
 
 
 def shrunk_accuracy(setup, variables, groups, keep):

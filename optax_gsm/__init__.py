@@ -27,7 +27,12 @@ from optax_gsm._groups import (
   mask_structures,
 )
 from optax_gsm._gsm import GSMState, StructuredGSMState, gsm, gsm_sgd
-from optax_gsm._lasso import LassoLayer, LassoReport, lasso_channel_prune
+from optax_gsm._lasso import (
+    LassoLayer,
+    LassoReport,
+    lasso_channel_prune,
+    lasso_prunable,
+)
 from optax_gsm._lossless import LosslessSettings, lossless_settings
 from optax_gsm._optimizer_state import active_mask
 from optax_gsm._path_sgd import (
@@ -99,6 +104,7 @@ __all__ = (
     "kept_structures",
     "kth_largest",
     "lasso_channel_prune",
+    "lasso_prunable",
     "load_sparse",
     "lossless_settings",
     "low_rank_decompose",

@@ -201,6 +201,40 @@ def select_channels(gram: jax.Array, correlation: jax.Array, count: int,
   return kept, low
 
 
+def _is_kernel(member: _groups.Member) -> bool:
+  return member.path.rsplit("/", 1)[-1] in _KERNELS
+
+
+def _unprunable_reason(group: _groups.ChannelGroup) -> str | None:
+  """Why LASSO pruning cannot remove this group's channels (None: it can)."""
+  producers = sum(m.role == "out" and _is_kernel(m) for m in group.members)
+  if producers != 1:
+    return (f"{producers} layers produce these channels (a residual stream "
+            "joined by adds): removing one drops it from the identity "
+            "shortcuts too, which no layer reconstructs")
+  if not any(m.role == "in" and _is_kernel(m) for m in group.members):
+    return "no Dense or Conv layer reads these channels"
+  return None
+
+
+def lasso_prunable(groups: _groups.Groups) -> tuple[str, ...]:
+  """The channel groups `lasso_channel_prune` can prune: made by one Dense
+  or Conv (not a residual stream) and read by at least one.
+
+  Example::
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, optax_gsm
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((1, 4))
+    >>> variables = model.init(jax.random.key(0), x)
+    >>> optax_gsm.lasso_prunable(
+    ...     optax_gsm.channel_groups(model.apply, variables, x))
+    ('layers_0',)
+  """
+  return tuple(g.name for g in groups.channels
+               if _unprunable_reason(g) is None)
+
+
 class _Consumer(NamedTuple):
   """One layer reading a group: its kernel leaf and program op."""
   leaf: int
@@ -239,17 +273,10 @@ def _targets(groups: _groups.Groups, resolved: _groups.Resolved,
             f"{group.size} channels (allowed: 1 to {group.size}).")
     else:
       count = max(1, int(round(keep * group.size)))
-    producers = [m for m in members if m.role == "out"
-                 and paths[m.leaf].rsplit("/", 1)[-1] in _KERNELS]
-    readers = [m for m in members if m.role == "in"
-               and paths[m.leaf].rsplit("/", 1)[-1] in _KERNELS]
-    reason = None
-    if len(producers) != 1:
-      reason = (f"{len(producers)} layers produce these channels (a residual "
-                "stream joined by adds): removing one drops it from the "
-                "identity shortcuts too, which no layer reconstructs")
-    elif not readers:
-      reason = "no Dense or Conv layer reads these channels"
+    readers = [m for m in members
+               if m.role == "in" and paths[m.leaf].rsplit("/", 1)[-1]
+               in _KERNELS]
+    reason = _unprunable_reason(group)
     consumers = []
     for member in readers if reason is None else []:
       layers = program.layers(member.leaf)

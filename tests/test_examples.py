@@ -156,3 +156,19 @@ def test_csgd_example_quick_mode(tmp_path):
   assert run["csgd"]["flops_reduction"] > 1.5
   assert run["gsm"]["flops_reduction"] >= run["csgd"]["flops_reduction"]
   assert (tmp_path / "mnist_lenet5_quick.md").exists()
+
+
+@pytest.mark.slow
+def test_lasso_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import lasso_channel
+  record = lasso_channel.main(["--quick", "--out", str(tmp_path)])
+  (run,) = record["runs"]
+  lasso = run["lasso"]
+  # The calibrated widths reach the FLOPs target (within 10%), and each
+  # layer's reconstruction is a fit, not noise.
+  assert 1.8 < lasso["flops_reduction"] < 2.2
+  assert all(layer["relative_error"] < 0.5 for layer in lasso["layers"])
+  assert lasso["accuracy_pruned"] > 0.1 and run["l1"]["accuracy_pruned"] > 0
+  assert run["inference"]["shrunk_batch256_ms"] > 0
+  assert (tmp_path / "mnist_lenet5_quick.md").exists()
