@@ -473,3 +473,53 @@ def test_update_equations_property(shapes, ratio, grad_kind, nesterov,
   flat = np.concatenate([s.ravel() for s in scores])
   assert flat[selected].min(initial=np.inf) >= flat[~selected].max(
       initial=-np.inf)
+
+
+def _cold(opt_state):
+  """``opt_state`` with every GSM search hint reset: a cold search."""
+  is_state = lambda node: isinstance(node, optax_gsm.GSMState)
+  return jax.tree.map(
+      lambda node: node._replace(search_hint=_selection_cold_hint())
+      if is_state(node) else node, opt_state, is_leaf=is_state)
+
+
+def _selection_cold_hint():
+  from optax_gsm import _selection
+  return _selection.cold_hint()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "ties", "non_finite"])
+def test_warm_started_search_gives_the_cold_mask_at_every_step(kind):
+  """200 steps of a drifting model, the ratio changed twice under
+  inject_hyperparams: the warm mask is the cold one, with exactly Q."""
+  rng = np.random.default_rng(0)
+  params = {"a": jnp.asarray(rng.normal(size=(40, 30)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(20, 30)), jnp.float32)}
+  tx = optax.inject_hyperparams(optax_gsm.gsm)(compression_ratio=10.0,
+                                               momentum=0.9)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for step in range(200):
+    grads = jax.tree.map(
+        lambda w: jnp.asarray(rng.normal(size=w.shape), jnp.float32), params)
+    if kind == "ties":  # few distinct scores: most of the cut is a tie
+      grads = jax.tree.map(lambda g: jnp.round(g * 2) / 2, grads)
+      params = jax.tree.map(lambda w: jnp.sign(w) + 0.0, params)
+    if kind == "non_finite" and step % 3 == 0:
+      grads["b"] = grads["b"].at[:2].set(jnp.nan).at[2, :10].set(jnp.inf)
+    if step in (80, 150):
+      state.hyperparams["compression_ratio"] = jnp.asarray(
+          {80: 4.0, 150: 20.0}[step])
+    warm_updates, warm_state = update(grads, state, params)
+    _, cold_state = update(grads, _cold(state), params)
+    chex.assert_trees_all_equal(warm_state.inner_state.mask,
+                                cold_state.inner_state.mask)
+    expected = int(warm_state.inner_state.num_active)
+    active = sum(int(m.sum()) for m in jax.tree.leaves(
+        warm_state.inner_state.mask))
+    assert active == expected == round(1800 / float(
+        state.hyperparams["compression_ratio"]))
+    state = warm_state
+    params = optax.apply_updates(params, jax.tree.map(
+        lambda u: jnp.nan_to_num(-0.01 * u), warm_updates))
+  assert int(state.inner_state.search_hint.q) == expected
