@@ -35,6 +35,7 @@ def batches_of(images, size=128):
   return [images[i:i + size] for i in range(0, len(images) - size + 1, size)]
 
 
+@pytest.mark.slow
 def test_statistics_are_the_mean_of_per_batch_statistics():
   images, _ = digits()
   model = BNCNN()
@@ -59,6 +60,7 @@ def test_statistics_are_the_mean_of_per_batch_statistics():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_pruned_bn_cnn_gets_its_accuracy_back():
   images, labels = digits()
   train, test = slice(0, 1400), slice(1400, None)

@@ -12,6 +12,7 @@ models = pytest.importorskip("examples.models")
 sparse_inference = pytest.importorskip("examples.sparse_inference")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["LeNet300100", "LeNet5"])
 def test_bcoo_forward_equals_dense_pruned_forward(name):
   model = getattr(models, name)()

@@ -52,6 +52,7 @@ def _numpy_direction(params, grads, clusters, eps, decay):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_update_matches_numpy(jit):
   _, _, params, _, clusters, loss = _mlp()
@@ -93,6 +94,7 @@ def _identical(variables, groups, clusters):
   return treedef.unflatten([jnp.asarray(w) for w in leaves])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet"])
 def test_merge_of_identical_clusters_is_exact(name):
   case = structured_cases.case(name)
@@ -109,6 +111,7 @@ def test_merge_of_identical_clusters_is_exact(name):
                              case.apply(variables, x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_pulls_clusters_together():
   model, x, params, _, clusters, loss = _mlp()
   before = optax_gsm.cluster_spread(params, clusters)
@@ -153,6 +156,7 @@ def test_bad_arguments_are_clear_errors():
     optax_gsm.cluster_channels(params, groups, ratio=2.0, method="random")
 
 
+@pytest.mark.slow
 def test_vector_factor_scales_the_pull_on_biases():
   _, _, params, _, clusters, loss = _mlp()
   grads = jax.grad(loss)(params)

@@ -30,6 +30,7 @@ def _numpy_bounded(scores, q, low, high):
   return [k.reshape(s.shape) for k, s in zip(kept, scores)]
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_bounded_selection_matches_numpy(data):
@@ -56,6 +57,7 @@ def _params():
                                          jnp.float32)}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_gsm_keeps_small_layers_alive(jit):
   params = _params()
@@ -80,6 +82,7 @@ def test_gsm_keeps_small_layers_alive(jit):
   jax.tree.map(np.testing.assert_array_equal, direct, mask)
 
 
+@pytest.mark.slow
 def test_max_density_caps_a_leaf():
   params = _params()
   caps = {"first": {"kernel": None}, "big": {"kernel": 0.5},

@@ -5,6 +5,7 @@ import pytest
 pytest.importorskip("examples.models")
 
 
+@pytest.mark.slow
 def test_quickstart_quick_mode_trains_and_prunes(capsys):
   pytest.importorskip("sklearn")
   from examples import quickstart
@@ -27,6 +28,7 @@ def mnist_or_skip():
   return mnist_gsm
 
 
+@pytest.mark.slow
 def test_mnist_pipeline_on_tiny_data(tmp_path):
   mnist_gsm = mnist_or_skip()
   # Lottery tickets are left to the slow test: two more compiled stages.
@@ -124,6 +126,7 @@ def test_n_of_m_example_quick_mode(tmp_path):
   assert (tmp_path / "mnist_lenet300_2of4_quick.md").exists()
 
 
+@pytest.mark.slow
 def test_path_sgd_example_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import path_sgd
@@ -137,6 +140,7 @@ def test_path_sgd_example_quick_mode(tmp_path):
     assert (tmp_path / f"mnist_mlp_quick{suffix}").exists()
 
 
+@pytest.mark.slow
 def test_low_rank_example_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import low_rank

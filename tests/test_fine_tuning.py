@@ -39,6 +39,7 @@ def fine_tune(tx, params, loss, steps=20):
   return params
 
 
+@pytest.mark.slow
 def test_keep_mask_keeps_pruned_entries_exactly_zero_under_adamw():
   params, loss = problem()
   pruned, mask = optax_gsm.prune(params, 8.0)
@@ -54,6 +55,7 @@ def test_keep_mask_keeps_pruned_entries_exactly_zero_under_adamw():
       optax_gsm.sparsity_report(pruned).prunable_nonzero)
 
 
+@pytest.mark.slow
 def test_fresh_gsm_on_a_pruned_model_keeps_its_zeros_inactive():
   # Kernel entries with zero gradient (dead inputs) tie at score 0 with the
   # pruned zeros; the tie goes to the existing weights.

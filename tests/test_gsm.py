@@ -171,6 +171,7 @@ class GSMTest(chex.TestCase):
     assert np.all(np.abs(ratio) < 0.6)
     assert np.all(paper[~mask] / params["w"][~mask] > 0.85)
 
+  @pytest.mark.slow
   def test_jit_and_no_jit_agree(self):
     tx = optax_gsm.gsm_sgd(0.05, COMPRESSION, nesterov=True,
                            weight_decay=1e-3, freeze_mask_at=2)
@@ -201,6 +202,7 @@ class GSMTest(chex.TestCase):
     with pytest.raises(ValueError, match="needs the params"):
       tx.update(params, tx.init(params))
 
+  @pytest.mark.slow
   def test_composes_with_clip_by_global_norm(self):
     tx = optax.chain(optax.clip_by_global_norm(0.1),
                      optax_gsm.gsm(COMPRESSION),
@@ -216,6 +218,7 @@ class GSMTest(chex.TestCase):
     mask = optax.tree_utils.tree_get(state, "mask")
     assert int(mask["dense"]["kernel"].sum() + mask["conv"]["kernel"].sum()) == Q
 
+  @pytest.mark.slow
   def test_inject_hyperparams_matches_constant(self):
     data = batches(5)
     plain, _, plain_masks = run_optax(
@@ -337,6 +340,7 @@ class GSMTest(chex.TestCase):
 
 class FlaxTest(chex.TestCase):
 
+  @pytest.mark.slow
   def test_linen_training_loop(self):
     class MLP(nn.Module):
       @nn.compact
@@ -432,6 +436,7 @@ def traced_gsm_update(grads, params, momentum_in, ratio, passive_weight_decay,
     passive_weight_decay=st.sampled_from([ETA, 0.0, 0.3]),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.slow
 def test_update_equations_property(shapes, ratio, grad_kind, nesterov,
                                    passive_weight_decay, seed):
   rng = np.random.default_rng(seed)

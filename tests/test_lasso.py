@@ -117,6 +117,7 @@ def _sparse_consumer(kind):
   return model, variables, x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_end_to_end_recovers_the_subset_exactly(kind):
   model, variables, x = _sparse_consumer(kind)
@@ -135,6 +136,7 @@ def test_end_to_end_recovers_the_subset_exactly(kind):
                              model.apply(variables, x[:8]), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_reconstruction_error_falls_with_kept_channels():
   model = nn.Sequential([nn.Dense(12), nn.relu, nn.Dense(6), nn.relu,
                          nn.Dense(3)])
@@ -156,6 +158,7 @@ def _resnet():
   return cases.linen_case("resnet")
 
 
+@pytest.mark.slow
 def test_residual_network_everything_kept_is_the_same_model():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (160, 8, 8, 3))
@@ -170,6 +173,7 @@ def test_residual_network_everything_kept_is_the_same_model():
                              atol=1e-3)
 
 
+@pytest.mark.slow
 def test_residual_network_reconstruction_beats_removal_alone():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (100, 8, 8, 3))
@@ -198,6 +202,7 @@ class _NnxNet(nnx.Module):
     return self.head(nnx.relu(self.conv2(x)).mean((1, 2)))
 
 
+@pytest.mark.slow
 def test_nnx_model():
   model = _NnxNet(rngs=nnx.Rngs(0))
   model.eval()
@@ -258,6 +263,7 @@ def test_too_few_samples():
                                   keep=1.0)
 
 
+@pytest.mark.slow
 def test_residual_stream_cannot_be_named():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (8, 8, 8, 3))

@@ -72,6 +72,7 @@ def test_gsm_sgd_total_steps_is_gsm_sgd_with_the_derived_values():
   np.testing.assert_array_equal(run(by_budget)["w"], run(explicit)["w"])
 
 
+@pytest.mark.slow
 def test_the_default_prunes_losslessly_where_the_paper_recipe_does_not():
   # Real data (sklearn digits), a 64-64-10 MLP at 8x, 400 steps.
   datasets = pytest.importorskip("sklearn.datasets")

@@ -27,6 +27,7 @@ def _numpy_n_of_m(scores, n, m):
   return out.reshape(scores.shape)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_mask_matches_numpy_with_ties(data):

@@ -43,6 +43,7 @@ def setup_multi_transform(num_steps=3):
   return params, state
 
 
+@pytest.mark.slow
 def test_prune_after_multi_transform_ranks_what_gsm_ranked():
   params, state = setup_multi_transform()
   num_gsm = 16 * 32 + 32 * 8
@@ -108,6 +109,7 @@ def test_bad_uses_are_clear_errors():
     optax_gsm.prune(params, optax.linear_schedule(1.0, 4.0, 10))
 
 
+@pytest.mark.slow
 def test_nnx_optimizer_state_drives_the_prune():
   from flax import nnx
 

@@ -68,6 +68,7 @@ def _rescaled(params, unit, c):
   return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_update_is_invariant_to_rescaling_a_unit_and_sgd_is_not(jit):
   params = _params(1)

@@ -36,6 +36,7 @@ def scan_params():
       "params"]
 
 
+@pytest.mark.slow
 def test_flax_names_decide_not_rank_on_a_scan_stacked_model():
   params = scan_params()
   assert params["ScanBlock_0"]["Dense_0"]["bias"].shape == (4, 8)

@@ -143,6 +143,7 @@ SHAPE_SETS = (
     palette=st.sampled_from(["continuous", "few_values", "zeros"]),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.slow
 def test_exact_q_property(shapes, q_fraction, palette, seed):
   rng = np.random.default_rng(seed)
   leaves = []

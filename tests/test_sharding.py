@@ -48,6 +48,7 @@ def gathered_sizes(compiled_text):
   return sizes
 
 
+@pytest.mark.slow
 def test_sharded_update_matches_single_device_and_gathers_no_parameter():
   params = make_params()
   grads = make_params(seed=1)
@@ -88,6 +89,7 @@ def test_eager_init_places_the_mask_like_the_params():
 @pytest.mark.parametrize("spec", [P(None, "model"), P("data", "model"),
                                   P("data", None)],
                          ids=["model", "data-model", "fsdp"])
+@pytest.mark.slow
 def test_whole_update_gathers_nothing_parameter_sized(spec):
   # Regression: the sample's scattered gather and the tie-break's cumsum
   # all-gathered whole key leaves at the top level of every update.

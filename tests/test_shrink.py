@@ -11,6 +11,7 @@ from optax_gsm import _groups
 from tests import structured_cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", structured_cases.CASES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_small_model_equals_masked_big_model(name, seed):
@@ -33,6 +34,7 @@ def test_small_model_equals_masked_big_model(name, seed):
         assert small_shapes[member.path][member.axis] == int(np.sum(kept))
 
 
+@pytest.mark.slow
 def test_removed_block_disappears_and_width_zero():
   case = structured_cases.case("resnet")
   x = jnp.ones(case.input_shape)
@@ -52,6 +54,7 @@ def test_removed_block_disappears_and_width_zero():
       atol=1e-5)
 
 
+@pytest.mark.slow
 def test_keeping_everything_is_the_identity():
   case = structured_cases.case("lenet5")
   x = jnp.ones(case.input_shape)
@@ -76,6 +79,7 @@ def test_keep_of_the_wrong_shape_is_an_error():
         (np.ones(300, bool), np.ones(99, bool)), np.ones(0, bool)))
 
 
+@pytest.mark.slow
 def test_kept_structures_reads_the_optimizer_state():
   case = structured_cases.case("mlp")
   x = jnp.ones(case.input_shape)
@@ -92,6 +96,7 @@ def test_kept_structures_reads_the_optimizer_state():
     optax_gsm.kept_structures(optax.sgd(0.1).init(params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lenet5", "resnet"])
 def test_round_to_pads_with_zero_channels_and_stays_exact(name):
   case = structured_cases.case(name)

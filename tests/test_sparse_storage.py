@@ -80,6 +80,7 @@ class LeNet300100(nn.Module):
     return nn.Dense(10)(nn.relu(nn.Dense(100)(x)))
 
 
+@pytest.mark.slow
 def test_pruned_lenet300_is_over_40x_smaller_than_its_msgpack(tmp_path):
   params = LeNet300100().init(jax.random.PRNGKey(0),
                               jnp.ones((1, 784)))["params"]

@@ -41,6 +41,7 @@ def _numpy_scores(params, grads, kind):
   return np.concatenate(scores)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["taylor", "magnitude"])
 def test_structure_scores_match_numpy(mlp, kind):
   groups, params, loss = mlp
@@ -85,6 +86,7 @@ def _numpy_select(scores, costs, sizes, budget, kept_cost):
   return kept
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_selection_is_the_budgeted_prefix_of_the_ranking(data):
@@ -120,6 +122,7 @@ def _steps(tx, params, loss, count, jit):
   return params, state
 
 
+@pytest.mark.slow
 def test_update_matches_a_numpy_reference(mlp):
   groups, params, loss = mlp
   beta, decay, passive, lr = 0.9, 1e-3, 5e-2, 0.1
@@ -161,6 +164,7 @@ def test_update_matches_a_numpy_reference(mlp):
                  params, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cost", ["params", "flops"])
 def test_members_move_together_and_budget_holds(cost):
   case = structured_cases.case("resnet")

@@ -117,6 +117,7 @@ def test_resnet_groups_join_residual_adds_and_projection_shortcuts():
   assert groups.unprunable == (("head", "model output"),)
 
 
+@pytest.mark.slow
 def test_nnx_groups_and_block():
   _, groups = _trace("nnx")
   members, _ = _summary(groups)
