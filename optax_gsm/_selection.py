@@ -383,14 +383,26 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array,
   return search, SearchHint(threshold=search.low, q=q, drift=drift)
 
 
-def _row_major_index(shape: tuple[int, ...]) -> jax.Array:
-  """Each entry's flat row-major index (int32), built from per-axis iotas so
-  that it is computed shard by shard on a sharded leaf."""
-  index = jnp.zeros(shape, _INT32)
+def _before(shape: tuple[int, ...], position: jax.Array) -> jax.Array:
+  """Bool of ``shape``: the entries whose row-major index is below
+  ``position`` (0 to the size).
+
+  Compared digit by digit against per-axis iotas, never as a flat index: a
+  flat index array has no operand that varies in the tie-break's loop, so
+  XLA would hoist it out of the loop and keep a whole int32 copy of every
+  leaf alive; iotas are rebuilt in place, and split shard by shard on a
+  sharded leaf.
+  """
+  size = int(np.prod(shape, dtype=np.int64))
+  less = jnp.zeros(shape, bool)
+  equal = jnp.ones(shape, bool)
   for axis in range(len(shape)):
     stride = int(np.prod(shape[axis + 1:], dtype=np.int64))
-    index = index + lax.broadcasted_iota(_INT32, shape, axis) * stride
-  return index
+    digit = (position // stride) % shape[axis]
+    along = lax.broadcasted_iota(_INT32, shape, axis)
+    less = less | (equal & (along < digit))
+    equal = equal & (along == digit)
+  return less | (position >= size)
 
 
 def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
@@ -414,7 +426,7 @@ def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
   take_in_cut = to_take - (cumulative[cut] - tie_counts[cut])
 
   def ties_before(m):
-    counts = [jnp.sum((k == threshold) & (_row_major_index(k.shape) < m),
+    counts = [jnp.sum((k == threshold) & _before(k.shape, m),
                       dtype=_INT32) for k in keys]
     return jnp.sum(jnp.where(jnp.arange(len(keys)) == cut,
                              jnp.stack(counts), 0))
@@ -428,15 +440,15 @@ def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
   steps = max(1, int(np.ceil(np.log2(sizes.max() + 1))))
   _, end = lax.fori_loop(0, steps, halve, (
       jnp.asarray(0, _INT32), jnp.asarray(sizes, _INT32)[cut]))
-  masks = []
+  masks, before_end = [], {}
   for leaf, k in enumerate(keys):
-    # Per leaf only scalars differ: all ties before the cut leaf, those
-    # before `end` in it, none after.
-    limit = jnp.where(leaf < cut, _MAX_KEY,
-                      jnp.where(leaf == cut, end, 0))
-    limit = jnp.where(to_take <= 0, 0, limit)
+    # All ties of a leaf before the cut leaf, those before `end` in it,
+    # none after; `end`'s comparison is built once per leaf shape.
+    if k.shape not in before_end:
+      before_end[k.shape] = _before(k.shape, end)
+    taken = (leaf < cut) | ((leaf == cut) & before_end[k.shape])
     masks.append((k > threshold)
-                 | ((k == threshold) & (_row_major_index(k.shape) < limit)))
+                 | ((k == threshold) & taken & (to_take > 0)))
   return masks
 
 
