@@ -26,7 +26,11 @@ For one model and one or more compression ratios:
      quarter of the GSM steps, then as ``paper``;
 3. baselines on the same data and budget: one-shot global magnitude pruning
    of the dense model, without and with fine-tuning (Han et al. 2015,
-   ``--magnitude-rounds`` rounds of prune + fine-tune);
+   ``--magnitude-rounds`` rounds of prune + fine-tune); gradual magnitude
+   pruning (Zhu & Gupta 2017, ``examples/gradual_magnitude.py``) from the
+   dense model on the GSM schedule with momentum 0.9: cubic ramp over
+   ``--gmp-ramp`` of the steps, the mask updated every ``--gmp-every``
+   epochs, ``--gmp-scope`` global or per layer;
 4. lottery tickets: the GSM mask and the one-shot magnitude mask, each
    applied to the dense model's initialisation and retrained with the mask
    fixed (the dense schedule).
@@ -69,6 +73,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_gsm
+from examples.gradual_magnitude import gradual_magnitude_pruning
 from examples.mnist_data import load_mnist, normalise
 from examples.models import MNIST_MODELS
 from examples.training import Trainer
@@ -196,6 +201,28 @@ def run_magnitude(trainer, dense_params, ratio, rounds, epoch_scale):
           "layer_density": layer_densities(mask)}
 
 
+def run_gradual(trainer, dense_params, ratio, epoch_scale, ramp, every,
+                scope):
+  """Zhu & Gupta's gradual magnitude pruning on the GSM budget."""
+  epochs = epochs_of(GSM, epoch_scale)
+  steps = epochs * trainer.steps_per_epoch
+  tx = optax.chain(
+      masked_sgd(lr_schedule(GSM, trainer.steps_per_epoch, epoch_scale),
+                 DENSE["momentum"]),
+      gradual_magnitude_pruning(
+          ratio, ramp_steps=max(1, round(ramp * steps)),
+          update_every=max(1, round(every * trainer.steps_per_epoch)),
+          scope=scope))
+  params, _, timing = trainer.train(dense_params, tx, epochs,
+                                    desc=f"gradual magnitude {ratio:g}x")
+  report = optax_gsm.sparsity_report(params)
+  return {"accuracy": trainer.accuracy(params), "steps": steps,
+          "ramp": ramp, "update_every_epochs": every, "scope": scope,
+          "nonzero": report.prunable_nonzero,
+          "layer_density": {leaf.path: leaf.density for leaf in report.leaves
+                            if leaf.prunable}, **timing}
+
+
 def dense_optimizer(steps_per_epoch, epoch_scale):
   """The dense schedule's momentum SGD: dense training and lottery tickets."""
   return masked_sgd(lr_schedule(DENSE, steps_per_epoch, epoch_scale),
@@ -240,6 +267,10 @@ def markdown(record):
                      after=f"{mag['one_shot_accuracy']:.2%}"))
     lines.append(row(f"magnitude + fine-tune ({mag['rounds']} rounds)", mag,
                      after=f"{mag['fine_tuned_accuracy']:.2%}"))
+  if "gradual_magnitude" in record:
+    gmp = record["gradual_magnitude"]
+    lines.append(row(f"gradual magnitude ({gmp['scope']}, cubic ramp over "
+                     f"{gmp['ramp']:g})", gmp, after=f"{gmp['accuracy']:.2%}"))
   for name, ticket in record.get("lottery_tickets", {}).items():
     lines.append(row(f"lottery ticket: {name} mask", ticket,
                      after=f"{ticket['accuracy']:.2%}"))
@@ -325,6 +356,13 @@ def main(argv=None):
                       help="fraction of the GSM steps after which the "
                       "`freeze` variant fixes the active set")
   parser.add_argument("--magnitude-rounds", type=int, default=3)
+  parser.add_argument("--gmp-ramp", type=float, default=0.5,
+                      help="share of the GSM steps the gradual magnitude "
+                      "pruning ramp takes")
+  parser.add_argument("--gmp-every", type=float, default=1.0,
+                      help="epochs between gradual magnitude mask updates")
+  parser.add_argument("--gmp-scope", choices=["global", "layer"],
+                      default="global")
   parser.add_argument("--skip-baselines", action="store_true")
   parser.add_argument("--skip-lottery", action="store_true")
   parser.add_argument("--data-dir", default=None,
@@ -349,6 +387,10 @@ def main(argv=None):
       parser.error(f"--{flag.replace('_', '-')} must be > 0; got {value}")
   if args.max_train is not None and args.max_train < 1:
     parser.error(f"--max-train must be >= 1; got {args.max_train}")
+  if not 0.0 < args.gmp_ramp <= 1.0:
+    parser.error(f"--gmp-ramp must be in (0, 1]; got {args.gmp_ramp}")
+  if not args.gmp_every > 0.0:
+    parser.error(f"--gmp-every must be > 0; got {args.gmp_every}")
   if args.magnitude_rounds < 1:
     parser.error(f"--magnitude-rounds must be >= 1; got {args.magnitude_rounds}")
   steps_per_epoch = 10 if args.quick else OFFICIAL_STEPS_PER_EPOCH
@@ -408,6 +450,12 @@ def main(argv=None):
       print(f"magnitude {ratio:g}x: one-shot "
             f"{record['magnitude']['one_shot_accuracy']:.2%}, fine-tuned "
             f"{record['magnitude']['fine_tuned_accuracy']:.2%}", flush=True)
+      save()
+      record["gradual_magnitude"] = run_gradual(
+          trainer, dense_params, ratio, gsm_epoch_scale, args.gmp_ramp,
+          args.gmp_every, args.gmp_scope)
+      print(f"gradual magnitude {ratio:g}x: "
+            f"{record['gradual_magnitude']['accuracy']:.2%}", flush=True)
       save()
     if not args.skip_lottery:
       masks["magnitude"] = optax_gsm.magnitude_mask(dense_params, ratio)
