@@ -24,8 +24,8 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    6.0 at 1M scores drifting as under SGD).
 4. Ties at the threshold are broken by position: leaves in
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
-   (a binary search over the positions of the one leaf where the cut
-   falls). So exactly ``Q`` entries are selected, deterministically.
+   (in the one leaf where the cut falls, a binary search over the flat
+   index). So exactly ``Q`` entries are selected, deterministically.
 
 Everything runs under ``jit`` with a traced ``Q``, without host round trips,
 and uses only element-wise maps, strided slices and reductions over each
@@ -383,72 +383,63 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array,
   return search, SearchHint(threshold=search.low, q=q, drift=drift)
 
 
-def _before(shape: tuple[int, ...], position: jax.Array) -> jax.Array:
-  """Bool of ``shape``: the entries whose row-major index is below
-  ``position`` (0 to the size).
-
-  Compared digit by digit against per-axis iotas, never as a flat index: a
-  flat index array has no operand that varies in the tie-break's loop, so
-  XLA would hoist it out of the loop and keep a whole int32 copy of every
-  leaf alive; iotas are rebuilt in place, and split shard by shard on a
-  sharded leaf.
-  """
-  size = int(np.prod(shape, dtype=np.int64))
-  less = jnp.zeros(shape, bool)
-  equal = jnp.ones(shape, bool)
+def _row_major_index(shape: tuple[int, ...]) -> jax.Array:
+  """Each entry's flat row-major index (int32), built from per-axis iotas so
+  that it is computed shard by shard on a sharded leaf."""
+  index = jnp.zeros(shape, _INT32)
   for axis in range(len(shape)):
     stride = int(np.prod(shape[axis + 1:], dtype=np.int64))
-    digit = (position // stride) % shape[axis]
-    along = lax.broadcasted_iota(_INT32, shape, axis)
-    less = less | (equal & (along < digit))
-    equal = equal & (along == digit)
-  return less | (position >= size)
+    index = index + lax.broadcasted_iota(_INT32, shape, axis) * stride
+  return index
+
+
+def _first_ties(ties: jax.Array, take: jax.Array) -> jax.Array:
+  """The first ``take`` True entries of ``ties`` in row-major order.
+
+  Binary search for the smallest flat index ``m`` with ``take`` ties before
+  it: one masked count a step (``log2`` of the size steps), element-wise and
+  a scalar sum, so a sharded leaf exchanges scalars, never its entries (a
+  cumulative sum along a sharded axis would gather the axis).
+  """
+  index = _row_major_index(ties.shape)
+
+  def ties_before(m):
+    return jnp.sum(ties & (index < m), dtype=_INT32)
+
+  def halve(_, bounds):
+    low, high = bounds  # ties_before(low) < take <= ties_before(high)
+    middle = low + (high - low) // 2
+    enough = ties_before(middle) >= take
+    return (jnp.where(enough, low, middle), jnp.where(enough, middle, high))
+
+  steps = max(1, int(np.ceil(np.log2(ties.size + 1))))
+  _, end = lax.fori_loop(0, steps, halve,
+                         (jnp.asarray(0, _INT32),
+                          jnp.asarray(ties.size, _INT32)))
+  return ties & (index < end)
 
 
 def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
                       to_take: jax.Array) -> list[jax.Array]:
-  """``key > threshold`` plus the first ``to_take`` entries equal to it, in
-  leaf order, then row-major.
+  """``key > threshold`` plus the first ``to_take`` entries equal to it."""
+  masks = []
+  taken_before = jnp.zeros((), _INT32)
+  for k in keys:
+    ties = k == threshold
+    num_ties = jnp.sum(ties, dtype=_INT32)
+    take_here = jnp.clip(to_take - taken_before, 0, num_ties)
 
-  The leaf where the cut falls is read off the per-leaf tie counts; a
-  binary search over the row-major index inside it finds the smallest ``m``
-  with enough ties before it: one masked count a step, element-wise and
-  scalar sums (a sharded leaf exchanges scalars, never its entries). Every
-  leaf runs the same code with the leaf choice as a scalar predicate, so
-  XLA compiles one kernel per leaf shape, not one per leaf.
-  """
-  sizes = np.array([k.size for k in keys], np.int64)
-  tie_counts = jnp.stack([jnp.sum(k == threshold, dtype=_INT32)
-                          for k in keys])
-  cumulative = jnp.cumsum(tie_counts)
-  cut = jnp.minimum(jnp.sum(cumulative < to_take, dtype=_INT32),
-                    len(keys) - 1)
-  take_in_cut = to_take - (cumulative[cut] - tie_counts[cut])
+    def partial_ties(ties=ties, take_here=take_here):
+      return _first_ties(ties, take_here)
 
-  def ties_before(m):
-    counts = [jnp.sum((k == threshold) & _before(k.shape, m),
-                      dtype=_INT32) for k in keys]
-    return jnp.sum(jnp.where(jnp.arange(len(keys)) == cut,
-                             jnp.stack(counts), 0))
+    def all_or_no_ties(ties=ties, take_here=take_here, num_ties=num_ties):
+      return ties & (take_here == num_ties)
 
-  def halve(_, bounds):
-    low, high = bounds  # ties_before(low) < take_in_cut <= ties_before(high)
-    middle = low + (high - low) // 2
-    enough = ties_before(middle) >= take_in_cut
-    return (jnp.where(enough, low, middle), jnp.where(enough, middle, high))
-
-  steps = max(1, int(np.ceil(np.log2(sizes.max() + 1))))
-  _, end = lax.fori_loop(0, steps, halve, (
-      jnp.asarray(0, _INT32), jnp.asarray(sizes, _INT32)[cut]))
-  masks, before_end = [], {}
-  for leaf, k in enumerate(keys):
-    # All ties of a leaf before the cut leaf, those before `end` in it,
-    # none after; `end`'s comparison is built once per leaf shape.
-    if k.shape not in before_end:
-      before_end[k.shape] = _before(k.shape, end)
-    taken = (leaf < cut) | ((leaf == cut) & before_end[k.shape])
-    masks.append((k > threshold)
-                 | ((k == threshold) & taken & (to_take > 0)))
+    # Only the one leaf where the cut falls needs the search.
+    chosen_ties = lax.cond((take_here > 0) & (take_here < num_ties),
+                           partial_ties, all_or_no_ties)
+    masks.append((k > threshold) | chosen_ties)
+    taken_before = taken_before + num_ties
   return masks
 
 
