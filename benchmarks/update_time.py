@@ -11,14 +11,12 @@ one jitted ``update + apply_updates`` of:
   official code's ``torch.topk``-free alternatives do;
 
 and reports each as a ratio to the floor, GSM's counting passes, the
-optimizer-state bytes and XLA's temporary bytes for the update; ``gsm_cold``
-is GSM with its search hint reset before every step (no warm start).
+optimizer-state bytes and XLA's temporary bytes for the update.
 
 Per size it also runs 20 GSM steps with a fresh random gradient each step
-(the params drift as under SGD) and reports the mean counting passes of a
-cold search and of the warm-started one at each step, and the compile time
-of one jitted update at 10, 100 and 500 leaves (64x64 kernels) for GSM and
-momentum SGD.
+(the params drift as under SGD) and reports the mean counting passes per
+step, and the compile time of one jitted update at 10, 100 and 500 leaves
+(64x64 kernels) for GSM and momentum SGD.
 
     python -m benchmarks.update_time               # 1e5 .. 1e8
     python -m benchmarks.update_time --quick       # small sizes, for the tests
@@ -74,46 +72,24 @@ def threshold_gsm(threshold_fn):
       lambda params: jax.tree.map(jnp.zeros_like, params), update)
 
 
-def _reset_hints(state):
-  is_gsm = lambda node: isinstance(node, optax_gsm.GSMState)
-  return jax.tree.map(
-      lambda node: node._replace(search_hint=cold_hint()) if is_gsm(node)
-      else node, state, is_leaf=is_gsm)
-
-
-def cold_hint():
-  return optax_gsm.SearchHint(jnp.int32(np.iinfo(np.int32).min),
-                              jnp.int32(-1), jnp.float32(0.0))
-
-
-def cold_started(tx):
-  """``tx`` with every GSM search starting cold (the hint reset)."""
-  return optax.GradientTransformation(
-      tx.init, lambda g, s, p=None: tx.update(g, _reset_hints(s), p))
-
-
 def passes_along_a_run(params, steps=20, seed=2):
-  """Mean counting passes per step, cold and warm, over ``steps`` GSM
-  steps with a fresh gradient each (the params drift as under SGD)."""
+  """Mean counting passes per step over ``steps`` GSM steps with a fresh
+  gradient each (the params drift as under SGD)."""
   rng = np.random.default_rng(seed)
   tx = METHODS["gsm"]()
   state = tx.init(params)
   update = jax.jit(tx.update)
   select = jax.jit(optax_gsm.select_top)
-  hint, cold, warm = None, [], []
+  passes = []
   for _ in range(steps):
     grads = jax.tree.map(lambda w: jnp.asarray(
         rng.standard_normal(w.shape, np.float32)), params)
     scores = kernel_scores(grads, params)
     q = optax_gsm.num_active(sum(s.size for s in scores), COMPRESSION)
-    cold.append(int(select(scores, q).num_passes))
-    selection = select(scores, q, hint)
-    warm.append(int(selection.num_passes))
-    hint = selection.hint
+    passes.append(int(select(scores, q).num_passes))
     updates, state = update(grads, state, params)
     params = optax.apply_updates(params, updates)
-  # The first step has no hint; the second starts from the cold spread.
-  return float(np.mean(cold[2:])), float(np.mean(warm[2:]))
+  return float(np.mean(passes))
 
 
 def compile_seconds(num_leaves: int) -> dict:
@@ -134,8 +110,6 @@ METHODS = {
         optax.add_decayed_weights(5e-4), optax.trace(0.9),
         optax.scale_by_learning_rate(0.1)),
     "gsm": lambda: optax_gsm.gsm_sgd(0.1, COMPRESSION, weight_decay=5e-4),
-    "gsm_cold": lambda: cold_started(
-        optax_gsm.gsm_sgd(0.1, COMPRESSION, weight_decay=5e-4)),
     "top_k": lambda: threshold_gsm(lambda flat, q: jax.lax.top_k(flat, q)[0][-1]),
     "argsort": lambda: threshold_gsm(
         lambda flat, q: flat[jnp.argsort(-flat)[q - 1]]),
@@ -165,7 +139,7 @@ def measure(method: str, params, grads) -> dict:
       "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
       "update_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
   }
-  if method in ("gsm", "gsm_cold"):
+  if method == "gsm":
     scores = kernel_scores(grads, params)
     q = optax_gsm.num_active(sum(s.size for s in scores), COMPRESSION)
     result["counting_passes"] = int(
@@ -197,14 +171,13 @@ def main(argv=None):
       print(f"N={total:,} {method}: {results[method]['seconds'] * 1e3:.2f} ms",
             flush=True)
     floor = results["momentum_sgd"]["seconds"]
-    cold, warm = passes_along_a_run(params, steps=5 if args.quick else 20)
-    results["gsm"]["mean_passes_cold"] = cold
-    results["gsm"]["mean_passes_warm"] = warm
+    results["gsm"]["mean_passes_along_a_run"] = passes_along_a_run(
+        params, steps=5 if args.quick else 20)
     for method, result in results.items():
       result["ratio_to_momentum_sgd"] = result["seconds"] / floor
       records.append({"num_params": total, "method": method, **result})
-      passes = (f"{cold:.1f} cold / {warm:.1f} warm" if method == "gsm"
-                else "")
+      passes = (f"{result['mean_passes_along_a_run']:.1f}"
+                if method == "gsm" else "")
       rows.append([f"{total:,}", method, f"{result['seconds'] * 1e3:.2f}",
                    f"{result['ratio_to_momentum_sgd']:.2f}x", passes,
                    f"{result['state_bytes'] / 2**20:.1f}",

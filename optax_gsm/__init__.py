@@ -45,13 +45,7 @@ from optax_gsm._pruning import magnitude_mask, prunable_size, prune
 from optax_gsm._readiness import LeafReadiness, PruneReadiness, prune_readiness
 from optax_gsm._report import LeafSparsity, SparsityReport, sparsity_report
 from optax_gsm._saliency import magnitude_saliency, taylor_saliency
-from optax_gsm._selection import (
-    SearchHint,
-    Selection,
-    kth_largest,
-    select_top,
-    top_q_mask,
-)
+from optax_gsm._selection import Selection, kth_largest, select_top, top_q_mask
 from optax_gsm._shrink import kept_structures, shrink
 from optax_gsm._sparse_storage import load_sparse, save_sparse
 from optax_gsm._structured import (
@@ -92,7 +86,6 @@ __all__ = (
     "Member",
     "NuclearNormState",
     "PruneReadiness",
-    "SearchHint",
     "Selection",
     "SparsityReport",
     "StructureMask",

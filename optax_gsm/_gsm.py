@@ -46,7 +46,6 @@ from optax_gsm import (
   _prunable,
   _rules,
   _saliency,
-  _selection,
   _structured,
   _validation,
 )
@@ -72,9 +71,6 @@ class GSMState(NamedTuple):
     max_active: likewise the upper bound (``max_density``; the leaf's size
       without).
     n_of_m: int32 ``[n, m]`` of an N:M ranking, ``[0, 0]`` for a global one.
-    search_hint: where the last global top-Q search ended
-      (`optax_gsm.SearchHint`): the next starts there, in fewer counting
-      passes. It changes the speed, never the mask.
   """
   count: chex.Array
   mask: Any
@@ -84,7 +80,6 @@ class GSMState(NamedTuple):
   min_active: Any
   max_active: Any
   n_of_m: chex.Array
-  search_hint: _selection.SearchHint
 
 
 class StructuredGSMState(NamedTuple):
@@ -320,15 +315,14 @@ def gsm(
                                                   dtype=momentum_dtype),
         prunable=treedef.unflatten([jnp.asarray(f) for f in flags]),
         num_active=jnp.asarray(q, jnp.int32), min_active=min_active,
-        max_active=max_active, n_of_m=pattern,
-        search_hint=_selection.cold_hint())
+        max_active=max_active, n_of_m=pattern)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(
           "gsm needs the params: call `update(grads, opt_state, params)`.")
     flags, q, rule = ranking(params, state.count)
-    masks, num_active, hint = _active_masks(
+    masks, num_active = _active_masks(
         saliency_fn, updates, params, state, flags, q, rule,
         mask_update_every, freeze_mask_at)
     new_momentum, new_updates = _momentum_step(
@@ -338,7 +332,7 @@ def gsm(
         unprunable_weight_decay=unprunable_weight_decay)
     return new_updates, state._replace(
         count=optax.safe_increment(state.count), mask=masks,
-        momentum=new_momentum, num_active=num_active, search_hint=hint)
+        momentum=new_momentum, num_active=num_active)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -422,8 +416,8 @@ def _prunable_scores(saliency_fn, grads, params, flags):
 
 def _active_masks(saliency_fn, grads, params, state, flags, q, rule,
                   mask_update_every, freeze_mask_at):
-  """The new mask pytree, its Q and the search hint: top-Q of the prunable
-  scores (see `refreshed` for when)."""
+  """The new mask pytree and its Q: top-Q of the prunable scores (see
+  `refreshed` for when)."""
   treedef = jax.tree.structure(params)
   old_masks = treedef.flatten_up_to(state.mask)
 
@@ -434,17 +428,15 @@ def _active_masks(saliency_fn, grads, params, state, flags, q, rule,
                                     params, flags)
       scores = [jnp.where(at_freeze, m, s)
                 for m, s in zip(magnitudes, scores)]
-    masks, hint = _rules.masks_and_hint(scores, q, rule, state.search_hint)
-    return masks, jnp.asarray(q, jnp.int32), hint
+    return _rules.masks(scores, q, rule), jnp.asarray(q, jnp.int32)
 
-  prunable_masks, num_active, hint = refreshed(
+  prunable_masks, num_active = refreshed(
       select_active,
-      lambda: (_prunable.prunable_leaves(flags, old_masks), state.num_active,
-               state.search_hint),
+      lambda: (_prunable.prunable_leaves(flags, old_masks), state.num_active),
       state.count, mask_update_every, freeze_mask_at)
   masks = _prunable.merge_prunable(
       flags, prunable_masks, lambda i: jnp.ones_like(old_masks[i]))
-  return treedef.unflatten(masks), num_active, hint
+  return treedef.unflatten(masks), num_active
 
 
 def refreshed(select, keep_old, count, mask_update_every, freeze_mask_at):

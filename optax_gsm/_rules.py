@@ -31,17 +31,6 @@ def masks(scores: list[jax.Array], q: Any, rule: Rule) -> list[jax.Array]:
   return _selection.top_q_mask(scores, q)
 
 
-def masks_and_hint(scores: list[jax.Array], q: Any, rule: Rule,
-                   hint: _selection.SearchHint
-                   ) -> tuple[list[jax.Array], _selection.SearchHint]:
-  """`masks`, warm-started from ``hint`` where the rule is the global
-  top-Q; the hint for the next step (unchanged for the other rules)."""
-  if rule.n_of_m is None and rule.low is None:
-    selection = _selection.select_top(scores, q, hint)
-    return selection.mask, selection.hint
-  return masks(scores, q, rule), hint
-
-
 def n_of_m_count(shapes: list[tuple[int, ...]], n_of_m: tuple[int, int]) -> int:
   """Q of an N:M pattern: n of every m entries of each ranked leaf."""
   n, m = n_of_m

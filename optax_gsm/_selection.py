@@ -17,11 +17,7 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    ``count(low) >= Q > count(high)``: first around the sample's estimate,
    then clustered around the key interpolated at rank Q (or at the thirds of
    the bracket and next to its ends when a pass made little progress), until
-   ``#{key >= t} == Q`` or the bracket is a single key (a tie). A warm start
-   (`SearchHint`: GSM keeps it in its state) replaces the sample's estimate
-   in the first pass by the last step's threshold, moved by multiples of how
-   far it moved the step before (measured: 3.9 passes a step instead of
-   6.0 at 1M scores drifting as under SGD).
+   ``#{key >= t} == Q`` or the bracket is a single key (a tie).
 4. Ties at the threshold are broken by position: leaves in
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
    (in the one leaf where the cut falls, a binary search over the flat
@@ -68,12 +64,6 @@ _WIDEN_GROWTH_PER_PASS = 4.0
 # 256, ... keys, capped at 2**30.
 _NUDGE_LOG2_STEP = 4
 _NUDGE_MAX_LOG2 = 30
-# Warm start: the first pass probes the last threshold moved by these
-# multiples of the last step's drift (in entries, turned into keys by the
-# sample's local slope) ...
-_WARM_SPREAD = (-3.0, -1.0, 1.0, 3.0)
-# ... the slope read over this many sample keys on each side of it.
-_SLOPE_SPAN = 2
 
 
 def _ordered_key(score: jax.Array) -> jax.Array:
@@ -163,67 +153,6 @@ def _sample_count_at_least(sample: _Sample, key: jax.Array) -> jax.Array:
   return jnp.sum(sample.keys >= key, dtype=_INT32) * sample.weight
 
 
-class SearchHint(NamedTuple):
-  """What the last search learned, for the next one to start from.
-
-  Between two training steps the Q-th largest score barely moves, so the
-  next search starts around the last threshold instead of from the sample
-  (a warm start): fewer counting passes (about 4 instead of 6).
-  The result does not depend on the hint, only the number of passes.
-
-  Attributes:
-    threshold: int32 key of the last search's threshold.
-    q: the Q it was found for (int32); a search for another Q (a ratio
-      schedule) starts cold. -1 before the first search.
-    drift: float32, how many entries the threshold moved at the last step:
-      the first pass's spread.
-  """
-  threshold: jax.Array
-  q: jax.Array
-  drift: jax.Array
-
-
-def cold_hint() -> SearchHint:
-  """The hint before any search: the next search starts cold."""
-  return SearchHint(threshold=jnp.asarray(_MIN_KEY, _INT32),
-                    q=jnp.asarray(-1, _INT32),
-                    drift=jnp.asarray(0.0, jnp.float32))
-
-
-def _saturating_add(key: jax.Array, offset: jax.Array) -> jax.Array:
-  """``key + offset`` in int32, clipped to the finite key range."""
-  # The room left on each side, without int32 overflow (|offset| <= 2**30).
-  room_up = jnp.where(key <= 0, _MAX_KEY, _MAX_KEY - 1 - key)
-  room_down = jnp.where(key >= 0, _MAX_KEY, key - (_MIN_KEY + 1))
-  return jnp.where(offset > 0, key + jnp.minimum(offset, room_up),
-                   key - jnp.minimum(-offset, room_down))
-
-
-def _local_slope(sample: _Sample, key: jax.Array) -> jax.Array:
-  """Keys per entry near ``key``, read off the sorted sample."""
-  size = sample.keys.size
-  position = jnp.sum(sample.keys >= key, dtype=_INT32)
-  above = jnp.clip(position - 1 - _SLOPE_SPAN, 0, size - 1)
-  below = jnp.clip(position + _SLOPE_SPAN, 0, size - 1)
-  keys_apart = (sample.keys[above].astype(jnp.float32)
-                - sample.keys[below].astype(jnp.float32))
-  entries_apart = jnp.maximum(below - above, 1).astype(
-      jnp.float32) * sample.weight
-  return keys_apart / entries_apart
-
-
-def _warm_probes(sample: _Sample, hint: SearchHint,
-                 slope: jax.Array) -> jax.Array:
-  """The first pass of a warm search: the last threshold, moved by
-  multiples of the last drift."""
-  offsets = slope * jnp.maximum(hint.drift, 1.0) * jnp.asarray(_WARM_SPREAD)
-  # At least a key apart, so that a tied threshold is still bracketed.
-  offsets = jnp.sign(jnp.asarray(_WARM_SPREAD)) * jnp.maximum(
-      jnp.abs(offsets), jnp.abs(jnp.asarray(_WARM_SPREAD)))
-  offsets = jnp.clip(jnp.round(offsets), -2.0**30, 2.0**30).astype(_INT32)
-  return _saturating_add(hint.threshold, offsets)
-
-
 class _Search(NamedTuple):
   """The bracket ``count(low) >= q > count(high)`` and its history."""
   low: jax.Array
@@ -298,19 +227,22 @@ def _widen(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   return jnp.where(usable, from_sample, nudged)
 
 
-def _next_probes(search: _Search, q: jax.Array, sample: _Sample,
-                 first: jax.Array) -> jax.Array:
+def _next_probes(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   """The ``_PROBES_PER_PASS`` keys to count next, ascending, in the bracket.
 
-  First pass: ``first`` (sample estimates around rank q, or a warm
-  start's probes around the last threshold). While a side is unbounded:
+  First pass: sample estimates around rank q. While a side is unbounded:
   `_widen`. Bracketed: a cluster around the interpolated key at rank q, as
   wide as the expected interpolation error; `_thirds` when the last pass
   did not cut the bracket's entries by 4.
   """
   q_f = q.astype(jnp.float32)
+  sigma = jnp.sqrt(jnp.maximum(q_f, 1.0) * sample.weight) + sample.weight
+  first = jax.vmap(lambda c: _sample_key_at_count(sample, c))(
+      q_f + sigma * jnp.asarray(_FIRST_PASS_SPREAD))
   # The bracket's width in entries (not keys): how many scores lie in it.
   entries = search.low_count - search.high_count
+  # At most an eighth of the bracket: a small bracket is cut into pieces a
+  # few entries wide instead of probing its ends (measured: fewer passes).
   spread = jnp.minimum(jnp.sqrt(entries.astype(jnp.float32)) + 1.0,
                        entries.astype(jnp.float32) / 8 + 0.5)
   clustered = _interpolate(
@@ -325,27 +257,10 @@ def _next_probes(search: _Search, q: jax.Array, sample: _Sample,
   return jnp.sort(jnp.clip(probes, search.low + 1, search.high - 1))
 
 
-def _cold_spread(q: jax.Array, sample: _Sample) -> jax.Array:
-  """The sample's rank error at rank q, in entries."""
-  return jnp.sqrt(jnp.maximum(q.astype(jnp.float32), 1.0)
-                  * sample.weight) + sample.weight
-
-
-def _find_threshold(keys: list[jax.Array], q: jax.Array,
-                    hint: SearchHint | None = None
-                    ) -> tuple[_Search, SearchHint]:
-  """Narrows ``count(low) >= q > count(high)`` until exact or adjacent;
-  starts from ``hint`` when it was found for this q. Returns the search and
-  the hint for the next one."""
+def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
+  """Narrows ``count(low) >= q > count(high)`` until exact or adjacent."""
   total = sum(k.size for k in keys)
   sample = _sample(keys)
-  hint = cold_hint() if hint is None else hint
-  warm = (hint.q == q) & (q > 0)
-  slope = _local_slope(sample, hint.threshold)
-  first_probes = jnp.where(warm, _warm_probes(sample, hint, slope),
-                           jax.vmap(lambda c: _sample_key_at_count(sample, c))(
-                               q.astype(jnp.float32) + _cold_spread(q, sample)
-                               * jnp.asarray(_FIRST_PASS_SPREAD)))
   start = _Search(
       low=jnp.asarray(_MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
       high=jnp.asarray(_MAX_KEY, _INT32), high_count=jnp.asarray(0, _INT32),
@@ -357,7 +272,7 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array,
             & (q > 0))
 
   def one_pass(search):
-    probes = _next_probes(search, q, sample, first_probes)
+    probes = _next_probes(search, q, sample)
     counts = _count_at_least(keys, probes)
     # Counts fall as keys rise: the probes with count >= q are a prefix.
     num_low = jnp.sum(counts >= q)
@@ -373,14 +288,7 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array,
         previous_entries=search.low_count - search.high_count,
         passes=search.passes + 1)
 
-  search = lax.while_loop(unfinished, one_pass, start)
-  # How many entries the threshold moved: its key distance over the slope.
-  moved = jnp.abs(search.low.astype(jnp.float32)
-                  - hint.threshold.astype(jnp.float32)) / jnp.maximum(
-                      slope, 1e-30)
-  drift = jnp.where(warm, jnp.minimum(moved, float(total)),
-                    _cold_spread(q, sample))
-  return search, SearchHint(threshold=search.low, q=q, drift=drift)
+  return lax.while_loop(unfinished, one_pass, start)
 
 
 def _row_major_index(shape: tuple[int, ...]) -> jax.Array:
@@ -451,11 +359,9 @@ class Selection(NamedTuple):
       entries.
     num_passes: counting passes over the scores that the search used (each
       counts ``_PROBES_PER_PASS`` thresholds).
-    hint: a `SearchHint` for the next search (pass it as ``hint=``).
   """
   mask: Any
   num_passes: jax.Array
-  hint: SearchHint
 
 
 def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
@@ -478,31 +384,28 @@ def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
   return keys, treedef, jnp.clip(jnp.asarray(q).astype(_INT32), 0, total)
 
 
-def _select_keys(keys: list[jax.Array], q: jax.Array,
-                 hint: SearchHint | None = None):
-  """Masks of exactly the ``q`` largest keys, the passes it took and the
-  hint for the next search.
+def _select_keys(keys: list[jax.Array], q: jax.Array):
+  """Masks of exactly the ``q`` largest keys, and the passes it took.
 
   The search ends with ``count(low) == q`` (then ``key >= low`` is the
   answer) or with a one-key bracket whose key ``low`` is tied: then every
   key above it plus the first ``q - count(high)`` keys equal to it, by
   position. ``q == 0`` selects nothing.
   """
-  search, next_hint = _find_threshold(keys, q, hint)
+  search = _find_threshold(keys, q)
   # Not exact: the bracket is one key wide and `low` is a tied key.
   masks = lax.cond(
       search.low_count == q,
       lambda: [k >= search.low for k in keys],
       lambda: _tie_broken_masks(keys, search.low, q - search.high_count))
-  return [m & (q > 0) for m in masks], search.passes, next_hint
+  return [m & (q > 0) for m in masks], search.passes
 
 
 # Jitted so that eager callers (an un-jitted `update`, `prune`) compile the
 # counting loop once per set of leaf shapes instead of at every call; under an
 # outer jit it is inlined.
 @jax.jit
-def select_top(scores: chex.ArrayTree, q: chex.Numeric,
-               hint: SearchHint | None = None) -> Selection:
+def select_top(scores: chex.ArrayTree, q: chex.Numeric) -> Selection:
   """Selects exactly the ``q`` largest entries over a whole pytree of scores.
 
   One global ranking over every entry of every leaf, as GSM requires, found
@@ -515,17 +418,14 @@ def select_top(scores: chex.ArrayTree, q: chex.Numeric,
     scores: pytree of float arrays.
     q: how many entries to select; may be traced. Clipped to ``[0, N]``, N
       the total number of entries.
-    hint: the last search's `Selection.hint` (a warm start: fewer passes,
-      the same mask), or None.
 
   Returns:
-    A `Selection`: the mask, the number of counting passes used and the
-    hint for the next search.
+    A `Selection`: the mask and the number of counting passes used.
   """
   keys, treedef, q = _keys_and_count(scores, q)
-  masks, num_passes, next_hint = _select_keys(keys, q, hint)
+  masks, num_passes = _select_keys(keys, q)
   return Selection(mask=jax.tree.unflatten(treedef, masks),
-                   num_passes=num_passes, hint=next_hint)
+                   num_passes=num_passes)
 
 
 def top_q_mask(scores: chex.ArrayTree, q: chex.Numeric) -> chex.ArrayTree:
@@ -544,7 +444,7 @@ def kth_largest(scores: chex.ArrayTree, k: chex.Numeric) -> jax.Array:
   ``k == 0``.
   """
   keys, _, k = _keys_and_count(scores, k)
-  masks, _, _ = _select_keys(keys, k)
+  masks, _ = _select_keys(keys, k)
   smallest_selected = jnp.min(jnp.stack(
       [jnp.min(jnp.where(m, key, _MAX_KEY)) for m, key in zip(masks, keys)]))
   return jnp.where(k > 0, _key_to_score(smallest_selected), jnp.inf)

@@ -158,39 +158,3 @@ def test_exact_q_property(shapes, q_fraction, palette, seed):
   total = sum(x.size for x in leaves)
   assert_matches_reference(leaves, int(round(q_fraction * total)))
 
-
-@hypothesis.settings(deadline=None, max_examples=40)
-@hypothesis.given(
-    threshold=st.integers(-(2**31) + 1, 2**31 - 2),
-    drift=st.floats(0.0, 1e6), q=st.integers(0, 300),
-    distinct=st.sampled_from([3, 50, 10_000]), seed=st.integers(0, 10))
-def test_any_hint_gives_the_cold_selection(threshold, drift, q, distinct,
-                                           seed):
-  """A warm start changes the passes, never the mask: any threshold and
-  drift, ties (few distinct scores) and non-finite scores included."""
-  rng = np.random.default_rng(seed)
-  scores = {"a": rng.integers(0, distinct, (12, 20)).astype(np.float32),
-            "b": rng.normal(size=(60,)).astype(np.float32)}
-  scores["b"][:3] = [np.nan, np.inf, -np.inf]
-  hint = optax_gsm.SearchHint(jnp.int32(threshold), jnp.int32(q),
-                              jnp.float32(drift))
-  cold = optax_gsm.select_top(scores, q)
-  warm = optax_gsm.select_top(scores, q, hint)
-  chex.assert_trees_all_equal(warm.mask, cold.mask)
-  assert sum(int(m.sum()) for m in jax.tree.leaves(warm.mask)) == q
-  assert int(warm.hint.q) == q
-
-
-def test_warm_start_needs_fewer_passes_on_drifting_scores():
-  rng = np.random.default_rng(0)
-  w = jnp.asarray(rng.normal(size=(200_000,)), jnp.float32)
-  q, hint, cold, warm = 200_000 // 60, None, [], []
-  for _ in range(12):
-    w = w - 0.01 * jnp.asarray(rng.normal(size=w.shape), jnp.float32)
-    scores = jnp.abs(w)
-    cold.append(int(optax_gsm.select_top(scores, q).num_passes))
-    selection = optax_gsm.select_top(scores, q, hint)
-    warm.append(int(selection.num_passes))
-    hint = selection.hint
-  # The first warm step starts from the cold spread; the rest from drift.
-  assert np.mean(warm[2:]) < np.mean(cold[2:]), (warm, cold)
