@@ -176,3 +176,21 @@ def test_lasso_example_quick_mode(tmp_path):
   assert lasso["accuracy_pruned"] > 0.1 and run["l1"]["accuracy_pruned"] > 0
   assert run["inference"]["shrunk_batch256_ms"] > 0
   assert (tmp_path / "mnist_lenet5_quick.md").exists()
+
+
+@pytest.mark.slow
+def test_accuracy_curve_from_two_seeds(tmp_path):
+  mnist_or_skip()
+  from examples import accuracy_curve, mnist_gsm
+  for seed in (0, 1):
+    mnist_gsm.main(["--quick", "--ratios", "10", "--variants", "lossless",
+                    "--skip-lottery", "--seed", str(seed), "--output-dir",
+                    str(tmp_path / f"seed{seed}")])
+  rows = accuracy_curve.main(["--records", str(tmp_path)])
+  methods = {row["method"] for row in rows}
+  assert methods == {"GSM lossless", "gradual magnitude",
+                     "magnitude one-shot", "magnitude + fine-tuning"}
+  assert {row["seed"] for row in rows} == {0, 1}
+  text = (tmp_path / "mnist_lenet300_curve.md").read_text()
+  assert "2 seeds" in text
+  assert (tmp_path / "mnist_lenet300_curve.png").exists()

@@ -1,0 +1,158 @@
+"""Accuracy against compression ratio, from the records of `mnist_gsm`.
+
+Reads every ``mnist_<model>_<ratio>x*.json`` under ``--records`` (one
+directory per seed, as written by ``python -m examples.mnist_gsm
+--output-dir <records>/seed<k>``) and tabulates and plots, per ratio, the
+test accuracy after the final prune of each method on the same budget: GSM
+(each variant run), gradual magnitude pruning, one-shot magnitude pruning
+and magnitude pruning with fine-tuning; the mean and the spread over seeds,
+every run's command inputs (seed, steps, wall time) in the JSON, and the
+paper's points on the plot.
+
+    python -m examples.accuracy_curve --model lenet300 \\
+        --records benchmarks/results/gradual
+
+Writes ``<records>/mnist_<model>_curve.{json,md,png}``.
+"""
+
+import argparse
+import json
+import pathlib
+import re
+
+import numpy as np
+
+from examples import experiment
+
+# Ding et al. 2019, Table 1 (test accuracy after pruning, compression).
+PAPER_POINTS = {
+    "lenet300": [("GSM (paper)", 60.0, 0.9818),
+                 ("Han et al. (paper)", 12.1, 0.9841),
+                 ("DNS (paper)", 55.6, 0.9801)],
+    "lenet5": [("GSM (paper)", 125.0, 0.9922), ("GSM (paper)", 300.0, 0.9906),
+               ("Han et al. (paper)", 11.9, 0.9923),
+               ("DNS (paper)", 107.7, 0.9909)],
+}
+
+
+def runs_of(record: dict) -> dict:
+  """Method name -> (accuracy, steps, wall seconds) of one record."""
+  runs = {}
+  for gsm in record.get("gsm", []):
+    runs[f"GSM {gsm['variant']}"] = (gsm["accuracy_after_prune"],
+                                     gsm["steps"], gsm["wall_seconds"])
+  if "gradual_magnitude" in record:
+    gmp = record["gradual_magnitude"]
+    runs["gradual magnitude"] = (gmp["accuracy"], gmp["steps"],
+                                 gmp["wall_seconds"])
+  if "magnitude" in record:
+    mag = record["magnitude"]
+    runs["magnitude one-shot"] = (mag["one_shot_accuracy"], 0, 0.0)
+    runs["magnitude + fine-tuning"] = (mag["fine_tuned_accuracy"],
+                                       mag["steps"], mag["wall_seconds"])
+  return runs
+
+
+def collect(records: pathlib.Path, model: str) -> list[dict]:
+  pattern = re.compile(rf"mnist_{model}_([0-9.]+)x(_quick|_scale[0-9.]+)?\.json$")
+  rows = []
+  for path in sorted(records.rglob(f"mnist_{model}_*x*.json")):
+    match = pattern.search(path.name)
+    if not match:
+      continue
+    record = json.loads(path.read_text())
+    for method, (accuracy, steps, wall) in runs_of(record).items():
+      rows.append({"ratio": record["compression_ratio"], "method": method,
+                   "seed": record["seed"], "accuracy": accuracy,
+                   "steps": steps, "wall_seconds": wall,
+                   "dense": record["dense"]["accuracy"],
+                   "epoch_scale": record["epoch_scale"],
+                   "file": str(path.relative_to(records))})
+  return rows
+
+
+def summary(rows: list[dict]) -> dict:
+  """(method, ratio) -> accuracies over seeds."""
+  table = {}
+  for row in rows:
+    table.setdefault((row["method"], row["ratio"]), []).append(
+        row["accuracy"])
+  return table
+
+
+def markdown(model: str, rows: list[dict]) -> str:
+  table = summary(rows)
+  ratios = sorted({r for _, r in table})
+  methods = sorted({m for m, _ in table})
+  dense = sorted({(row["seed"], row["dense"]) for row in rows})
+  lines = [f"# Accuracy after the final prune vs compression: {model}", "",
+           "Dense models: " + ", ".join(f"seed {s}: {d:.2%}"
+                                        for s, d in dense) + ".", "",
+           "| method | " + " | ".join(f"{r:g}x" for r in ratios) + " |",
+           "|---" * (len(ratios) + 1) + "|"]
+  for method in methods:
+    cells = []
+    for ratio in ratios:
+      values = table.get((method, ratio))
+      if not values:
+        cells.append("")
+      elif len(values) == 1:
+        cells.append(f"{values[0]:.2%}")
+      else:
+        cells.append(f"{np.mean(values):.2%} ({min(values):.2%}-"
+                     f"{max(values):.2%}, {len(values)} seeds)")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(model: str, rows: list[dict], path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  table = summary(rows)
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for method in sorted({m for m, _ in table}):
+    if method == "magnitude one-shot":
+      continue  # far below the others; in the table
+    ratios = sorted(r for m, r in table if m == method)
+    means = [100 * np.mean(table[(method, r)]) for r in ratios]
+    spread = [[100 * (np.mean(table[(method, r)]) - min(table[(method, r)]))
+               for r in ratios],
+              [100 * (max(table[(method, r)]) - np.mean(table[(method, r)]))
+               for r in ratios]]
+    ax.errorbar(ratios, means, yerr=spread, marker="o", capsize=3,
+                label=method)
+  for name, ratio, accuracy in PAPER_POINTS.get(model, []):
+    ax.scatter([ratio], [100 * accuracy], marker="*", s=120, zorder=5,
+               label=name)
+  ax.set_xscale("log")
+  ax.set_xlabel("compression ratio (weights / kept weights)")
+  ax.set_ylabel("test accuracy after the final prune (%)")
+  ax.set_title(f"{model} on MNIST, same budget for every method")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", default="lenet300")
+  parser.add_argument("--records", type=pathlib.Path,
+                      default=experiment.RESULTS / "gradual")
+  args = parser.parse_args(argv)
+  rows = collect(args.records, args.model)
+  if not rows:
+    parser.error(f"no mnist_{args.model}_<ratio>x records under "
+                 f"{args.records}")
+  text = markdown(args.model, rows)
+  stem = args.records / f"mnist_{args.model}_curve"
+  stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+  stem.with_suffix(".md").write_text(text)
+  plot(args.model, rows, stem.with_suffix(".png"))
+  print(text)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
