@@ -61,8 +61,11 @@ def collect(records: pathlib.Path, model: str) -> list[dict]:
     if not match:
       continue
     record = json.loads(path.read_text())
+    scale = record["epoch_scale"]
+    budget = "" if scale == 1.0 else f", {scale:g} of the budget"
     for method, (accuracy, steps, wall) in runs_of(record).items():
-      rows.append({"ratio": record["compression_ratio"], "method": method,
+      rows.append({"ratio": record["compression_ratio"],
+                   "method": method + budget,
                    "seed": record["seed"], "accuracy": accuracy,
                    "steps": steps, "wall_seconds": wall,
                    "dense": record["dense"]["accuracy"],
@@ -84,10 +87,12 @@ def markdown(model: str, rows: list[dict]) -> str:
   table = summary(rows)
   ratios = sorted({r for _, r in table})
   methods = sorted({m for m, _ in table})
-  dense = sorted({(row["seed"], row["dense"]) for row in rows})
+  dense = sorted({(row["epoch_scale"], row["seed"], row["dense"])
+                  for row in rows})
   lines = [f"# Accuracy after the final prune vs compression: {model}", "",
-           "Dense models: " + ", ".join(f"seed {s}: {d:.2%}"
-                                        for s, d in dense) + ".", "",
+           "Dense models: " + ", ".join(
+               f"budget {scale:g}, seed {s}: {d:.2%}"
+               for scale, s, d in dense) + ".", "",
            "| method | " + " | ".join(f"{r:g}x" for r in ratios) + " |",
            "|---" * (len(ratios) + 1) + "|"]
   for method in methods:
