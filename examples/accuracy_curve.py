@@ -117,7 +117,7 @@ def plot(model: str, rows: list[dict], path: pathlib.Path) -> None:
   table = summary(rows)
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for method in sorted({m for m, _ in table}):
-    if method == "magnitude one-shot":
+    if method.startswith("magnitude one-shot"):
       continue  # far below the others; in the table
     ratios = sorted(r for m, r in table if m == method)
     means = [100 * np.mean(table[(method, r)]) for r in ratios]
@@ -131,6 +131,7 @@ def plot(model: str, rows: list[dict], path: pathlib.Path) -> None:
     ax.scatter([ratio], [100 * accuracy], marker="*", s=120, zorder=5,
                label=name)
   ax.set_xscale("log")
+  ax.set_ylim(bottom=max(ax.get_ylim()[0], 88.0))
   ax.set_xlabel("compression ratio (weights / kept weights)")
   ax.set_ylabel("test accuracy after the final prune (%)")
   ax.set_title(f"{model} on MNIST, same budget for every method")
