@@ -34,7 +34,6 @@ import numpy as np
 
 import optax_gsm
 from examples import experiment, structured_gsm
-from examples.training import predict
 
 RESULTS = experiment.RESULTS / "csgd"
 
@@ -114,9 +113,7 @@ def main(argv=None):
   setup = experiment.Setup(args)
   model, trainer, params, batch_stats, dense = experiment.dense_stage(setup)
   variables = setup.variables(params, batch_stats)
-  groups = optax_gsm.channel_groups(
-      lambda v, x: predict(model.apply, v["params"], v.get("batch_stats"), x),
-      variables, np.asarray(setup.train[0][:1]))
+  groups = setup.groups(model, variables)
   # C-SGD merges channels, not blocks: the comparison keeps blocks too.
   channel_groups = groups.without([b.name for b in groups.blocks])
   record = {**setup.record(dense), "runs": []}

@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import optax_gsm
 from benchmarks._common import machine_info
 from examples.mnist_data import load_mnist, normalise
 from examples.models import CifarResNet, LeNet5, LeNet300100, Mlp
-from examples.training import Trainer
+from examples.training import Trainer, predict
 
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 # Peak learning rates (warm-up, cosine decay); LeNet-5 without batch norm
@@ -117,6 +118,18 @@ class Setup:
     if batch_stats is not None:
       out["batch_stats"] = batch_stats
     return out
+
+  @staticmethod
+  def inference_apply(model):
+    """``(variables, x) -> logits`` in inference mode (batch norm on running
+    averages), as `channel_groups` and the post-training methods take."""
+    return lambda v, x: predict(model.apply, v["params"], v.get("batch_stats"),
+                                x)
+
+  def groups(self, model, variables):
+    """The model's structures, traced on one training image."""
+    return optax_gsm.channel_groups(self.inference_apply(model), variables,
+                                    jnp.asarray(self.train[0][:1]))
 
   def init(self, model, seed=None):
     return model.init(jax.random.key(self.args.seed if seed is None else seed),

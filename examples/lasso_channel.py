@@ -35,7 +35,6 @@ import optax
 
 import optax_gsm
 from examples import experiment, structured_gsm
-from examples.training import predict
 
 RESULTS = experiment.RESULTS / "lasso"
 
@@ -155,10 +154,8 @@ def main(argv=None):
   setup = experiment.Setup(args)
   model, trainer, params, batch_stats, dense = experiment.dense_stage(setup)
   variables = setup.variables(params, batch_stats)
-  apply = lambda v, x: predict(model.apply, v["params"], v.get("batch_stats"),
-                               x)
-  groups = optax_gsm.channel_groups(apply, variables,
-                                    np.asarray(setup.train[0][:1]))
+  apply = setup.inference_apply(model)
+  groups = setup.groups(model, variables)
   prunable = set(optax_gsm.lasso_prunable(groups))
   inputs = jnp.asarray(setup.train[0][:args.samples])
   record = {**setup.record(dense), "samples": args.samples,

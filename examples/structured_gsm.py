@@ -311,9 +311,7 @@ def main(argv=None):
                     f"{suffix}")
     return record
   variables = setup.variables(params, batch_stats)
-  groups = optax_gsm.channel_groups(
-      lambda v, x: predict(model.apply, v["params"], v.get("batch_stats"), x),
-      variables, jnp.asarray(setup.train[0][:1]))
+  groups = setup.groups(model, variables)
   stem = f"mnist_{record['model']}{suffix}"
   record["groups"] = [g.name for g in groups.channels]
   for reduction in args.reductions:

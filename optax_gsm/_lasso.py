@@ -201,18 +201,18 @@ def select_channels(gram: jax.Array, correlation: jax.Array, count: int,
   return kept, low
 
 
-def _is_kernel(member: _groups.Member) -> bool:
-  return member.path.rsplit("/", 1)[-1] in _KERNELS
+def _is_kernel(path: str) -> bool:
+  return path.rsplit("/", 1)[-1] in _KERNELS
 
 
 def _unprunable_reason(group: _groups.ChannelGroup) -> str | None:
   """Why LASSO pruning cannot remove this group's channels (None: it can)."""
-  producers = sum(m.role == "out" and _is_kernel(m) for m in group.members)
+  producers = sum(m.role == "out" and _is_kernel(m.path) for m in group.members)
   if producers != 1:
     return (f"{producers} layers produce these channels (a residual stream "
             "joined by adds): removing one drops it from the identity "
             "shortcuts too, which no layer reconstructs")
-  if not any(m.role == "in" and _is_kernel(m) for m in group.members):
+  if not any(m.role == "in" and _is_kernel(m.path) for m in group.members):
     return "no Dense or Conv layer reads these channels"
   return None
 
@@ -249,10 +249,7 @@ def _targets(groups: _groups.Groups, resolved: _groups.Resolved,
                         list[tuple[str, str]]]:
   """``([(group index, channels to keep, consumers)], skipped)`` in the
   order the consumers run."""
-  by_name = {}
-  for index, group in enumerate(groups.channels):
-    by_name[group.name] = index
-  names = set(by_name)
+  names = {group.name for group in groups.channels}
   if widths is not None:
     unknown = set(widths) - names
     if unknown:
@@ -274,8 +271,7 @@ def _targets(groups: _groups.Groups, resolved: _groups.Resolved,
     else:
       count = max(1, int(round(keep * group.size)))
     readers = [m for m in members
-               if m.role == "in" and paths[m.leaf].rsplit("/", 1)[-1]
-               in _KERNELS]
+               if m.role == "in" and _is_kernel(paths[m.leaf])]
     reason = _unprunable_reason(group)
     consumers = []
     for member in readers if reason is None else []:

@@ -84,6 +84,11 @@ class Program:
     for index, op in enumerate(self.ops):
       for i in op.inputs:
         self.users.setdefault(i, []).append(index)
+    # The op after which each value is read no more (run frees it there).
+    self.last_use: dict[int, int] = {}
+    for index, op in enumerate(self.ops):
+      for i in op.inputs:
+        self.last_use[i] = index
     # Activations: values that depend on the inputs.
     self.active = set(self.input_ids)
     for op in self.ops:
@@ -133,10 +138,6 @@ class Program:
     env.update(zip(self.input_ids, inputs))
     replace = replace or {}
     env.update(replace)
-    last_use = {}
-    for index, op in enumerate(self.ops):
-      for i in op.inputs:
-        last_use[i] = index
     for index, op in enumerate(self.ops):
       if all(o in replace for o in op.outputs):
         continue
@@ -148,7 +149,7 @@ class Program:
       # Free what nothing reads any more: activations of every layer of a
       # large batch would not fit otherwise.
       for i in op.inputs:
-        if last_use.get(i) == index and i not in keep and (
+        if self.last_use.get(i) == index and i not in keep and (
             i not in self.constants):
           env.pop(i, None)
     return {i: env[i] for i in keep}
