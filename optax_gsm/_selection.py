@@ -17,11 +17,15 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    ``count(low) >= Q > count(high)``: first around the sample's estimate,
    then clustered around the key interpolated at rank Q (or at the thirds of
    the bracket and next to its ends when a pass made little progress), until
-   ``#{key >= t} == Q`` or the bracket is a single key (a tie).
+   ``#{key >= t} == Q`` or the bracket is a single key (a tie). Small
+   leaves of one shape and sharding are stacked for these passes, so that
+   compile time grows with the number of distinct layouts rather than of
+   leaves.
 4. Ties at the threshold are broken by position: leaves in
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
    (in the one leaf where the cut falls, a binary search over the flat
-   index). So exactly ``Q`` entries are selected, deterministically.
+   index, compiled once per layout). So exactly ``Q`` entries are selected,
+   deterministically.
 
 Everything runs under ``jit`` with a traced ``Q``, without host round trips,
 and uses only element-wise maps, strided slices and reductions over each
@@ -64,6 +68,9 @@ _WIDEN_GROWTH_PER_PASS = 4.0
 # 256, ... keys, capped at 2**30.
 _NUDGE_LOG2_STEP = 4
 _NUDGE_MAX_LOG2 = 30
+# Leaves below this size that share a shape and sharding are stacked for
+# the counting passes (`_stack_small_groups`).
+_STACK_MAX_ENTRIES = 1 << 18
 
 
 def _ordered_key(score: jax.Array) -> jax.Array:
@@ -257,9 +264,38 @@ def _next_probes(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   return jnp.sort(jnp.clip(probes, search.low + 1, search.high - 1))
 
 
+def _equal_layout_groups(arrays: list[jax.Array]) -> list[list[int]]:
+  """Indices of the arrays grouped by shape and sharding, in first-seen
+  order: arrays of one group combine element-wise without moving data."""
+  groups = {}
+  for i, a in enumerate(arrays):
+    layout = (a.shape, getattr(jax.typeof(a), "sharding", None))
+    groups.setdefault(layout, []).append(i)
+  return list(groups.values())
+
+
+def _stack_small_groups(keys: list[jax.Array]) -> list[jax.Array]:
+  """The keys to count: small leaves of one shape and sharding stacked.
+
+  XLA compiles a reduction per leaf per program (tens of ms each on CPU:
+  hundreds of small kernels took minutes), so leaves of under
+  ``_STACK_MAX_ENTRIES`` entries that share a layout are counted as one
+  stacked array, a copy of a few MB at most per leaf. Large leaves, whose
+  copy would cost memory and bandwidth, are counted where they are.
+  """
+  arrays = []
+  for members in _equal_layout_groups(keys):
+    if len(members) > 1 and keys[members[0]].size < _STACK_MAX_ENTRIES:
+      arrays.append(jnp.stack([keys[i] for i in members]))
+    else:
+      arrays.extend(keys[i] for i in members)
+  return arrays
+
+
 def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
   """Narrows ``count(low) >= q > count(high)`` until exact or adjacent."""
   total = sum(k.size for k in keys)
+  keys = _stack_small_groups(keys)
   sample = _sample(keys)
   start = _Search(
       low=jnp.asarray(_MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
@@ -329,25 +365,39 @@ def _first_ties(ties: jax.Array, take: jax.Array) -> jax.Array:
 
 def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
                       to_take: jax.Array) -> list[jax.Array]:
-  """``key > threshold`` plus the first ``to_take`` entries equal to it."""
-  masks = []
-  taken_before = jnp.zeros((), _INT32)
-  for k in keys:
-    ties = k == threshold
-    num_ties = jnp.sum(ties, dtype=_INT32)
-    take_here = jnp.clip(to_take - taken_before, 0, num_ties)
+  """``key > threshold`` plus the first ``to_take`` entries equal to it.
 
-    def partial_ties(ties=ties, take_here=take_here):
-      return _first_ties(ties, take_here)
-
-    def all_or_no_ties(ties=ties, take_here=take_here, num_ties=num_ties):
-      return ties & (take_here == num_ties)
-
-    # Only the one leaf where the cut falls needs the search.
-    chosen_ties = lax.cond((take_here > 0) & (take_here < num_ties),
-                           partial_ties, all_or_no_ties)
-    masks.append((k > threshold) | chosen_ties)
-    taken_before = taken_before + num_ties
+  A cumulative count of ties in leaf order says how many of its ties each
+  leaf takes: all, none, or (in the one leaf where the cut falls) the first
+  few in row-major order. The ties of equally laid out leaves are stacked,
+  counted and searched once per layout, not once per leaf: XLA compiles
+  every reduction and loop anew, tens of ms each on CPU.
+  """
+  groups = _equal_layout_groups(keys)
+  ties = [jnp.stack([keys[i] == threshold for i in members])
+          for members in groups]
+  num_ties = jnp.concatenate([
+      jnp.sum(t, axis=tuple(range(1, t.ndim)), dtype=_INT32) for t in ties])
+  member_order = np.concatenate(groups)  # the leaf of each stacked member
+  in_leaf_order = num_ties[np.argsort(member_order)]
+  ties_before = (jnp.cumsum(in_leaf_order) - in_leaf_order)[member_order]
+  take = jnp.clip(to_take - ties_before, 0, num_ties)
+  masks = [None] * len(keys)
+  start = 0
+  for members, group_ties in zip(groups, ties):
+    group = slice(start, start + len(members))
+    start += len(members)
+    group_take, group_num = take[group], num_ties[group]
+    is_cut = (group_take > 0) & (group_take < group_num)
+    cut = jnp.argmax(is_cut)
+    partial = lax.cond(jnp.any(is_cut), _first_ties,
+                       lambda ties, _: ties & False,
+                       group_ties[cut], group_take[cut])
+    per_member = (slice(None),) + (None,) * (group_ties.ndim - 1)
+    chosen = group_ties & ((group_take == group_num)[per_member]
+                           | (is_cut[per_member] & partial[None]))
+    for j, i in enumerate(members):
+      masks[i] = (keys[i] > threshold) | chosen[j]
   return masks
 
 

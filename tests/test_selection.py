@@ -77,6 +77,18 @@ class SelectionTest(parameterized.TestCase):
     np.testing.assert_array_equal(mask["a"], np.ones((2, 2), bool))
     np.testing.assert_array_equal(mask["b"], [True, False, False])
 
+  def test_ties_across_interleaved_leaves_of_equal_shape(self):
+    # Leaves of one shape are tie-broken together (one search per shape):
+    # every cut point, in every leaf, must still follow leaf order.
+    rng = np.random.default_rng(3)
+    shapes = [(3, 4), (5,), (3, 4), (2,), (3, 4), (5,)]
+    leaves = [rng.integers(0, 3, s).astype(np.float32) for s in shapes]
+    select = jax.jit(optax_gsm.top_q_mask)
+    for q in range(sum(x.size for x in leaves) + 1):
+      expected = reference_mask(leaves, q)
+      for e, g in zip(expected, select(leaves, q)):
+        np.testing.assert_array_equal(np.asarray(g), e, err_msg=f"q={q}")
+
   def test_traced_q_and_jit_agree_with_eager(self):
     scores = [jnp.asarray(np.random.default_rng(1).uniform(size=(50, 20)))]
     jitted = jax.jit(optax_gsm.top_q_mask)
@@ -133,6 +145,7 @@ SHAPE_SETS = (
     [(7,)],
     [(3, 5), (1,), (2, 2, 4)],
     [(9, 9), (0,), (4, 1, 3), (6,)],
+    [(3, 4), (5,), (3, 4), (2,), (3, 4)],
 )
 
 

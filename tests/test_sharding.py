@@ -30,7 +30,9 @@ def make_params(seed=0):
   rng = np.random.default_rng(seed)
   return {"a": {"kernel": jnp.asarray(rng.normal(size=(256, 512)), jnp.float32),
                 "bias": jnp.zeros(512)},
-          "b": {"kernel": jnp.asarray(rng.normal(size=(512, 64)), jnp.float32)}}
+          "b": {"kernel": jnp.asarray(rng.normal(size=(512, 64)), jnp.float32)},
+          # Same layout as "b": the two are stacked for counting.
+          "c": {"kernel": jnp.asarray(rng.normal(size=(512, 64)), jnp.float32)}}
 
 
 def shard(tree):
@@ -71,10 +73,13 @@ def test_sharded_update_matches_single_device_and_gathers_no_parameter():
 
 
 def test_sharded_ties_give_the_single_device_mask():
-  scores = {"a": jnp.ones((256, 512)), "b": jnp.ones((512, 64))}
-  sharded = jax.jit(optax_gsm.top_q_mask)(shard(scores), 1000)
-  chex.assert_trees_all_equal(sharded, optax_gsm.top_q_mask(scores, 1000))
-  assert int(sharded["a"].sum()) == 1000
+  # The cut falls in "c", searched together with "a" (same layout).
+  scores = {"a": jnp.ones((256, 512)), "b": jnp.ones((512, 64)),
+            "c": jnp.ones((256, 512))}
+  q = 256 * 512 + 512 * 64 + 1000
+  sharded = jax.jit(optax_gsm.top_q_mask)(shard(scores), q)
+  chex.assert_trees_all_equal(sharded, optax_gsm.top_q_mask(scores, q))
+  assert int(sharded["c"].sum()) == 1000
 
 
 def test_eager_init_places_the_mask_like_the_params():
