@@ -2,6 +2,8 @@
 
 import pytest
 
+import optax_gsm
+
 pytest.importorskip("examples.models")
 
 
@@ -196,3 +198,17 @@ def test_accuracy_curve_from_two_seeds(tmp_path):
   text = (tmp_path / "mnist_lenet300_curve.md").read_text()
   assert "2 seeds" in text
   assert (tmp_path / "mnist_lenet300_curve.png").exists()
+
+
+@pytest.mark.slow
+def test_resnet_unstructured_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import resnet_unstructured
+  record = resnet_unstructured.main(["--quick", "--out", str(tmp_path)])
+  (run,) = record["runs"]
+  # Both methods end with exactly 1/C of the prunable weights.
+  target = optax_gsm.num_active(run["gsm"]["prunable"], run["ratio"])
+  assert run["gsm"]["nonzero"] == target
+  assert run["gradual_magnitude"]["nonzero"] == target
+  for suffix in (".json", ".md", "_density.png"):
+    assert (tmp_path / f"mnist_resnet8_quick{suffix}").exists()
