@@ -30,7 +30,8 @@ For one model and one or more compression ratios:
    pruning (Zhu & Gupta 2017, ``examples/gradual_magnitude.py``) from the
    dense model on the GSM schedule with momentum 0.9: cubic ramp over
    ``--gmp-ramp`` of the steps, the mask updated every ``--gmp-every``
-   epochs, ``--gmp-scope`` global or per layer;
+   epochs, ``--gmp-scope`` global or per layer (``--baselines`` picks
+   which of the two run; both by default);
 4. lottery tickets: the GSM mask and the one-shot magnitude mask, each
    applied to the dense model's initialisation and retrained with the mask
    fixed (the dense schedule).
@@ -104,6 +105,11 @@ def lr_schedule(stage, steps_per_epoch, epoch_scale):
 
 def epochs_of(stage, epoch_scale):
   return max(1, round(stage["epochs"] * epoch_scale))
+
+
+# --baselines: one-shot magnitude pruning + fine-tuning, and gradual
+# magnitude pruning.
+BASELINES = ("magnitude", "gradual")
 
 
 def masked_sgd(schedule, momentum):
@@ -364,6 +370,9 @@ def main(argv=None):
   parser.add_argument("--gmp-scope", choices=["global", "layer"],
                       default="global")
   parser.add_argument("--skip-baselines", action="store_true")
+  parser.add_argument("--baselines", nargs="+", default=list(BASELINES),
+                      choices=list(BASELINES),
+                      help="which baselines to run (unless --skip-baselines)")
   parser.add_argument("--skip-lottery", action="store_true")
   parser.add_argument("--data-dir", default=None,
                       help="directory with the MNIST IDX files (or $MNIST_DIR)")
@@ -444,13 +453,15 @@ def main(argv=None):
       print(f"GSM {variant} {ratio:g}x: {gsm_record['accuracy_before_prune']:.2%}"
             f" before, {gsm_record['accuracy_after_prune']:.2%} after the "
             "final prune", flush=True)
-    if not args.skip_baselines:
+    baselines = [] if args.skip_baselines else args.baselines
+    if "magnitude" in baselines:
       record["magnitude"] = run_magnitude(
           trainer, dense_params, ratio, args.magnitude_rounds, gsm_epoch_scale)
       print(f"magnitude {ratio:g}x: one-shot "
             f"{record['magnitude']['one_shot_accuracy']:.2%}, fine-tuned "
             f"{record['magnitude']['fine_tuned_accuracy']:.2%}", flush=True)
       save()
+    if "gradual" in baselines:
       record["gradual_magnitude"] = run_gradual(
           trainer, dense_params, ratio, gsm_epoch_scale, args.gmp_ramp,
           args.gmp_every, args.gmp_scope)
