@@ -127,9 +127,11 @@ def plot(model: str, rows: list[dict], path: pathlib.Path) -> None:
                for r in ratios]]
     ax.errorbar(ratios, means, yerr=spread, marker="o", capsize=3,
                 label=method)
+  paper = {}  # one colour and one legend entry per source
   for name, ratio, accuracy in PAPER_POINTS.get(model, []):
-    ax.scatter([ratio], [100 * accuracy], marker="*", s=120, zorder=5,
-               label=name)
+    paper.setdefault(name, []).append((ratio, 100 * accuracy))
+  for name, points in paper.items():
+    ax.scatter(*zip(*points), marker="*", s=120, zorder=5, label=name)
   ax.set_xscale("log")
   ax.set_ylim(bottom=max(ax.get_ylim()[0], 88.0))
   ax.set_xlabel("compression ratio (weights / kept weights)")
