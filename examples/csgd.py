@@ -117,7 +117,7 @@ def main(argv=None):
   # C-SGD merges channels, not blocks: the comparison keeps blocks too.
   channel_groups = groups.without([b.name for b in groups.blocks])
   record = {**setup.record(dense), "runs": []}
-  stem = f"mnist_{setup.model_name}{'_quick' if args.quick else ''}"
+  stem = setup.stem
   for ratio in args.ratios:
     csgd, small, widths = csgd_stage(setup, trainer, channel_groups, params,
                                      batch_stats, ratio)

@@ -101,6 +101,11 @@ class Setup:
       return f"resnet{self.args.depth}"
     return self.args.model
 
+  @property
+  def stem(self) -> str:
+    """The records' file stem: ``mnist_<model>`` (``_quick`` in quick mode)."""
+    return f"mnist_{self.model_name}{'_quick' if self.args.quick else ''}"
+
   def sgd(self) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
                        optax.sgd(self.schedule, momentum=MOMENTUM))

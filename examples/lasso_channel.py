@@ -160,7 +160,7 @@ def main(argv=None):
   inputs = jnp.asarray(setup.train[0][:args.samples])
   record = {**setup.record(dense), "samples": args.samples,
             "fine_tune_steps": args.fine_tune_steps, "runs": []}
-  stem = f"mnist_{setup.model_name}{'_quick' if args.quick else ''}"
+  stem = setup.stem
   for reduction in args.reductions:
     widths = widths_for(groups, params, prunable, reduction)
     lasso, small, small_widths = lasso_stage(setup, apply, groups, variables,

@@ -27,7 +27,6 @@ Writes ``benchmarks/results/gradual/resnet/mnist_<model>.{json,md,png}``.
 
 import pathlib
 
-import jax
 import optax
 
 import optax_gsm
@@ -58,9 +57,10 @@ def gradual_stage(setup, trainer, params, batch_stats, ratio):
   trained, _, timing = trainer.train(
       params, tx, setup.args.epochs, batch_stats=batch_stats,
       desc=f"gradual magnitude {ratio:g}x")
-  mask = jax.tree.map(lambda w: w != 0, trained)
+  # The pruned weights are exact zeros: the nonzeros are the mask.
   return {"accuracy": trainer.accuracy(trained, trainer.batch_stats),
-          **kept(trained), "layer_density": layer_densities(mask), **timing}
+          **kept(trained), "layer_density": layer_densities(trained),
+          **timing}
 
 
 def kept(params) -> dict:
@@ -139,7 +139,7 @@ def main(argv=None):
   setup = experiment.Setup(args)
   _, trainer, params, batch_stats, dense = experiment.dense_stage(setup)
   record = {**setup.record(dense), "seed": args.seed, "runs": []}
-  stem = f"mnist_{setup.model_name}{'_quick' if args.quick else ''}"
+  stem = setup.stem
   for ratio in args.ratios:
     run = {"ratio": ratio,
            "gsm": gsm_stage(setup, trainer, params, batch_stats, ratio)}

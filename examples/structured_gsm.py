@@ -312,7 +312,7 @@ def main(argv=None):
     return record
   variables = setup.variables(params, batch_stats)
   groups = setup.groups(model, variables)
-  stem = f"mnist_{record['model']}{suffix}"
+  stem = setup.stem
   record["groups"] = [g.name for g in groups.channels]
   for reduction in args.reductions:
     gsm_record, small, widths = gsm_stage(setup, trainer, groups, params,
