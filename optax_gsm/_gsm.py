@@ -71,6 +71,11 @@ class GSMState(NamedTuple):
     max_active: likewise the upper bound (``max_density``; the leaf's size
       without).
     n_of_m: int32 ``[n, m]`` of an N:M ranking, ``[0, 0]`` for a global one.
+    position: pytree of int32 scalars like the params: each ranked leaf's
+      position among the ranked leaves (-1 on the others); ties in the
+      ranking go to earlier positions. Held in the state, a run-time input
+      of the update, so that XLA compiles the mask of equally shaped leaves
+      once rather than once per leaf.
   """
   count: chex.Array
   mask: Any
@@ -80,6 +85,7 @@ class GSMState(NamedTuple):
   min_active: Any
   max_active: Any
   n_of_m: chex.Array
+  position: Any
 
 
 class StructuredGSMState(NamedTuple):
@@ -315,7 +321,10 @@ def gsm(
                                                   dtype=momentum_dtype),
         prunable=treedef.unflatten([jnp.asarray(f) for f in flags]),
         num_active=jnp.asarray(q, jnp.int32), min_active=min_active,
-        max_active=max_active, n_of_m=pattern)
+        max_active=max_active, n_of_m=pattern,
+        position=treedef.unflatten(
+            [jnp.asarray(p, jnp.int32)
+             for p in np.cumsum(flags) * np.asarray(flags, bool) - 1]))
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -428,7 +437,10 @@ def _active_masks(saliency_fn, grads, params, state, flags, q, rule,
                                     params, flags)
       scores = [jnp.where(at_freeze, m, s)
                 for m, s in zip(magnitudes, scores)]
-    return _rules.masks(scores, q, rule), jnp.asarray(q, jnp.int32)
+    positions = _prunable.prunable_leaves(
+        flags, treedef.flatten_up_to(state.position))
+    return (_rules.masks(scores, q, rule, positions),
+            jnp.asarray(q, jnp.int32))
 
   prunable_masks, num_active = refreshed(
       select_active,

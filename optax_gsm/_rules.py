@@ -22,13 +22,18 @@ class Rule(NamedTuple):
   n_of_m: tuple[int, int] | None = None
 
 
-def masks(scores: list[jax.Array], q: Any, rule: Rule) -> list[jax.Array]:
-  """The kept (active) mask of every ranked leaf under ``rule``."""
+def masks(scores: list[jax.Array], q: Any, rule: Rule,
+          positions: list[Any] | None = None) -> list[jax.Array]:
+  """The kept (active) mask of every ranked leaf under ``rule``; the top-Q
+  breaks ties by ``positions`` (`optax_gsm._selection.top_q_masks`; leaf
+  order when None)."""
   if rule.n_of_m is not None:
     return [_n_of_m.n_of_m_mask(s, *rule.n_of_m) for s in scores]
   if rule.low is not None:
     return _density_bounds.bounded_top_q_mask(scores, q, rule.low, rule.high)
-  return _selection.top_q_mask(scores, q)
+  if positions is None:
+    positions = _selection.leaf_positions(len(scores))
+  return _selection.top_q_masks(scores, q, positions).mask
 
 
 def n_of_m_count(shapes: list[tuple[int, ...]], n_of_m: tuple[int, int]) -> int:

@@ -25,7 +25,9 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
    (in the one leaf where the cut falls, a binary search over the flat
    index, compiled once per layout). So exactly ``Q`` entries are selected,
-   deterministically.
+   deterministically. Each leaf's mask reads shared scalars and the leaf's
+   position; GSM passes the positions in its state, at run time, so that
+   equally shaped leaves share one compiled mask kernel.
 
 Everything runs under ``jit`` with a traced ``Q``, without host round trips,
 and uses only element-wise maps, strided slices and reductions over each
@@ -69,7 +71,7 @@ _WIDEN_GROWTH_PER_PASS = 4.0
 _NUDGE_LOG2_STEP = 4
 _NUDGE_MAX_LOG2 = 30
 # Leaves below this size that share a shape and sharding are stacked for
-# the counting passes (`_stack_small_groups`).
+# the counting passes (`_blocks`).
 _STACK_MAX_ENTRIES = 1 << 18
 
 
@@ -274,28 +276,36 @@ def _equal_layout_groups(arrays: list[jax.Array]) -> list[list[int]]:
   return list(groups.values())
 
 
-def _stack_small_groups(keys: list[jax.Array]) -> list[jax.Array]:
-  """The keys to count: small leaves of one shape and sharding stacked.
+class _Blocks(NamedTuple):
+  """The keys as the search counts them, each block ``[members, *shape]``.
 
-  XLA compiles a reduction per leaf per program (tens of ms each on CPU:
+  XLA compiles a reduction per array per program (tens of ms each on CPU:
   hundreds of small kernels took minutes), so leaves of under
-  ``_STACK_MAX_ENTRIES`` entries that share a layout are counted as one
-  stacked array, a copy of a few MB at most per leaf. Large leaves, whose
-  copy would cost memory and bandwidth, are counted where they are.
+  ``_STACK_MAX_ENTRIES`` entries that share a layout are stacked into one
+  block, a copy of a few MB at most per leaf. A larger leaf, whose copy
+  would cost memory and bandwidth, is a block of one (a free reshape).
   """
-  arrays = []
-  for members in _equal_layout_groups(keys):
-    if len(members) > 1 and keys[members[0]].size < _STACK_MAX_ENTRIES:
-      arrays.append(jnp.stack([keys[i] for i in members]))
+  keys: list[jax.Array]
+  members: list[list[int]]  # the leaves of each block, in stacking order
+
+
+def _blocks(keys: list[jax.Array]) -> _Blocks:
+  arrays, members = [], []
+  for group in _equal_layout_groups(keys):
+    if len(group) > 1 and keys[group[0]].size < _STACK_MAX_ENTRIES:
+      arrays.append(jnp.stack([keys[i] for i in group]))
+      members.append(group)
     else:
-      arrays.extend(keys[i] for i in members)
-  return arrays
+      arrays.extend(keys[i][None] for i in group)
+      members.extend([i] for i in group)
+  # Materialise the blocks once: otherwise XLA sinks the whole saliency
+  # computation into the search loop and redoes it at every pass.
+  return _Blocks(lax.optimization_barrier(arrays), members)
 
 
 def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
   """Narrows ``count(low) >= q > count(high)`` until exact or adjacent."""
   total = sum(k.size for k in keys)
-  keys = _stack_small_groups(keys)
   sample = _sample(keys)
   start = _Search(
       low=jnp.asarray(_MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
@@ -330,19 +340,22 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
 def _row_major_index(shape: tuple[int, ...]) -> jax.Array:
   """Each entry's flat row-major index (int32), built from per-axis iotas so
   that it is computed shard by shard on a sharded leaf."""
-  index = jnp.zeros(shape, _INT32)
-  for axis in range(len(shape)):
+  if not shape:
+    return jnp.zeros(shape, _INT32)
+  index = lax.broadcasted_iota(_INT32, shape, len(shape) - 1)
+  for axis in range(len(shape) - 1):
     stride = int(np.prod(shape[axis + 1:], dtype=np.int64))
     index = index + lax.broadcasted_iota(_INT32, shape, axis) * stride
   return index
 
 
-def _first_ties(ties: jax.Array, take: jax.Array) -> jax.Array:
-  """The first ``take`` True entries of ``ties`` in row-major order.
+def _cut_end(ties: jax.Array, take: jax.Array) -> jax.Array:
+  """The flat row-major index before which the first ``take`` True entries
+  of ``ties`` lie (``0 < take <=`` their number).
 
-  Binary search for the smallest flat index ``m`` with ``take`` ties before
-  it: one masked count a step (``log2`` of the size steps), element-wise and
-  a scalar sum, so a sharded leaf exchanges scalars, never its entries (a
+  Binary search for the smallest ``m`` with ``take`` ties before it: one
+  masked count a step (``log2`` of the size steps), element-wise and a
+  scalar sum, so a sharded leaf exchanges scalars, never its entries (a
   cumulative sum along a sharded axis would gather the axis).
   """
   index = _row_major_index(ties.shape)
@@ -360,45 +373,36 @@ def _first_ties(ties: jax.Array, take: jax.Array) -> jax.Array:
   _, end = lax.fori_loop(0, steps, halve,
                          (jnp.asarray(0, _INT32),
                           jnp.asarray(ties.size, _INT32)))
-  return ties & (index < end)
+  return end
 
 
-def _tie_broken_masks(keys: list[jax.Array], threshold: jax.Array,
-                      to_take: jax.Array) -> list[jax.Array]:
-  """``key > threshold`` plus the first ``to_take`` entries equal to it.
+def _tie_cut(blocks: _Blocks, threshold: jax.Array,
+             to_take: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Where the first ``to_take`` keys equal to ``threshold`` end.
 
-  A cumulative count of ties in leaf order says how many of its ties each
-  leaf takes: all, none, or (in the one leaf where the cut falls) the first
-  few in row-major order. The ties of equally laid out leaves are stacked,
-  counted and searched once per layout, not once per leaf: XLA compiles
-  every reduction and loop anew, tens of ms each on CPU.
+  In position order (leaves in order, then row-major), the ties taken are
+  all those of the leaves before ``cut`` and those before the flat index
+  ``end`` in leaf ``cut``. A cumulative count of ties in leaf order finds
+  ``cut``; a binary search in it, ``end`` (one per block, in a ``lax.cond``
+  that only the block holding the cut runs).
   """
-  groups = _equal_layout_groups(keys)
-  ties = [jnp.stack([keys[i] == threshold for i in members])
-          for members in groups]
+  ties = [k == threshold for k in blocks.keys]
   num_ties = jnp.concatenate([
       jnp.sum(t, axis=tuple(range(1, t.ndim)), dtype=_INT32) for t in ties])
-  member_order = np.concatenate(groups)  # the leaf of each stacked member
-  in_leaf_order = num_ties[np.argsort(member_order)]
-  ties_before = (jnp.cumsum(in_leaf_order) - in_leaf_order)[member_order]
-  take = jnp.clip(to_take - ties_before, 0, num_ties)
-  masks = [None] * len(keys)
-  start = 0
-  for members, group_ties in zip(groups, ties):
-    group = slice(start, start + len(members))
-    start += len(members)
-    group_take, group_num = take[group], num_ties[group]
-    is_cut = (group_take > 0) & (group_take < group_num)
-    cut = jnp.argmax(is_cut)
-    partial = lax.cond(jnp.any(is_cut), _first_ties,
-                       lambda ties, _: ties & False,
-                       group_ties[cut], group_take[cut])
-    per_member = (slice(None),) + (None,) * (group_ties.ndim - 1)
-    chosen = group_ties & ((group_take == group_num)[per_member]
-                           | (is_cut[per_member] & partial[None]))
-    for j, i in enumerate(members):
-      masks[i] = (keys[i] > threshold) | chosen[j]
-  return masks
+  member_order = np.concatenate(blocks.members)
+  taken_through = jnp.cumsum(num_ties[np.argsort(member_order)])
+  # Cumulative counts rise with the leaf: the fully taken leaves are a prefix.
+  cut = jnp.sum(taken_through <= to_take, dtype=_INT32)
+  take_in_cut = to_take - jnp.where(
+      cut > 0, taken_through[jnp.maximum(cut - 1, 0)], 0)
+  end = jnp.asarray(0, _INT32)
+  for members, block_ties in zip(blocks.members, ties):
+    is_cut = np.asarray(members) == cut
+    end = end + lax.cond(
+        jnp.any(is_cut) & (take_in_cut > 0), _cut_end,
+        lambda *_: jnp.asarray(0, _INT32),
+        block_ties[jnp.argmax(is_cut)], take_in_cut)
+  return cut, end
 
 
 class Selection(NamedTuple):
@@ -427,34 +431,64 @@ def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
   total = sum(np.size(leaf) for leaf in leaves)
   if total >= np.iinfo(np.int32).max:
     raise ValueError(f"{total} scores; at most 2**31 - 2 are supported.")
-  # Materialise the keys once: otherwise XLA sinks the whole saliency
-  # computation into the search loop and redoes it at every pass.
-  keys = lax.optimization_barrier(
-      [_ordered_key(jnp.asarray(leaf)) for leaf in leaves])
+  keys = [_ordered_key(jnp.asarray(leaf)) for leaf in leaves]
   return keys, treedef, jnp.clip(jnp.asarray(q).astype(_INT32), 0, total)
 
 
-def _select_keys(keys: list[jax.Array], q: jax.Array):
+def _select_keys(keys: list[jax.Array], q: jax.Array,
+                 positions: list[jax.Array]):
   """Masks of exactly the ``q`` largest keys, and the passes it took.
 
   The search ends with ``count(low) == q`` (then ``key >= low`` is the
   answer) or with a one-key bracket whose key ``low`` is tied: then every
   key above it plus the first ``q - count(high)`` keys equal to it, by
-  position. ``q == 0`` selects nothing.
+  position (`_tie_cut`). ``q == 0`` selects nothing.
+
+  Each leaf's mask reads only shared scalars and its own position
+  ``positions[i]`` (``i``): passed at run time (as GSM's state does), it
+  leaves the masks of equally shaped leaves one kernel, which XLA compiles
+  once (a per-leaf constant or slice would make each its own kernel, tens of
+  ms of CPU compile time apiece).
   """
-  search = _find_threshold(keys, q)
-  # Not exact: the bracket is one key wide and `low` is a tied key.
-  masks = lax.cond(
+  blocks = _blocks(keys)
+  search = _find_threshold(blocks.keys, q)
+  # Exact: every key at `low` is taken, as if the cut came after all leaves.
+  cut, end = lax.cond(
       search.low_count == q,
-      lambda: [k >= search.low for k in keys],
-      lambda: _tie_broken_masks(keys, search.low, q - search.high_count))
-  return [m & (q > 0) for m in masks], search.passes
+      lambda: (jnp.asarray(_MAX_KEY, _INT32), jnp.asarray(0, _INT32)),
+      lambda: _tie_cut(blocks, search.low, q - search.high_count))
+  # No finite or non-finite key reaches _MAX_KEY: q == 0 selects nothing.
+  low = jnp.where(q > 0, search.low, _MAX_KEY)
+  masks = [(k > low) | ((k == low) & (
+      (p < cut) | ((p == cut) & (_row_major_index(k.shape) < end))))
+           for k, p in zip(keys, positions)]
+  return masks, search.passes
+
+
+def leaf_positions(num_leaves: int) -> list[np.ndarray]:
+  """Each leaf's position in the tie order, as int32 scalars: what
+  `top_q_masks` takes, best passed to a jitted function as an argument."""
+  return [np.int32(i) for i in range(num_leaves)]
 
 
 # Jitted so that eager callers (an un-jitted `update`, `prune`) compile the
 # counting loop once per set of leaf shapes instead of at every call; under an
 # outer jit it is inlined.
 @jax.jit
+def top_q_masks(scores: list[jax.Array], q: chex.Numeric,
+                positions: list[jax.Array]) -> Selection:
+  """`select_top` of a list of scores, ties broken by ``positions`` (each
+  leaf's int32 position in leaf order, `leaf_positions`).
+
+  Positions that are run-time values (an argument of the caller's jit, such
+  as GSM's state) keep the masks of equally shaped leaves one compiled
+  kernel; see `_tie_broken_masks`.
+  """
+  keys, _, q = _keys_and_count(scores, q)
+  masks, num_passes = _select_keys(keys, q, positions)
+  return Selection(mask=masks, num_passes=num_passes)
+
+
 def select_top(scores: chex.ArrayTree, q: chex.Numeric) -> Selection:
   """Selects exactly the ``q`` largest entries over a whole pytree of scores.
 
@@ -472,10 +506,9 @@ def select_top(scores: chex.ArrayTree, q: chex.Numeric) -> Selection:
   Returns:
     A `Selection`: the mask and the number of counting passes used.
   """
-  keys, treedef, q = _keys_and_count(scores, q)
-  masks, num_passes = _select_keys(keys, q)
-  return Selection(mask=jax.tree.unflatten(treedef, masks),
-                   num_passes=num_passes)
+  leaves, treedef = jax.tree.flatten(scores)
+  selection = top_q_masks(leaves, q, leaf_positions(len(leaves)))
+  return selection._replace(mask=jax.tree.unflatten(treedef, selection.mask))
 
 
 def top_q_mask(scores: chex.ArrayTree, q: chex.Numeric) -> chex.ArrayTree:
@@ -494,7 +527,7 @@ def kth_largest(scores: chex.ArrayTree, k: chex.Numeric) -> jax.Array:
   ``k == 0``.
   """
   keys, _, k = _keys_and_count(scores, k)
-  masks, _ = _select_keys(keys, k)
+  masks, _ = _select_keys(keys, k, leaf_positions(len(keys)))
   smallest_selected = jnp.min(jnp.stack(
       [jnp.min(jnp.where(m, key, _MAX_KEY)) for m, key in zip(masks, keys)]))
   return jnp.where(k > 0, _key_to_score(smallest_selected), jnp.inf)
