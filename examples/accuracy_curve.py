@@ -4,8 +4,9 @@ Reads every ``mnist_<model>_<ratio>x*.json`` under ``--records`` (one
 directory per seed, as written by ``python -m examples.mnist_gsm
 --output-dir <records>/seed<k>``) and tabulates and plots, per ratio, the
 test accuracy after the final prune of each method on the same budget: GSM
-(each variant run), gradual magnitude pruning, one-shot magnitude pruning
-and magnitude pruning with fine-tuning; the mean and the spread over seeds,
+(each variant run), gradual magnitude pruning, one-shot magnitude pruning,
+magnitude pruning with fine-tuning and the lottery tickets (retrained from
+the dense initialisation on the dense schedule); the mean and the spread over seeds,
 every run's command inputs (seed, steps, wall time) in the JSON, and the
 paper's points on the plot.
 
@@ -22,7 +23,7 @@ import re
 
 import numpy as np
 
-from examples import experiment
+from examples import experiment, mnist_gsm
 
 # Ding et al. 2019, Table 1 (test accuracy after pruning, compression).
 PAPER_POINTS = {
@@ -39,8 +40,8 @@ def runs_of(record: dict) -> dict:
   """Method name -> (accuracy, steps, wall seconds) of one record."""
   runs = {}
   for gsm in record.get("gsm", []):
-    runs[f"GSM {gsm['variant']}"] = (gsm["accuracy_after_prune"],
-                                     gsm["steps"], gsm["wall_seconds"])
+    runs[f"GSM {mnist_gsm.gsm_label(gsm)}"] = (
+        gsm["accuracy_after_prune"], gsm["steps"], gsm["wall_seconds"])
   if "gradual_magnitude" in record:
     gmp = record["gradual_magnitude"]
     runs["gradual magnitude"] = (gmp["accuracy"], gmp["steps"],
@@ -50,6 +51,10 @@ def runs_of(record: dict) -> dict:
     runs["magnitude one-shot"] = (mag["one_shot_accuracy"], 0, 0.0)
     runs["magnitude + fine-tuning"] = (mag["fine_tuned_accuracy"],
                                        mag["steps"], mag["wall_seconds"])
+  for name, ticket in record.get("lottery_tickets", {}).items():
+    # The GSM mask is that of the first variant the record ran.
+    runs[f"lottery ticket, {name} mask"] = (
+        ticket["accuracy"], ticket["steps"], ticket["wall_seconds"])
   return runs
 
 

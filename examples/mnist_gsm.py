@@ -87,9 +87,23 @@ GSM = dict(lr=1e-2, epochs=280, milestones=(160, 200, 240), momentum=0.99)
 WARMUP_EPOCHS = 5
 WEIGHT_DECAY = 5e-4
 VARIANTS = ("lossless", "paper", "freeze", "freeze-decay", "ramp")
-# Critical damping of a passive weight at the peak GSM learning rate: the
-# fastest non-oscillating decay, sqrt(momentum) a step (see optax_gsm._gsm).
-PASSIVE_WEIGHT_DECAY = (1 - math.sqrt(GSM["momentum"])) ** 2 / GSM["lr"]
+
+
+def passive_weight_decay_of(momentum: float) -> float:
+  """Critical damping of a passive weight at the peak GSM learning rate: the
+  fastest non-oscillating decay, sqrt(momentum) a step (see optax_gsm._gsm)."""
+  return (1 - math.sqrt(momentum)) ** 2 / GSM["lr"]
+
+
+def gsm_label(gsm: dict) -> str:
+  """A GSM record's variant, with its freeze point and a non-default
+  momentum."""
+  label = gsm["variant"]
+  if "freeze_at" in gsm:
+    label += f"@{gsm['freeze_at']:g}"
+  if gsm.get("momentum", GSM["momentum"]) != GSM["momentum"]:
+    label += f", momentum {gsm['momentum']:g}"
+  return label
 
 
 def lr_schedule(stage, steps_per_epoch, epoch_scale):
@@ -135,7 +149,8 @@ def print_readiness(trainer, desc):
   return show
 
 
-def run_gsm(trainer, dense_params, ratio, variant, epoch_scale, freeze_at):
+def run_gsm(trainer, dense_params, ratio, variant, epoch_scale, freeze_at,
+            momentum=GSM["momentum"]):
   """One GSM variant from the dense model; returns its record."""
   steps_per_epoch = trainer.steps_per_epoch
   epochs = epochs_of(GSM, epoch_scale)
@@ -147,11 +162,11 @@ def run_gsm(trainer, dense_params, ratio, variant, epoch_scale, freeze_at):
   freezes = variant in ("freeze", "freeze-decay")
   freeze_step = (round(epochs * freeze_at) * steps_per_epoch if freezes
                  else None)
-  passive_weight_decay = (PASSIVE_WEIGHT_DECAY if variant == "freeze-decay"
-                          else None)
+  passive_weight_decay = (passive_weight_decay_of(momentum)
+                          if variant == "freeze-decay" else None)
   total_steps = epochs * steps_per_epoch if variant == "lossless" else None
   tx = optax_gsm.gsm_sgd(schedule, compression, total_steps=total_steps,
-                         momentum=GSM["momentum"], nesterov=True,
+                         momentum=momentum, nesterov=True,
                          weight_decay=WEIGHT_DECAY,
                          passive_weight_decay=passive_weight_decay,
                          freeze_mask_at=freeze_step)
@@ -159,11 +174,11 @@ def run_gsm(trainer, dense_params, ratio, variant, epoch_scale, freeze_at):
   params, opt_state, timing = trainer.train(
       dense_params, tx, epochs, desc=desc,
       on_evaluate=print_readiness(trainer, desc))
-  record = {"variant": variant, "epochs": epochs,
+  record = {"variant": variant, "momentum": momentum, "epochs": epochs,
             "steps": epochs * steps_per_epoch, **timing}
   if total_steps is not None:
     record["lossless_settings"] = optax_gsm.lossless_settings(
-        schedule, total_steps, momentum=GSM["momentum"],
+        schedule, total_steps, momentum=momentum,
         weight_decay=WEIGHT_DECAY)._asdict()
   if freezes:
     record["freeze_at"] = freeze_at
@@ -263,9 +278,8 @@ def markdown(record):
            "| wall s |", "|---|---|---|---|---|---|",
            row("dense", dense, f"{dense['accuracy']:.2%}")]
   for gsm in record["gsm"]:
-    label = gsm["variant"] + (f"@{gsm['freeze_at']:g}" if "freeze_at" in gsm
-                              else "")
-    lines.append(row(f"GSM {label}", gsm, f"{gsm['accuracy_before_prune']:.2%}",
+    lines.append(row(f"GSM {gsm_label(gsm)}", gsm,
+                     f"{gsm['accuracy_before_prune']:.2%}",
                      f"{gsm['accuracy_after_prune']:.2%}"))
   if "magnitude" in record:
     mag = record["magnitude"]
@@ -361,6 +375,8 @@ def main(argv=None):
   parser.add_argument("--freeze-at", type=float, default=0.2,
                       help="fraction of the GSM steps after which the "
                       "`freeze` variant fixes the active set")
+  parser.add_argument("--gsm-momentum", type=float, default=GSM["momentum"],
+                      help="GSM's momentum (the paper's 0.99 by default)")
   parser.add_argument("--magnitude-rounds", type=int, default=3)
   parser.add_argument("--gmp-ramp", type=float, default=0.5,
                       help="share of the GSM steps the gradual magnitude "
@@ -388,6 +404,8 @@ def main(argv=None):
                       help="train on the first N training images only (the "
                       "test set stays whole): for quick checks")
   args = parser.parse_args(argv)
+  if not 0.0 <= args.gsm_momentum < 1.0:
+    parser.error(f"--gsm-momentum must be in [0, 1); got {args.gsm_momentum}")
   if not 0.0 < args.freeze_at < 1.0:
     parser.error(f"--freeze-at must be in (0, 1); got {args.freeze_at}")
   for flag in ("epoch_scale", "gsm_epoch_scale"):
@@ -441,7 +459,7 @@ def main(argv=None):
     for variant in args.variants:
       gsm_record, pruned, kept = run_gsm(trainer, dense_params, ratio,
                                          variant, gsm_epoch_scale,
-                                         args.freeze_at)
+                                         args.freeze_at, args.gsm_momentum)
       # The pruned model itself, compact (benchmarks/inference.py reads it).
       model_file = args.output_dir / f"{stem}_{variant}.gsm"
       gsm_record["model_file"] = model_file.name

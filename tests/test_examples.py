@@ -188,12 +188,17 @@ def test_accuracy_curve_from_two_seeds(tmp_path):
     mnist_gsm.main(["--quick", "--ratios", "10", "--variants", "lossless",
                     "--skip-lottery", "--seed", str(seed), "--output-dir",
                     str(tmp_path / f"seed{seed}")])
+  # A recipe variant with its lottery tickets, as a third directory.
+  mnist_gsm.main(["--quick", "--ratios", "10", "--variants", "freeze",
+                  "--freeze-at", "0.5", "--gsm-momentum", "0.9",
+                  "--skip-baselines", "--output-dir", str(tmp_path / "recipe")])
   rows = accuracy_curve.main(["--records", str(tmp_path)])
   # Quick runs have a shortened budget, which the labels say.
   methods = {row["method"] for row in rows}
   assert methods == {f"{m}, 0.05 of the budget" for m in (
       "GSM lossless", "gradual magnitude", "magnitude one-shot",
-      "magnitude + fine-tuning")}
+      "magnitude + fine-tuning", "GSM freeze@0.5, momentum 0.9",
+      "lottery ticket, GSM mask", "lottery ticket, magnitude mask")}
   assert {row["seed"] for row in rows} == {0, 1}
   text = (tmp_path / "mnist_lenet300_curve.md").read_text()
   assert "2 seeds" in text
