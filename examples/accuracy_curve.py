@@ -70,7 +70,7 @@ def collect(records: pathlib.Path, model: str) -> list[dict]:
     budget = "" if scale == 1.0 else f", {scale:g} of the budget"
     for method, (accuracy, steps, wall) in runs_of(record).items():
       rows.append({"ratio": record["compression_ratio"],
-                   "method": method + budget,
+                   "method": method + budget, "base_method": method,
                    "seed": record["seed"], "accuracy": accuracy,
                    "steps": steps, "wall_seconds": wall,
                    "dense": record["dense"]["accuracy"],
@@ -79,12 +79,11 @@ def collect(records: pathlib.Path, model: str) -> list[dict]:
   return rows
 
 
-def summary(rows: list[dict]) -> dict:
-  """(method, ratio) -> accuracies over seeds."""
+def summary(rows: list[dict], key: str = "method") -> dict:
+  """(row[key], ratio) -> accuracies over seeds."""
   table = {}
   for row in rows:
-    table.setdefault((row["method"], row["ratio"]), []).append(
-        row["accuracy"])
+    table.setdefault((row[key], row["ratio"]), []).append(row["accuracy"])
   return table
 
 
@@ -116,36 +115,58 @@ def markdown(model: str, rows: list[dict]) -> str:
 
 
 def plot(model: str, rows: list[dict], path: pathlib.Path) -> None:
+  """One panel per budget; a method keeps its colour across panels; the
+  paper's points (its official budget) on the largest budget's panel."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  table = summary(rows)
-  fig, ax = plt.subplots(figsize=(6.5, 4))
-  for method in sorted({m for m, _ in table}):
-    if method.startswith("magnitude one-shot"):
-      continue  # far below the others; in the table
-    ratios = sorted(r for m, r in table if m == method)
-    means = [100 * np.mean(table[(method, r)]) for r in ratios]
-    spread = [[100 * (np.mean(table[(method, r)]) - min(table[(method, r)]))
-               for r in ratios],
-              [100 * (max(table[(method, r)]) - np.mean(table[(method, r)]))
-               for r in ratios]]
-    ax.errorbar(ratios, means, yerr=spread, marker="o", capsize=3,
-                label=method)
-  paper = {}  # one colour and one legend entry per source
-  for name, ratio, accuracy in PAPER_POINTS.get(model, []):
-    paper.setdefault(name, []).append((ratio, 100 * accuracy))
-  for name, points in paper.items():
-    ax.scatter(*zip(*points), marker="*", s=120, zorder=5, label=name)
-  ax.set_xscale("log")
-  ax.set_ylim(bottom=max(ax.get_ylim()[0], 88.0))
-  ax.set_xlabel("compression ratio (weights / kept weights)")
-  ax.set_ylabel("test accuracy after the final prune (%)")
-  ax.set_title(f"{model} on MNIST, same budget for every method")
-  ax.legend(fontsize=7)
+  budgets = sorted({row["epoch_scale"] for row in rows}, reverse=True)
+  methods = sorted({row["base_method"] for row in rows}
+                   - {"magnitude one-shot"})  # far below; in the table
+  colours = dict(zip(methods, plt.get_cmap("tab10").colors * 2))
+  fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.5),
+                           squeeze=False)
+  for ax, budget in zip(axes[0], budgets):
+    table = summary([r for r in rows if r["epoch_scale"] == budget],
+                    key="base_method")
+    for method in methods:
+      ratios = sorted(r for m, r in table if m == method)
+      if not ratios:
+        continue
+      values = [100 * np.asarray(table[(method, r)]) for r in ratios]
+      means = [v.mean() for v in values]
+      ax.errorbar(ratios, means,
+                  yerr=[[m - v.min() for m, v in zip(means, values)],
+                        [v.max() - m for m, v in zip(means, values)]],
+                  marker="o", capsize=3, color=colours[method], label=method)
+    if budget == budgets[0]:
+      for (name, points), marker in zip(_paper_points(model).items(),
+                                        ("*", "P", "X", "D")):
+        ax.scatter(*zip(*points), marker=marker, s=110, zorder=5,
+                   color="black", label=name + (
+                       "" if budget == 1.0 else ", official budget"))
+    ax.set_xscale("log")
+    ticks = sorted({r["ratio"] for r in rows})
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=max(ax.get_ylim()[0], 88.0))
+    ax.set_xlabel("compression ratio (weights / kept weights)")
+    ax.set_ylabel("test accuracy after the final prune (%)")
+    ax.set_title(f"{model} on MNIST, " + (
+        "the official budget" if budget == 1.0
+        else f"{budget:g} of the official budget"))
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _paper_points(model: str) -> dict:
+  """Source -> [(ratio, accuracy %)] of the paper's Table 1."""
+  paper = {}
+  for name, ratio, accuracy in PAPER_POINTS.get(model, []):
+    paper.setdefault(name, []).append((ratio, 100 * accuracy))
+  return paper
 
 
 def main(argv=None):
