@@ -131,8 +131,8 @@ def plot(model: str, rows: list[dict], path: pathlib.Path) -> None:
                     key="base_method")
     for method in methods:
       ratios = sorted(r for m, r in table if m == method)
-      if not ratios:
-        continue
+      if len(ratios) < 2:
+        continue  # a recipe tried at one ratio: in the table
       values = [100 * np.asarray(table[(method, r)]) for r in ratios]
       means = [v.mean() for v in values]
       ax.errorbar(ratios, means,
