@@ -6,9 +6,9 @@ directory per seed, as written by ``python -m examples.mnist_gsm
 test accuracy after the final prune of each method on the same budget: GSM
 (each variant run), gradual magnitude pruning, one-shot magnitude pruning,
 magnitude pruning with fine-tuning and the lottery tickets (retrained from
-the dense initialisation on the dense schedule); the mean and the spread over seeds,
-every run's command inputs (seed, steps, wall time) in the JSON, and the
-paper's points on the plot.
+the dense initialisation on the dense schedule); the mean and the spread
+over seeds, every run's command inputs (seed, steps, wall time) in the
+JSON, and the paper's points on the plot.
 
     python -m examples.accuracy_curve --model lenet300 \\
         --records benchmarks/results/gradual

@@ -324,7 +324,7 @@ def gsm(
         max_active=max_active, n_of_m=pattern,
         position=treedef.unflatten(
             [jnp.asarray(p, jnp.int32)
-             for p in np.cumsum(flags) * np.asarray(flags, bool) - 1]))
+             for p in np.where(flags, np.cumsum(flags) - 1, -1)]))
 
   def update_fn(updates, state, params=None):
     if params is None:

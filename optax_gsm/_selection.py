@@ -482,7 +482,7 @@ def top_q_masks(scores: list[jax.Array], q: chex.Numeric,
 
   Positions that are run-time values (an argument of the caller's jit, such
   as GSM's state) keep the masks of equally shaped leaves one compiled
-  kernel; see `_tie_broken_masks`.
+  kernel; see `_select_keys`.
   """
   keys, _, q = _keys_and_count(scores, q)
   masks, num_passes = _select_keys(keys, q, positions)

@@ -208,7 +208,7 @@ class GSMTest(chex.TestCase):
   def test_compiled_kernels_grow_with_layouts_not_leaves(self):
     # XLA compiles each distinct fused kernel anew (tens of ms on CPU): the
     # update of 24 equal layers must reuse the kernels of 8, not add its own
-    # per leaf (a per-leaf constant in the tie-break once added 18 here).
+    # per leaf (per-leaf constant positions in the masks added 15 here).
     def distinct_kernels(num_layers):
       params = {f"layer{i}": {"kernel": jnp.ones((16, 16)),
                               "bias": jnp.zeros(16)}
