@@ -205,6 +205,21 @@ class GSMTest(chex.TestCase):
     assert positions == {"a": {"bias": -1, "kernel": 0},
                          "b": {"bias": -1, "kernel": 1}}
 
+  def test_state_has_three_arrays_per_param_leaf(self):
+    # Every state leaf is an output of the jitted update, and XLA's compile
+    # time grows with their number: the per-leaf ranking facts are packed
+    # into one array per leaf, beside the mask and the momentum.
+    params = init_params()
+    state = optax_gsm.gsm(COMPRESSION, min_density=0.01).init(params)
+    num_leaves = len(jax.tree.leaves(params))
+    assert len(jax.tree.leaves(state)) == 3 * num_leaves + 3
+    ranked = jax.tree.leaves(state.prunable)
+    assert sum(map(bool, ranked)) == 2 and len(ranked) == num_leaves
+    for low, high, size, flag in zip(
+        jax.tree.leaves(state.min_active), jax.tree.leaves(state.max_active),
+        [w.size for w in jax.tree.leaves(params)], ranked):
+      assert int(high) == size and (int(low) == 0) != bool(flag)
+
   def test_compiled_kernels_grow_with_layouts_not_leaves(self):
     # XLA compiles each distinct fused kernel anew (tens of ms on CPU): the
     # update of 24 equal layers must reuse the kernels of 8, not add its own
