@@ -93,7 +93,9 @@ def check_feasible(lo: np.ndarray, hi: np.ndarray, q: Any) -> None:
 
 
 def _clipped_counts(keys, threshold, lo, hi):
-  counts = jnp.stack([jnp.sum(k >= threshold, dtype=jnp.int32) for k in keys])
+  counts = jnp.stack([
+      _selection._count_true([k >= threshold], tuple(range(k.ndim)))[0]
+      for k in keys])
   return jnp.clip(counts, lo, hi)
 
 

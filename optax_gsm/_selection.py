@@ -23,9 +23,9 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    leaves.
 4. Ties at the threshold are broken by position: leaves in
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
-   (in the one leaf where the cut falls, a binary search over the flat
-   index, compiled once per layout). So exactly ``Q`` entries are selected,
-   deterministically. Each leaf's mask reads shared scalars and the leaf's
+   (in the one leaf where the cut falls, a search over the flat index
+   that counts four split points a step, compiled once per layout). So
+   exactly ``Q`` entries are selected, deterministically. Each leaf's mask reads shared scalars and the leaf's
    position; GSM passes the positions in its state, at run time, so that
    equally shaped leaves share one compiled mask kernel.
 
@@ -95,17 +95,34 @@ def _key_to_score(key: jax.Array) -> jax.Array:
   return jnp.where(key == _MIN_KEY, -jnp.inf, score)
 
 
+def _count_true(conditions: list[jax.Array],
+                axes: tuple[int, ...]) -> list[jax.Array]:
+  """``sum(c, axes)`` as int32 for each bool array (of one shape), in one
+  variadic reduction.
+
+  XLA's CPU backend fuses the bool-to-int conversion into a reduction of
+  two or more operands, but not into a reduction of one: that materialises
+  an int32 copy of the operand (4 bytes an entry) and runs ~20x slower
+  (measured: 48 ms vs 2.6 ms for 10M entries), and an unused output is
+  dropped first. So a lone condition is counted twice in one reduction and
+  both counts are used.
+  """
+  operands = [c.astype(_INT32) for c in conditions]
+  if len(operands) == 1:
+    twice = lax.reduce((operands[0], operands[0]), (np.int32(0),) * 2,
+                       lambda x, y: (x[0] + y[0], x[1] + y[1]), axes)
+    return [(twice[0] + twice[1]) // 2]
+  return list(lax.reduce(
+      tuple(operands), tuple(np.int32(0) for _ in operands),
+      lambda x, y: tuple(a + b for a, b in zip(x, y)), axes))
+
+
 def _count_at_least(keys: list[jax.Array], thresholds: jax.Array) -> jax.Array:
   """``#{key >= t}`` for each of the thresholds, in one pass over each leaf."""
-  num = thresholds.shape[0]
-  total = jnp.zeros(num, _INT32)
+  total = jnp.zeros(thresholds.shape[0], _INT32)
   for k in keys:
-    counts = lax.reduce(
-        tuple((k >= thresholds[i]).astype(_INT32) for i in range(num)),
-        tuple(np.int32(0) for _ in range(num)),
-        lambda x, y: tuple(a + b for a, b in zip(x, y)),
-        tuple(range(k.ndim)))
-    total = total + jnp.stack(counts)
+    total = total + jnp.stack(_count_true(
+        [k >= t for t in thresholds], tuple(range(k.ndim))))
   return total
 
 
@@ -349,30 +366,66 @@ def _row_major_index(shape: tuple[int, ...]) -> jax.Array:
   return index
 
 
+def _before(shape: tuple[int, ...], m: jax.Array) -> jax.Array:
+  """Bool array: is each entry's flat row-major index below ``m``?
+
+  Compares the multi-index with ``m``'s digits axis by axis (per-axis iotas)
+  rather than building the flat index: XLA would hoist a flat index array
+  out of the cut search, an int32 temporary the size of the leaf.
+  """
+  if not shape:
+    return m > 0
+  strides = [int(np.prod(shape[axis + 1:], dtype=np.int64))
+             for axis in range(len(shape))]
+  # m == size (the past-the-end index) is above every entry.
+  below, equal = m >= int(np.prod(shape)), jnp.asarray(True)
+  for axis, stride in enumerate(strides):
+    digit = (m // stride) % shape[axis]
+    position = lax.broadcasted_iota(_INT32, shape, axis)
+    below = below | (equal & (position < digit))
+    equal = equal & (position == digit)
+  return below
+
+
 def _cut_end(ties: jax.Array, take: jax.Array) -> jax.Array:
   """The flat row-major index before which the first ``take`` True entries
   of ``ties`` lie (``0 < take <=`` their number).
 
-  Binary search for the smallest ``m`` with ``take`` ties before it: one
-  masked count a step (``log2`` of the size steps), element-wise and a
-  scalar sum, so a sharded leaf exchanges scalars, never its entries (a
-  cumulative sum along a sharded axis would gather the axis).
+  Searches for the smallest ``m`` with ``take`` ties before it, counting the
+  ties before ``_PROBES_PER_PASS`` split points of the bracket in one
+  reduction a step (the bracket shrinks about 5x a step). Element-wise
+  and scalar sums only, so a sharded leaf exchanges scalars, never its
+  entries (a cumulative sum along a sharded axis would gather the axis).
   """
-  index = _row_major_index(ties.shape)
+  axes = tuple(range(ties.ndim))
+  parts = _PROBES_PER_PASS + 1
 
-  def ties_before(m):
-    return jnp.sum(ties & (index < m), dtype=_INT32)
+  def unfinished(bounds):
+    low, high = bounds
+    return high - low > 1
 
-  def halve(_, bounds):
-    low, high = bounds  # ties_before(low) < take <= ties_before(high)
-    middle = low + (high - low) // 2
-    enough = ties_before(middle) >= take
-    return (jnp.where(enough, low, middle), jnp.where(enough, middle, high))
+  def narrow(bounds):
+    low, high = bounds  # ties before low < take <= ties before high
+    gap = high - low
+    # Offsets ceil(gap * j / parts) in int64-free arithmetic (gap < 2**31).
+    probes = jnp.stack([
+        jnp.clip(low + gap // parts * j + (gap % parts * j + parts - 1)
+                 // parts, low + 1, high - 1)
+        for j in range(1, parts)])
+    counts = jnp.stack(_count_true(
+        [ties & _before(ties.shape, m) for m in probes], axes))
+    enough = counts >= take
+    # Counts rise with the probe: the probes short of `take` are a prefix.
+    num_short = jnp.sum(~enough, dtype=_INT32)
+    new_low = jnp.where(num_short > 0, probes[jnp.maximum(num_short - 1, 0)],
+                        low)
+    new_high = jnp.where(num_short < parts - 1,
+                         probes[jnp.minimum(num_short, parts - 2)], high)
+    return new_low, new_high
 
-  steps = max(1, int(np.ceil(np.log2(ties.size + 1))))
-  _, end = lax.fori_loop(0, steps, halve,
-                         (jnp.asarray(0, _INT32),
-                          jnp.asarray(ties.size, _INT32)))
+  _, end = lax.while_loop(unfinished, narrow,
+                          (jnp.asarray(0, _INT32),
+                           jnp.asarray(ties.size, _INT32)))
   return end
 
 
@@ -383,12 +436,12 @@ def _tie_cut(blocks: _Blocks, threshold: jax.Array,
   In position order (leaves in order, then row-major), the ties taken are
   all those of the leaves before ``cut`` and those before the flat index
   ``end`` in leaf ``cut``. A cumulative count of ties in leaf order finds
-  ``cut``; a binary search in it, ``end`` (one per block, in a ``lax.cond``
+  ``cut``; a search in it (`_cut_end`), ``end`` (one per block, in a ``lax.cond``
   that only the block holding the cut runs).
   """
   ties = [k == threshold for k in blocks.keys]
   num_ties = jnp.concatenate([
-      jnp.sum(t, axis=tuple(range(1, t.ndim)), dtype=_INT32) for t in ties])
+      _count_true([t], tuple(range(1, t.ndim)))[0] for t in ties])
   member_order = np.concatenate(blocks.members)
   taken_through = jnp.cumsum(num_ties[np.argsort(member_order)])
   # Cumulative counts rise with the leaf: the fully taken leaves are a prefix.

@@ -171,3 +171,25 @@ def test_exact_q_property(shapes, q_fraction, palette, seed):
   total = sum(x.size for x in leaves)
   assert_matches_reference(leaves, int(round(q_fraction * total)))
 
+
+
+@pytest.mark.parametrize("q", [1, 777, 38_550, 77_099])
+def test_ties_cut_deep_inside_a_large_leaf(q):
+  # Three values over 77,100 entries: the cut falls among tens of thousands
+  # of ties, so the cut search narrows a wide bracket over many steps.
+  rng = np.random.default_rng(q)
+  leaves = [rng.integers(0, 3, (300, 257)).astype(np.float32),
+            rng.integers(0, 3, (5, 3, 2)).astype(np.float32)]
+  assert_matches_reference(leaves, q)
+
+
+def test_selection_needs_no_temporary_beyond_the_keys():
+  # XLA's CPU backend materialises an int32 copy of a bool operand that a
+  # single-operand reduction counts; every count of the selection (the tie
+  # counts and the cut search included) is a variadic one, so the only
+  # parameter-sized temporary is the int32 key buffer.
+  scores = [jnp.ones((256, 256)), jnp.ones((128, 256))]
+  total = sum(s.size for s in scores)
+  compiled = jax.jit(optax_gsm.select_top).lower(scores, 100).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp <= 4 * total * 1.1, (temp, 4 * total)
