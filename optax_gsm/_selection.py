@@ -25,9 +25,10 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
    (in the one leaf where the cut falls, a search over the flat index
    that counts four split points a step, compiled once per layout). So
-   exactly ``Q`` entries are selected, deterministically. Each leaf's mask reads shared scalars and the leaf's
-   position; GSM passes the positions in its state, at run time, so that
-   equally shaped leaves share one compiled mask kernel.
+   exactly ``Q`` entries are selected, deterministically. Each leaf's mask
+   reads shared scalars and the leaf's position; GSM passes the positions
+   in its state, at run time, so that equally shaped leaves share one
+   compiled mask kernel.
 
 Everything runs under ``jit`` with a traced ``Q``, without host round trips,
 and uses only element-wise maps, strided slices and reductions over each
@@ -370,8 +371,9 @@ def _before(shape: tuple[int, ...], m: jax.Array) -> jax.Array:
   """Bool array: is each entry's flat row-major index below ``m``?
 
   Compares the multi-index with ``m``'s digits axis by axis (per-axis iotas)
-  rather than building the flat index: XLA would hoist a flat index array
-  out of the cut search, an int32 temporary the size of the leaf.
+  rather than building the flat index: XLA hoists a flat index array out
+  of the cut search, an int32 temporary the size of the leaf (measured at
+  10M entries with ties: 57 vs 38 MiB of temporaries, 130 vs 95 ms).
   """
   if not shape:
     return m > 0
