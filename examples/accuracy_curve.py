@@ -59,8 +59,11 @@ def runs_of(record: dict) -> dict:
 
 
 def collect(records: pathlib.Path, model: str) -> list[dict]:
+  """Every run of every record, in path order; a second run of one method,
+  ratio, budget and seed (a record that repeats a configuration) is marked
+  ``repeat`` and kept out of the table's seed statistics."""
   pattern = re.compile(rf"mnist_{model}_([0-9.]+)x(_quick|_scale[0-9.]+)?\.json$")
-  rows = []
+  rows, seen = [], set()
   for path in sorted(records.rglob(f"mnist_{model}_*x*.json")):
     match = pattern.search(path.name)
     if not match:
@@ -69,14 +72,21 @@ def collect(records: pathlib.Path, model: str) -> list[dict]:
     scale = record["epoch_scale"]
     budget = "" if scale == 1.0 else f", {scale:g} of the budget"
     for method, (accuracy, steps, wall) in runs_of(record).items():
-      rows.append({"ratio": record["compression_ratio"],
+      key = (method + budget, record["compression_ratio"], record["seed"])
+      rows.append({"repeat": key in seen, "ratio": record["compression_ratio"],
                    "method": method + budget, "base_method": method,
                    "seed": record["seed"], "accuracy": accuracy,
                    "steps": steps, "wall_seconds": wall,
                    "dense": record["dense"]["accuracy"],
                    "epoch_scale": record["epoch_scale"],
                    "file": str(path.relative_to(records))})
+      seen.add(key)
   return rows
+
+
+def counted(rows: list[dict]) -> list[dict]:
+  """The rows that count as seeds: the first run of each configuration."""
+  return [row for row in rows if not row["repeat"]]
 
 
 def summary(rows: list[dict], key: str = "method") -> dict:
@@ -88,6 +98,8 @@ def summary(rows: list[dict], key: str = "method") -> dict:
 
 
 def markdown(model: str, rows: list[dict]) -> str:
+  repeats = [row for row in rows if row["repeat"]]
+  rows = counted(rows)
   table = summary(rows)
   ratios = sorted({r for _, r in table})
   methods = sorted({m for m, _ in table})
@@ -111,6 +123,12 @@ def markdown(model: str, rows: list[dict]) -> str:
         cells.append(f"{np.mean(values):.2%} ({min(values):.2%}-"
                      f"{max(values):.2%}, {len(values)} seeds)")
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  if repeats:
+    lines += ["", "Repeated runs (same configuration and seed; not counted "
+              "as seeds): " + "; ".join(
+                  f"{row['method']} {row['ratio']:g}x seed {row['seed']}: "
+                  f"{row['accuracy']:.2%} ({row['file']})" for row in repeats)
+              + "."]
   return "\n".join(lines) + "\n"
 
 
@@ -120,6 +138,7 @@ def plot(model: str, rows: list[dict], path: pathlib.Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  rows = counted(rows)
   budgets = sorted({row["epoch_scale"] for row in rows}, reverse=True)
   methods = sorted({row["base_method"] for row in rows}
                    - {"magnitude one-shot"})  # far below; in the table

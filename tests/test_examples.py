@@ -1,5 +1,7 @@
 """The examples keep working: their quick modes run here."""
 
+import json
+
 import pytest
 
 import optax_gsm
@@ -203,6 +205,28 @@ def test_accuracy_curve_from_two_seeds(tmp_path):
   text = (tmp_path / "mnist_lenet300_curve.md").read_text()
   assert "2 seeds" in text
   assert (tmp_path / "mnist_lenet300_curve.png").exists()
+
+
+def test_accuracy_curve_counts_a_repeated_run_once(tmp_path):
+  from examples import accuracy_curve
+
+  def record(folder, seed, accuracy):
+    path = tmp_path / folder / "mnist_lenet300_60x.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({
+        "compression_ratio": 60.0, "epoch_scale": 1.0, "seed": seed,
+        "dense": {"accuracy": 0.98},
+        "gradual_magnitude": {"accuracy": accuracy, "steps": 10,
+                              "wall_seconds": 1.0}}))
+
+  record("a_seed0", 0, 0.97)
+  record("b_seed1", 1, 0.95)
+  record("c_rerun", 0, 0.90)  # the same configuration and seed again
+  rows = accuracy_curve.main(["--records", str(tmp_path)])
+  assert [row["repeat"] for row in rows] == [False, False, True]
+  text = (tmp_path / "mnist_lenet300_curve.md").read_text()
+  assert "96.00% (95.00%-97.00%, 2 seeds)" in text
+  assert "Repeated runs" in text and "90.00% (c_rerun" in text
 
 
 @pytest.mark.slow
