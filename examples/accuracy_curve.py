@@ -79,7 +79,10 @@ def collect(records: pathlib.Path, model: str) -> list[dict]:
                    "steps": steps, "wall_seconds": wall,
                    "dense": record["dense"]["accuracy"],
                    "epoch_scale": record["epoch_scale"],
-                   "file": str(path.relative_to(records))})
+                   "file": str(path.relative_to(records)),
+                   # Records written before the command was kept have none;
+                   # README gives the command per records folder.
+                   "command": record.get("command")})
       seen.add(key)
   return rows
 

@@ -67,6 +67,8 @@ import functools
 import json
 import math
 import pathlib
+import shlex
+import sys
 
 import flax.serialization
 import jax
@@ -404,6 +406,8 @@ def main(argv=None):
                       help="train on the first N training images only (the "
                       "test set stays whole): for quick checks")
   args = parser.parse_args(argv)
+  command = shlex.join(["python", "-m", "examples.mnist_gsm",
+                        *(sys.argv[1:] if argv is None else argv)])
   if not 0.0 <= args.gsm_momentum < 1.0:
     parser.error(f"--gsm-momentum must be in [0, 1); got {args.gsm_momentum}")
   if not 0.0 < args.freeze_at < 1.0:
@@ -447,7 +451,7 @@ def main(argv=None):
 
   records = []
   for ratio in args.ratios:
-    record = {**settings, "gsm_epoch_scale": gsm_epoch_scale,
+    record = {**settings, "command": command, "gsm_epoch_scale": gsm_epoch_scale,
               "compression_ratio": ratio, "dense": dense, "gsm": []}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"mnist_{args.model}_{ratio:g}x" + (

@@ -202,6 +202,10 @@ def test_accuracy_curve_from_two_seeds(tmp_path):
       "magnitude + fine-tuning", "GSM freeze@0.5, momentum 0.9",
       "lottery ticket, GSM mask", "lottery ticket, magnitude mask")}
   assert {row["seed"] for row in rows} == {0, 1}
+  # Every point names the command that ran it.
+  assert all(row["command"].startswith(
+      "python -m examples.mnist_gsm --quick --ratios 10 --variants ")
+             for row in rows)
   text = (tmp_path / "mnist_lenet300_curve.md").read_text()
   assert "2 seeds" in text
   assert (tmp_path / "mnist_lenet300_curve.png").exists()
