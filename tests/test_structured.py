@@ -187,6 +187,7 @@ def test_members_move_together_and_budget_holds(cost):
   assert 0 < flat.sum() < len(flat)
 
 
+@pytest.mark.slow  # ~7 s: compiles the structured update twice; CI runs it
 def test_jit_and_no_jit_agree(mlp):
   groups, params, loss = mlp
   tx = optax_gsm.gsm_sgd(0.1, 4.0, groups=groups, momentum=0.9,

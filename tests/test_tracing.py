@@ -71,6 +71,7 @@ def _conv(path, role):
   return {(f"params/{path}/kernel", 3 if role == "out" else 2, role)}
 
 
+@pytest.mark.slow  # ~8 s: traces a ResNet; CI runs it
 def test_resnet_groups_join_residual_adds_and_projection_shortcuts():
   _, groups = _trace("resnet")
   members, _ = _summary(groups)
