@@ -152,7 +152,7 @@ def measure(method: str, params, grads, donate: bool = True) -> dict:
       "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
       "update_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
   }
-  if method == "gsm":
+  if method == "gsm" and donate:  # once per size: the fresh-buffer row shares it
     scores = kernel_scores(grads, params)
     q = optax_gsm.num_active(sum(s.size for s in scores), COMPRESSION)
     result["counting_passes"] = int(
