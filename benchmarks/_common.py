@@ -41,12 +41,14 @@ def machine_info() -> dict[str, Any]:
 
 
 def time_call(fn: Callable[[], Any], *, min_repeats: int = 3,
-              max_repeats: int = 20, budget_s: float = 2.0) -> float:
-  """Median wall time of ``fn()`` in seconds (after one warm-up call).
+              max_repeats: int = 20, budget_s: float = 2.0,
+              warmup: int = 1) -> float:
+  """Median wall time of ``fn()`` in seconds (after ``warmup`` calls).
 
   ``fn`` must block until its result is ready.
   """
-  fn()
+  for _ in range(warmup):
+    fn()
   times = []
   start = time.perf_counter()
   while len(times) < max_repeats and (
@@ -69,10 +71,18 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return text
 
 
+def glibc_record_suffix() -> str:
+  """``"_hugetlb"`` when glibc's malloc is asked for huge pages: XLA's CPU
+  temporaries come from malloc, so such figures are recorded apart."""
+  return "_hugetlb" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else ""
+
+
 def write_record(name: str, record: dict[str, Any]) -> pathlib.Path:
   """Writes ``record`` plus machine info as ``benchmarks/results/NAME.json``."""
   RESULTS.mkdir(parents=True, exist_ok=True)
   path = RESULTS / f"{name}.json"
-  path.write_text(json.dumps({"machine": machine_info(), **record}, indent=2))
+  machine = {**machine_info(),
+             "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+  path.write_text(json.dumps({"machine": machine, **record}, indent=2))
   print(f"wrote {path}", flush=True)
   return path

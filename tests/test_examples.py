@@ -94,7 +94,7 @@ def test_lenet5_pooling_is_flax_max_pool():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["update_time", "train_step", "inference",
-                                    "width_rounding"])
+                                    "width_rounding", "key_buffer"])
 def test_benchmarks_quick_mode(module):
   import importlib
   pytest.importorskip("benchmarks._common")
