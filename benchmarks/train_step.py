@@ -51,7 +51,7 @@ def _batch(input_shape):
           jnp.asarray(rng.integers(0, 10, input_shape[0])))
 
 
-def step_fn(model, input_shape, tx):
+def step_timer(model, input_shape, tx):
   """A timer of one jitted training step with ``tx``."""
   images, labels = _batch(input_shape)
   variables = model.init(jax.random.PRNGKey(0), images)
@@ -76,7 +76,7 @@ def step_fn(model, input_shape, tx):
       lambda: jax.block_until_ready(step(params, extra, opt_state)))
 
 
-def update_time(model, input_shape, tx) -> float:
+def update_seconds(model, input_shape, tx) -> float:
   """One jitted ``update + apply_updates`` alone on the model's params."""
   images, _ = _batch(input_shape)
   params = model.init(jax.random.PRNGKey(0), images)["params"]
@@ -108,7 +108,7 @@ def main(argv=None):
     build, input_shape, ratio = MODELS[name]
     model = build()
     txs = optimizers(ratio)
-    timers = {opt: step_fn(model, input_shape, tx) for opt, tx in txs.items()}
+    timers = {opt: step_timer(model, input_shape, tx) for opt, tx in txs.items()}
     times = {opt: [] for opt in txs}
     for round_index in range(rounds):
       for opt, timer in timers.items():
@@ -118,7 +118,7 @@ def main(argv=None):
             flush=True)
     overheads = [g / s - 1.0 for g, s in zip(times["gsm"],
                                              times["momentum_sgd"])]
-    updates = {opt: update_time(model, input_shape, tx)
+    updates = {opt: update_seconds(model, input_shape, tx)
                for opt, tx in txs.items()}
     sgd_step = float(np.median(times["momentum_sgd"]))
     update_overhead = (updates["gsm"] - updates["momentum_sgd"]) / sgd_step
