@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,22 @@ def time_call(fn: Callable[[], Any], *, min_repeats: int = 3,
   return statistics.median(times)
 
 
+def count_minor_faults(fn: Callable[[], Any]
+                       ) -> tuple[Callable[[], Any], list[int]]:
+  """``fn`` wrapped to append the process's minor page faults during each
+  call to the returned list (where XLA's CPU temporaries come from fresh
+  memory, each 4 KiB page of them faults once per step)."""
+  faults = []
+
+  def counted():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    result = fn()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return result
+
+  return counted, faults
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   """Prints and returns a Markdown table."""
   cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
@@ -71,10 +88,18 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return text
 
 
+# GLIBC_TUNABLES settings that change how XLA's CPU temporaries are served,
+# and the record-name suffix of each.
+_GLIBC_SETTINGS = {"hugetlb=1": "hugetlb", "mmap_max=0": "no_mmap"}
+
+
 def glibc_record_suffix() -> str:
-  """``"_hugetlb"`` when glibc's malloc is asked for huge pages: XLA's CPU
+  """``"_hugetlb"``, ``"_no_mmap"`` (or both) when ``GLIBC_TUNABLES`` asks
+  glibc's malloc for huge pages or forbids it to map large blocks: XLA's CPU
   temporaries come from malloc, so such figures are recorded apart."""
-  return "_hugetlb" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else ""
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  return "".join(f"_{tag}" for setting, tag in _GLIBC_SETTINGS.items()
+                 if setting in tunables)
 
 
 def write_record(name: str, record: dict[str, Any]) -> pathlib.Path:

@@ -22,15 +22,19 @@ the minor page faults per step. Not part of the library: the buffer would cost
 """
 
 import argparse
-import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import optax_gsm
-from benchmarks._common import glibc_record_suffix, print_table, write_record
+from benchmarks._common import (
+  count_minor_faults,
+  glibc_record_suffix,
+  print_table,
+  time_call,
+  write_record,
+)
 from benchmarks.update_time import COMPRESSION, make_params
 from optax_gsm import _selection
 
@@ -67,7 +71,7 @@ FORMS = {"momentum_sgd": (_momentum_sgd, False),
 
 
 def time_form(name, kernels, grads, steps, warmup=25):
-  """Median ms per step, minor page faults per step, XLA temp MiB."""
+  """Median ms per step, median minor page faults per step, XLA temp MiB."""
   fn, with_keys = FORMS[name]
   args = [[w + 0 for w in kernels], grads,
           [jnp.ones(w.shape, bool) for w in kernels],
@@ -77,17 +81,16 @@ def time_form(name, kernels, grads, steps, warmup=25):
   donated = (0, 2, 3, 4) if with_keys else (0, 2, 3)
   jitted = jax.jit(fn, donate_argnums=donated)
   temp = jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes
-  out = jax.block_until_ready(jitted(*args))
-  for _ in range(warmup):  # let glibc's allocator settle (update_time.py)
-    out = jax.block_until_ready(jitted(out[0], grads, *out[1:]))
-  times = []
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(steps):
-    start = time.perf_counter()
-    out = jax.block_until_ready(jitted(out[0], grads, *out[1:]))
-    times.append(time.perf_counter() - start)
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-  return 1e3 * float(np.median(times)), faults / steps, temp / 2**20
+  carry = list(jax.block_until_ready(jitted(*args)))
+
+  def one_step():
+    carry[:] = jax.block_until_ready(jitted(carry[0], grads, *carry[1:]))
+
+  # The warm-up lets glibc's allocator settle (update_time.py).
+  counted_step, faults = count_minor_faults(one_step)
+  seconds = time_call(counted_step, warmup=warmup, min_repeats=steps,
+                      max_repeats=steps)
+  return 1e3 * seconds, float(np.median(faults[warmup:])), temp / 2**20
 
 
 def main(argv=None):

@@ -17,14 +17,21 @@ and state buffers are donated (updated in place); ``momentum_sgd`` and
 each against the floor with the same buffer handling.
 
 On CPU, XLA's temporaries (GSM's int32 key buffer) come from glibc's
-malloc, and a large one is mapped and page-faulted in anew at every step;
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (transparent huge pages for
-malloc) removes most of that cost. The record notes the setting.
+malloc, and a large one is mapped and page-faulted in anew at every step
+(the table's minor faults per step); either of
+
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483648:glibc.malloc.arena_max=1
+
+(transparent huge pages for malloc; or every block from one heap that keeps
+freed memory) removes that cost. The record notes the setting, and its name
+says which (``update_time_hugetlb.json``, ``update_time_no_mmap.json``).
 
 Per size it also runs 20 GSM steps with a fresh random gradient each step
 (the params drift as under SGD) and reports the mean counting passes per
-step, and the compile time of one jitted update at 10, 100 and 500 leaves
-(64x64 kernels) for GSM and momentum SGD.
+step, and the compile time of one jitted update of 10, 100 and 500 dense
+layers (64x64 kernels; separate leaves, and 500 stacked into one leaf per
+kind as ``nn.scan`` makes them) for GSM and momentum SGD.
 
     python -m benchmarks.update_time               # 1e5 .. 1e8
     python -m benchmarks.update_time --quick       # small sizes, for the tests
@@ -40,6 +47,7 @@ import optax
 
 import optax_gsm
 from benchmarks._common import (
+  count_minor_faults,
   glibc_record_suffix,
   print_table,
   time_call,
@@ -106,9 +114,17 @@ def passes_along_a_run(params, steps=20, seed=2):
   return float(np.mean(passes))
 
 
-def compile_seconds(num_leaves: int) -> dict:
-  params = {f"layer{i}": {"kernel": jnp.ones((64, 64)),
-                          "bias": jnp.zeros(64)} for i in range(num_leaves)}
+def compile_seconds(num_layers: int, stacked: bool = False) -> dict:
+  """Seconds to compile one jitted update of ``num_layers`` dense layers
+  (64x64 kernel and bias): separate leaves, or ``stacked`` into one leaf per
+  kind as ``nn.scan`` / ``nnx.vmap`` layers are."""
+  if stacked:
+    params = {"layers": {"kernel": jnp.ones((num_layers, 64, 64)),
+                         "bias": jnp.zeros((num_layers, 64))}}
+  else:
+    params = {f"layer{i}": {"kernel": jnp.ones((64, 64)),
+                            "bias": jnp.zeros(64)}
+              for i in range(num_layers)}
   result = {}
   for method in ("momentum_sgd", "gsm"):
     tx = METHODS[method]()
@@ -155,10 +171,12 @@ def measure(method: str, params, grads, donate: bool = True) -> dict:
   # steps 1-20 ran 36-43 ms, later ones 17-20 ms). The sort-based
   # alternatives, 100x slower, keep the short default.
   steady = dict(warmup=25, min_repeats=30, max_repeats=60, budget_s=3.0)
-  seconds = time_call(one_step, **(steady if method in ("momentum_sgd", "gsm")
-                                   else {}))
+  timing = steady if method in ("momentum_sgd", "gsm") else dict(warmup=1)
+  counted_step, faults = count_minor_faults(one_step)
+  seconds = time_call(counted_step, **timing)
   result = {
       "seconds": seconds,
+      "minor_faults_per_step": float(np.median(faults[timing["warmup"]:])),
       "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
       "update_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
   }
@@ -208,17 +226,22 @@ def main(argv=None):
       rows.append([f"{total:,}", method, f"{result['seconds'] * 1e3:.2f}",
                    f"{result['ratio_to_momentum_sgd']:.2f}x", passes,
                    f"{result['state_bytes'] / 2**20:.1f}",
-                   f"{(result['update_temp_bytes'] or 0) / 2**20:.1f}"])
+                   f"{(result['update_temp_bytes'] or 0) / 2**20:.1f}",
+                   f"{result['minor_faults_per_step']:.0f}"])
   table = print_table(
       ["params", "method", "ms/update", "vs momentum SGD",
-       "passes per step (20-step run)", "state MiB", "update temp MiB"], rows)
-  compiles = {n: compile_seconds(n) for n in ([10] if args.quick
-                                              else [10, 100, 500])}
+       "passes per step (20-step run)", "state MiB", "update temp MiB",
+       "minor faults/step"], rows)
+  layer_counts = [10] if args.quick else [10, 100, 500]
+  compiles = {str(n): compile_seconds(n) for n in layer_counts}
+  compiles[f"{layer_counts[-1]} stacked"] = compile_seconds(
+      layer_counts[-1], stacked=True)
   compile_table = print_table(
-      ["leaves (kernels)", "momentum SGD compile s", "gsm_sgd compile s",
+      ["layers (kernels)", "momentum SGD compile s", "gsm_sgd compile s",
        "ratio"],
       [[n, f"{c['momentum_sgd']:.2f}", f"{c['gsm']:.2f}",
-        f"{c['gsm'] / c['momentum_sgd']:.0f}x"] for n, c in compiles.items()])
+        f"{c['gsm'] / c['momentum_sgd']:.1f}x"]
+       for n, c in compiles.items()])
   if not args.quick:
     write_record("update_time" + glibc_record_suffix(), {
         "compression_ratio": COMPRESSION, "results": records, "table": table,

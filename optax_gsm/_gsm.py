@@ -173,8 +173,10 @@ def gsm(
   fresh GSM state never re-activates its zeros by a tie.
 
   Compile time: the selection is a loop of counting passes over all prunable
-  leaves; a model with hundreds of kernels takes tens of seconds to compile
-  on a CPU (once per run).
+  leaves; on a 2-core CPU an update of 500 separate 64x64 kernels compiles
+  in about 8 s (momentum SGD: about 2 s), once per run. Layers stacked into
+  one leaf per parameter kind (``nn.scan``, ``nnx.vmap``) compile in under
+  a second.
 
   References:
     Ding, Ding, Zhou, Guo, Han, Liu, "Global Sparse Momentum SGD for Pruning

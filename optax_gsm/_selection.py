@@ -79,19 +79,20 @@ _STACK_MAX_ENTRIES = 1 << 18
 def _ordered_key(score: jax.Array) -> jax.Array:
   """Maps float scores to int32 keys with the same order (non-finite lowest).
 
-  Works on the bit pattern, so denormals keep their order even where the
-  hardware flushes them to zero in float arithmetic.
+  A finite float's key is its magnitude bits, negated for negative floats
+  (so ``-0.0`` and ``+0.0`` are one key). Works on the bit pattern, so
+  denormals keep their order even where the hardware flushes them to zero
+  in float arithmetic.
   """
   bits = lax.bitcast_convert_type(score.astype(jnp.float32), _INT32)
-  non_finite = (bits & _EXPONENT_BITS) == _EXPONENT_BITS
-  bits = jnp.where(bits == _MIN_KEY, 0, bits)  # -0.0 ranks as +0.0
-  key = jnp.where(bits < 0, bits ^ _MAGNITUDE_BITS, bits)
-  return jnp.where(non_finite, _MIN_KEY, key)
+  magnitude = bits & _MAGNITUDE_BITS
+  key = jnp.where(bits < 0, -magnitude, magnitude)
+  return jnp.where(magnitude >= _EXPONENT_BITS, _MIN_KEY, key)
 
 
 def _key_to_score(key: jax.Array) -> jax.Array:
   """Inverse of `_ordered_key` on finite keys; the non-finite key gives -inf."""
-  bits = jnp.where(key < 0, key ^ _MAGNITUDE_BITS, key)
+  bits = jnp.where(key < 0, -key | _MIN_KEY, key)
   score = lax.bitcast_convert_type(bits, jnp.float32)
   return jnp.where(key == _MIN_KEY, -jnp.inf, score)
 
