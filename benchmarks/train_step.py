@@ -25,7 +25,12 @@ import numpy as np
 import optax
 
 import optax_gsm
-from benchmarks._common import print_table, time_call, write_record
+from benchmarks._common import (
+  glibc_record_suffix,
+  print_table,
+  time_call,
+  write_record,
+)
 from examples.models import CifarResNet, LeNet5
 
 MODELS = {
@@ -146,7 +151,8 @@ def main(argv=None):
                        "update alone ms, SGD / GSM",
                        "update difference / SGD step"], rows)
   if not args.quick:
-    write_record("train_step", {"results": records, "table": table})
+    write_record("train_step" + glibc_record_suffix(),
+                 {"results": records, "table": table})
   return records
 
 
