@@ -183,8 +183,7 @@ def test_ties_cut_deep_inside_a_large_leaf(q):
   assert_matches_reference(leaves, q)
 
 
-@pytest.mark.parametrize("shape", [(1,), (7,), (5, 1), (3, 4, 5),
-                                   (3, 3, 2, 4), (1, 1, 6)])
+@pytest.mark.parametrize("shape", [(7,), (5, 1), (3, 1, 2, 4)])
 def test_cut_end_is_just_past_the_take_th_tie(shape):
   # The tie-break's per-axis search against NumPy's row-major order, at
   # every possible take.
