@@ -412,9 +412,9 @@ def _tie_cut(blocks: _Blocks, threshold: jax.Array,
   ``cut``; `_cut_end` in it, ``end`` (one per block, in a ``lax.cond`` that
   only the block holding the cut runs).
   """
-  ties = [k == threshold for k in blocks.keys]
   num_ties = jnp.concatenate([
-      _count_true([t], tuple(range(1, t.ndim)))[0] for t in ties])
+      _count_true([k == threshold], tuple(range(1, k.ndim)))[0]
+      for k in blocks.keys])
   member_order = np.concatenate(blocks.members)
   taken_through = jnp.cumsum(num_ties[np.argsort(member_order)])
   # Cumulative counts rise with the leaf: the fully taken leaves are a prefix.

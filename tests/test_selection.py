@@ -199,8 +199,9 @@ def test_cut_end_is_just_past_the_take_th_tie(shape):
 def test_selection_needs_no_temporary_beyond_the_keys():
   # XLA's CPU backend materialises an int32 copy of a bool operand that a
   # single-operand reduction counts; every count of the selection (the tie
-  # counts and the cut search included) is a variadic one, so the only
-  # parameter-sized temporary is the int32 key buffer.
+  # counts and the tie-break's per-axis counts included) is a variadic one,
+  # and the tie-break's row selection an `any`, which counts nothing, so the
+  # only parameter-sized temporary is the int32 key buffer.
   scores = [jnp.ones((256, 256)), jnp.ones((128, 256))]
   total = sum(s.size for s in scores)
   compiled = jax.jit(optax_gsm.select_top).lower(scores, 100).compile()
