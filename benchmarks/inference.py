@@ -4,12 +4,12 @@ For LeNet-300-100 at 60x and LeNet-5 at 125x and 300x, from the pruned
 models the MNIST example saved (``benchmarks/results/lossless/*.gsm``):
 
 - file size: the dense params as Flax msgpack, that file gzipped, and
-  ``optax_gsm.save_sparse`` with float32 values (bit-exact) and float16
+  ``optax_gsm.export.save_sparse`` with float32 values (bit-exact) and float16
   values (lossy), each as a ratio to the dense file;
 - test accuracy of each loaded model on MNIST (float32 equals the pruned
   model exactly);
 - CPU inference time at batch 1 and 256 of the dense pruned model and of the
-  same model with BCOO Dense kernels (``optax_gsm.to_bcoo`` +
+  same model with BCOO Dense kernels (``optax_gsm.export.to_bcoo`` +
   ``examples.sparse_inference.apply_with_bcoo``), jitted, as a ratio.
 
     python -m benchmarks.inference
@@ -61,7 +61,7 @@ def load_pruned(name: str, ratio: float, quick: bool):
   if not path.exists():
     raise SystemExit(f"{path} is missing: run the MNIST example first (see "
                      "`python -m benchmarks.inference --help`), or --quick.")
-  return model, optax_gsm.load_sparse(path)
+  return model, optax_gsm.export.load_sparse(path)
 
 
 def file_sizes(params, directory: pathlib.Path) -> dict:
@@ -72,8 +72,8 @@ def file_sizes(params, directory: pathlib.Path) -> dict:
   return {
       "dense_msgpack": len(dense),
       "dense_msgpack_gzip": len(gzipped.getvalue()),
-      "sparse_float32": optax_gsm.save_sparse(directory / "f32.gsm", params),
-      "sparse_float16": optax_gsm.save_sparse(directory / "f16.gsm", params,
+      "sparse_float32": optax_gsm.export.save_sparse(directory / "f32.gsm", params),
+      "sparse_float16": optax_gsm.export.save_sparse(directory / "f16.gsm", params,
                                               values_dtype=jnp.float16),
   }
 
@@ -85,9 +85,9 @@ def accuracies(model, params, directory, test) -> dict:
   apply = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1))
   result = {}
   for key, loaded in (("pruned", params),
-                      ("sparse_float32", optax_gsm.load_sparse(
+                      ("sparse_float32", optax_gsm.export.load_sparse(
                           directory / "f32.gsm")),
-                      ("sparse_float16", optax_gsm.load_sparse(
+                      ("sparse_float16", optax_gsm.export.load_sparse(
                           directory / "f16.gsm"))):
     result[key] = float(np.mean(np.asarray(apply(loaded, images)) == labels))
   return result
@@ -97,7 +97,7 @@ def inference_times(model, params) -> dict:
   dense_apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
   sparse_apply = jax.jit(lambda p, x: apply_with_bcoo(model, {"params": p},
                                                       x))
-  sparse_params = optax_gsm.to_bcoo(params)
+  sparse_params = optax_gsm.export.to_bcoo(params)
   times = {}
   for batch in (1, 256):
     x = jnp.asarray(np.random.default_rng(0).normal(

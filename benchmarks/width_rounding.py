@@ -4,7 +4,7 @@ For the widths structured GSM chose on MNIST
 (``benchmarks/results/structured/mnist_<model>.json``, from
 ``examples.structured_gsm``), CPU inference time at batch 1 and 256 of the
 dense model and of the shrunk model as it comes, and with every width
-rounded up to a multiple of 4 and of 8 (what ``optax_gsm.shrink(...,
+rounded up to a multiple of 4 and of 8 (what ``optax_gsm.structured.shrink(...,
 round_to=k)`` gives), jitted, in one run, as ratios to the dense model.
 Timing needs only the shapes: the params are a fresh initialisation.
 

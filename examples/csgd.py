@@ -40,9 +40,9 @@ RESULTS = experiment.RESULTS / "csgd"
 
 def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
   variables = setup.variables(params, batch_stats)
-  clusters = optax_gsm.cluster_channels(variables, groups, ratio=ratio)
+  clusters = optax_gsm.centripetal.cluster_channels(variables, groups, ratio=ratio)
   strength = (1 - math.sqrt(experiment.MOMENTUM)) ** 2 / setup.peak_lr
-  tx = optax_gsm.csgd_sgd(setup.schedule, clusters,
+  tx = optax_gsm.centripetal.centripetal_sgd(setup.schedule, clusters,
                           centripetal_strength=strength,
                           vector_factor=setup.args.vector_factor,
                           weight_decay=experiment.WEIGHT_DECAY,
@@ -52,23 +52,23 @@ def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
                                      desc=f"C-SGD 1/{ratio:g}")
   stats = trainer.batch_stats
   full = setup.variables(trained, stats)
-  small, widths = optax_gsm.merge_clusters(full, groups, clusters)
+  small, widths = optax_gsm.centripetal.merge_clusters(full, groups, clusters)
   merged = setup.trainer(setup.model(widths))
   first = []
   for assignment in clusters.assignments:
     kept = np.zeros(len(assignment), bool)
     kept[np.unique(assignment, return_index=True)[1]] = True
     first.append(kept)
-  keep = optax_gsm.StructureMask(tuple(first),
+  keep = optax_gsm.structured.StructureMask(tuple(first),
                                  np.ones(len(groups.blocks), bool))
-  before, after = optax_gsm.structure_cost(groups, trained, keep, "flops")
+  before, after = optax_gsm.structured.model_cost(groups, trained, keep, "flops")
   record = {
       "centripetal_strength": strength,
       "vector_factor": setup.args.vector_factor,
       "accuracy_before_merge": trainer.accuracy(trained, stats),
       "accuracy_merged": merged.accuracy(small["params"],
                                          small.get("batch_stats")),
-      "largest_spread": max(optax_gsm.cluster_spread(trained,
+      "largest_spread": max(optax_gsm.centripetal.cluster_spread(trained,
                                                      clusters).values()),
       "flops_reduction": before / after, "widths": widths, **timing}
   print(f"C-SGD 1/{ratio:g}: {record['accuracy_before_merge']:.4f} -> "

@@ -133,7 +133,7 @@ class Setup:
 
   def groups(self, model, variables):
     """The model's structures, traced on one training image."""
-    return optax_gsm.channel_groups(self.inference_apply(model), variables,
+    return optax_gsm.structured.channel_groups(self.inference_apply(model), variables,
                                     jnp.asarray(self.train[0][:1]))
 
   def init(self, model, seed=None):

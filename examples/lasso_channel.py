@@ -6,7 +6,7 @@ shortcuts), at each FLOPs reduction asked for:
 
 1. train the dense model (momentum SGD, cosine schedule);
 2. the widths: one share of the channels kept in every group LASSO pruning
-   can remove (`optax_gsm.lasso_prunable`: not the residual streams), found
+   can remove (`optax_gsm.lasso.prunable_groups`: not the residual streams), found
    by bisection to reach the reduction;
 3. ``lasso_channel_prune`` on ``--samples`` unlabeled training images (10
    positions each): accuracy with no fine-tuning, then after
@@ -47,7 +47,7 @@ def widths_for(groups, params, prunable, reduction):
             for g in groups.channels]
 
   def keep_for(share):
-    return optax_gsm.StructureMask(
+    return optax_gsm.structured.StructureMask(
         tuple(np.arange(g.size) < c
               for g, c in zip(groups.channels, counts(share))),
         np.ones(len(groups.blocks), bool))
@@ -74,11 +74,11 @@ def fine_tune(setup, small, widths, desc):
 
 
 def lasso_stage(setup, apply, groups, variables, widths, inputs, reduction):
-  small, small_widths, report = optax_gsm.lasso_channel_prune(
+  small, small_widths, report = optax_gsm.lasso.prune_channels(
       apply, variables, groups, inputs, widths=widths, lasso_tolerance=0.0,
       seed=setup.args.seed, verbose=True)
   print(report.table(), flush=True)
-  before, after = optax_gsm.structure_cost(groups, variables["params"],
+  before, after = optax_gsm.structured.model_cost(groups, variables["params"],
                                            report.keep, "flops")
   pruned, tuned, timing = fine_tune(setup, small, small_widths,
                                     f"LASSO {reduction}x fine-tune")
@@ -97,7 +97,7 @@ def lasso_stage(setup, apply, groups, variables, widths, inputs, reduction):
 def l1_stage(setup, groups, variables, widths, reduction):
   counts = [widths.get(g.name, g.size) for g in groups.channels]
   keep = structured_gsm.l1_keep(groups, variables["params"], counts)
-  small, small_widths = optax_gsm.shrink(variables, groups, keep)
+  small, small_widths = optax_gsm.structured.shrink(variables, groups, keep)
   pruned, tuned, _ = fine_tune(setup, small, small_widths,
                                f"L1 {reduction}x fine-tune")
   print(f"L1 {reduction}x: pruned {pruned:.4f}, fine-tuned {tuned:.4f}",
@@ -156,7 +156,7 @@ def main(argv=None):
   variables = setup.variables(params, batch_stats)
   apply = setup.inference_apply(model)
   groups = setup.groups(model, variables)
-  prunable = set(optax_gsm.lasso_prunable(groups))
+  prunable = set(optax_gsm.lasso.prunable_groups(groups))
   inputs = jnp.asarray(setup.train[0][:args.samples])
   record = {**setup.record(dense), "samples": args.samples,
             "fine_tune_steps": args.fine_tune_steps, "runs": []}

@@ -5,7 +5,7 @@ For LeNet-300-100 or LeNet-5 (every kernel but the classifier):
 
 1. train the dense model;
 2. TRP from it for the same number of steps: momentum SGD with the
-   nuclear-norm sub-gradient (``optax_gsm.nuclear_norm``, lambda 3e-4) and
+   nuclear-norm sub-gradient (``optax_gsm.low_rank.add_nuclear_norm``, lambda 3e-4) and
    the energy-0.9 projection every 5 steps (``low_rank_projection``), then
    ``low_rank_decompose`` (singular values below 5% of the largest
    dropped) and the factorised model run as two thin layers per kernel
@@ -94,21 +94,21 @@ def main(argv=None):
   model, trainer, dense, _, dense_record = experiment.dense_stage(setup)
   kernels = DECOMPOSED[args.model]
   trp = optax.chain(
-      optax_gsm.nuclear_norm(args.strength, energy=args.energy,
+      optax_gsm.low_rank.add_nuclear_norm(args.strength, energy=args.energy,
                              prunable=kernels),
       setup.sgd(),
-      optax_gsm.low_rank_projection(energy=args.energy, every=PROJECT_EVERY,
+      optax_gsm.low_rank.low_rank_projection(energy=args.energy, every=PROJECT_EVERY,
                                     prunable=kernels))
   trained, _, timing = trainer.train(dense, trp, args.epochs, desc="TRP")
-  factors, ranks = optax_gsm.low_rank_decompose(
+  factors, ranks = optax_gsm.low_rank.low_rank_decompose(
       trained, threshold=THRESHOLD, prunable=kernels)
-  truncated = optax_gsm.low_rank_project(dense, prunable=kernels,
+  truncated = optax_gsm.low_rank.truncate_rank(dense, prunable=kernels,
                                          ranks=ranks)
   tuned, _, tune_timing = trainer.train(
-      truncated, optax.chain(setup.sgd(), optax_gsm.low_rank_projection(
+      truncated, optax.chain(setup.sgd(), optax_gsm.low_rank.low_rank_projection(
           prunable=kernels, ranks=ranks)), args.epochs,
       desc="truncated SVD + fine-tuning")
-  positions = optax_gsm.channel_groups(
+  positions = optax_gsm.structured.channel_groups(
       lambda v, x: model.apply(v, x), {"params": dense},
       jnp.asarray(setup.train[0][:1]),
       on_unknown="unprunable").macs_per_entry

@@ -1,6 +1,6 @@
 """Running a Flax linen model whose kernels are low-rank factor pairs.
 
-``optax_gsm.low_rank_decompose`` splits each kernel into ``first`` and
+``optax_gsm.low_rank.low_rank_decompose`` splits each kernel into ``first`` and
 ``second``; `factorised_params` puts ``{"first": ..., "second": ...}`` in
 place of each kernel, and `apply_low_rank` runs ``model.apply`` with them:
 an ``nn.Dense`` computes ``(x @ first) @ second + bias``, an ``nn.Conv``
@@ -8,7 +8,7 @@ an ``nn.Dense`` computes ``(x @ first) @ second + bias``, an ``nn.Conv``
 strides and padding) then a 1x1 convolution with ``second``, plus bias.
 Everything else runs as usual.
 
-    factors, ranks = optax_gsm.low_rank_decompose(params, prunable=...)
+    factors, ranks = optax_gsm.low_rank.low_rank_decompose(params, prunable=...)
     logits = apply_low_rank(model, {"params": factorised_params(params,
                                                                 factors)}, x)
 """

@@ -36,7 +36,7 @@ For one model and one or more compression ratios:
    applied to the dense model's initialisation and retrained with the mask
    fixed (the dense schedule).
 
-Each GSM variant's pruned parameters are saved with ``optax_gsm.save_sparse``
+Each GSM variant's pruned parameters are saved with ``optax_gsm.export.save_sparse``
 as ``<stem>_<variant>.gsm`` (a few KB) beside the records.
 
 Budgets are counted in optimizer steps: an epoch is 60000 / 256 = 234 steps
@@ -467,7 +467,7 @@ def main(argv=None):
       # The pruned model itself, compact (benchmarks/inference.py reads it).
       model_file = args.output_dir / f"{stem}_{variant}.gsm"
       gsm_record["model_file"] = model_file.name
-      gsm_record["model_file_bytes"] = optax_gsm.save_sparse(model_file,
+      gsm_record["model_file_bytes"] = optax_gsm.export.save_sparse(model_file,
                                                              pruned)
       record["gsm"].append(gsm_record)
       save()

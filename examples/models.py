@@ -2,7 +2,7 @@
 MNIST networks and a CIFAR-style ResNet with batch norm.
 
 Every layer's width can be overridden through ``widths`` (module path ->
-features, as `optax_gsm.shrink` returns them), so that the same class
+features, as `optax_gsm.structured.shrink` returns them), so that the same class
 builds the full model and the shrunk one; a residual block of width 0 is
 skipped.
 """

@@ -1,7 +1,7 @@
 """Path-SGD on MNIST: does the curve stay the same from an unbalanced start?
 
 A 2-hidden-layer ReLU MLP (784-1000-1000-10) trained with Path-SGD
-(``optax_gsm.path_sgd``, kappa derived from the model), momentum SGD and
+(``optax_gsm.path_norm.path_sgd``, kappa derived from the model), momentum SGD and
 Adam, each from the default initialisation ("balanced") and from the same
 function with its first layer scaled by c = 10 and the second by 1/c
 ("unbalanced"). Neyshabur et al. (NIPS 2015) claim Path-SGD's curve is the
@@ -43,7 +43,7 @@ def unbalanced(params, scale):
 def optimizers(model, example):
   apply = lambda p, x: model.apply({"params": p}, x)
   return {
-      "path-sgd": optax_gsm.path_sgd(LEARNING_RATES["path-sgd"],
+      "path-sgd": optax_gsm.path_norm.path_sgd(LEARNING_RATES["path-sgd"],
                                      apply_fn=apply, example_input=example),
       "sgd": optax.sgd(LEARNING_RATES["sgd"], momentum=0.9),
       "adam": optax.adam(LEARNING_RATES["adam"]),

@@ -1,11 +1,11 @@
 """Running a Flax linen model whose Dense kernels are BCOO matrices.
 
-``optax_gsm.to_bcoo`` turns the pruned kernels into
+``optax_gsm.export.to_bcoo`` turns the pruned kernels into
 ``jax.experimental.sparse.BCOO``; ``apply_with_bcoo`` runs ``model.apply``
 with them: every ``nn.Dense`` whose kernel is BCOO computes
 ``x @ kernel + bias`` sparsely, everything else runs as usual.
 
-    sparse_params = optax_gsm.to_bcoo(pruned)
+    sparse_params = optax_gsm.export.to_bcoo(pruned)
     logits = apply_with_bcoo(model, {"params": sparse_params}, images)
 """
 

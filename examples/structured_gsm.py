@@ -5,9 +5,9 @@ For LeNet-5 or a ResNet-20-style network (batch norm, projection
 shortcuts, 3 stages), at each FLOPs reduction asked for:
 
 1. train the dense model (momentum SGD, cosine schedule);
-2. trace its structures once (`optax_gsm.channel_groups`);
-3. structured GSM from the dense model (``gsm_sgd(..., groups=groups,
-   cost="flops", total_steps=T)``: channels and residual blocks in one
+2. trace its structures once (`optax_gsm.structured.channel_groups`);
+3. structured GSM from the dense model (``structured_gsm_sgd(lr, groups,
+   ratio, cost="flops", total_steps=T)``: channels and residual blocks in one
    global ranking by Taylor saliency per FLOP), then `shrink`: the
    accuracy of the trained model, of the masked model and of the shrunk
    model (the last two must be equal);
@@ -23,7 +23,7 @@ model's multiply-adds are counted exactly); the baseline's uniform share is
 found by bisection; the table reports the reduction each reached.
 
 ``--n-of-m 2 4`` instead trains LeNet-300-100 with 2:4 GSM
-(``gsm_sgd(..., n_of_m=(2, 4))``) against 2:4 magnitude pruning of the
+(``n_of_m_gsm_sgd(lr, (2, 4))``) against 2:4 magnitude pruning of the
 dense model plus fine-tuning with the pattern fixed, on the same budget.
 
     python -m examples.structured_gsm --model resnet20 --reductions 2 4
@@ -68,7 +68,7 @@ def l1_keep(groups, params, counts):
     kept = np.zeros(group.size, bool)
     kept[np.argsort(-norms, kind="stable")[:count]] = True
     channels.append(kept)
-  return optax_gsm.StructureMask(tuple(channels),
+  return optax_gsm.structured.StructureMask(tuple(channels),
                                  np.ones(len(groups.blocks), bool))
 
 
@@ -89,7 +89,7 @@ def share_for(groups, params, reduction, keep_for):
   low, high = 0.0, 1.0
   for _ in range(CALIBRATION_STEPS):
     middle = (low + high) / 2
-    before, after = optax_gsm.structure_cost(groups, params,
+    before, after = optax_gsm.structured.model_cost(groups, params,
                                              keep_for(middle), "flops")
     low, high = (middle, high) if before / after > reduction else (
         low, middle)
@@ -103,7 +103,7 @@ def l1_uniform_for(groups, params, reduction):
 
 
 def shrunk_accuracy(setup, variables, groups, keep):
-  small, widths = optax_gsm.shrink(variables, groups, keep)
+  small, widths = optax_gsm.structured.shrink(variables, groups, keep)
   trainer = setup.trainer(setup.model(widths))
   return small, widths, trainer, trainer.accuracy(
       small["params"], small.get("batch_stats"))
@@ -113,7 +113,7 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction):
   # With cost="flops" the ratio is the FLOPs reduction itself: the kept
   # model's multiply-adds are counted exactly.
   ratio = reduction
-  tx = optax_gsm.gsm_sgd(setup.schedule, ratio, groups=groups,
+  tx = optax_gsm.structured.structured_gsm_sgd(setup.schedule, groups, ratio,
                          cost="flops", total_steps=setup.steps,
                          momentum=experiment.MOMENTUM,
                          weight_decay=experiment.WEIGHT_DECAY)
@@ -121,13 +121,13 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction):
       params, tx, setup.args.epochs, batch_stats=batch_stats,
       desc=f"structured GSM {reduction}x")
   stats = trainer.batch_stats
-  keep = optax_gsm.kept_structures(opt_state)
+  keep = optax_gsm.structured.kept_structures(opt_state)
   variables = setup.variables(trained, stats)
-  masked = optax_gsm.mask_structures(variables, groups, keep)
+  masked = optax_gsm.structured.mask_structures(variables, groups, keep)
   small, widths, _, small_accuracy = shrunk_accuracy(setup, variables,
                                                      groups, keep)
-  before, after = optax_gsm.structure_cost(groups, trained, keep, "flops")
-  params_before, params_after = optax_gsm.structure_cost(groups, trained,
+  before, after = optax_gsm.structured.model_cost(groups, trained, keep, "flops")
+  params_before, params_after = optax_gsm.structured.model_cost(groups, trained,
                                                          keep)
   record = {
       "compression_ratio": ratio,
@@ -157,7 +157,7 @@ def l1_stage(setup, groups, params, batch_stats, reduction):
   tuned, _, timing = trainer.train(
       small["params"], setup.sgd(), setup.args.epochs,
       batch_stats=small.get("batch_stats"), desc=f"L1 {reduction}x")
-  before, after = optax_gsm.structure_cost(groups, params, keep, "flops")
+  before, after = optax_gsm.structured.model_cost(groups, params, keep, "flops")
   record = {
       "accuracy_pruned": pruned_accuracy,
       "accuracy_fine_tuned": trainer.accuracy(tuned, trainer.batch_stats),
@@ -189,7 +189,7 @@ def inference_times(setup, variables, small, widths, repeats_budget):
 
 def n_of_m_stages(setup, trainer, params, n_of_m):
   """2:4 GSM against 2:4 magnitude pruning + fine-tuning, same budget."""
-  tx = optax_gsm.gsm_sgd(setup.schedule, n_of_m=n_of_m,
+  tx = optax_gsm.n_of_m_gsm_sgd(setup.schedule, n_of_m,
                          total_steps=setup.steps,
                          momentum=experiment.MOMENTUM,
                          weight_decay=experiment.WEIGHT_DECAY)
@@ -198,7 +198,7 @@ def n_of_m_stages(setup, trainer, params, n_of_m):
   pruned, _ = optax_gsm.prune(trained, opt_state=opt_state)
   one_shot, mask = optax_gsm.prune(params, n_of_m=n_of_m)
   tuned, _, tune_timing = trainer.train(
-      one_shot, optax.chain(setup.sgd(), optax_gsm.keep_mask(mask)),
+      one_shot, optax.chain(setup.sgd(), optax_gsm.freeze_pruned(mask)),
       setup.args.epochs, mask=mask, desc=f"{n_of_m} magnitude + fine-tune")
   record = {
       "n_of_m": list(n_of_m),

@@ -3,7 +3,7 @@
 GSM's final prune needs no fine-tuning, but users fine-tune anyway (another
 task, another dataset, a few more epochs). Any optimizer then moves the
 pruned zeros: plain gradients are non-zero there, and a resumed GSM state
-ranks them again. `keep_mask`, chained last, zeroes the updates of pruned
+ranks them again. `freeze_pruned`, chained last, zeroes the updates of pruned
 entries, so they stay exactly zero whatever the optimizer before it does.
 """
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 
-def keep_mask(mask: chex.ArrayTree) -> optax.GradientTransformation:
+def freeze_pruned(mask: chex.ArrayTree) -> optax.GradientTransformation:
   """Zeroes the updates wherever ``mask`` is False; chain it last.
 
   .. math::
@@ -27,7 +27,7 @@ def keep_mask(mask: chex.ArrayTree) -> optax.GradientTransformation:
   Example::
 
     pruned, mask = optax_gsm.prune(params, opt_state=opt_state)
-    tx = optax.chain(optax.adamw(1e-4), optax_gsm.keep_mask(mask))
+    tx = optax.chain(optax.adamw(1e-4), optax_gsm.freeze_pruned(mask))
 
   Args:
     mask: pytree of bool arrays with the structure and shapes of the params

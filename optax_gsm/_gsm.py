@@ -11,10 +11,12 @@ with the largest saliency (by default ``T = |g * w|``) form the active set
   z \\leftarrow \\beta z + \\eta w + B \\odot g
 
 and the update is ``z`` (Nesterov: ``\\eta w + B \\odot g + \\beta z``, as
-``torch.optim.SGD`` computes it). Passive parameters receive weight decay
-only, and momentum shrinks them toward zero. Parameters that are not prunable
-(biases, norms) get plain momentum SGD with their own decay. Chain with
-``optax.scale_by_learning_rate`` (or use `gsm_sgd`) to get ``w <- w - lr z``.
+``torch.optim.SGD`` computes it): the masked gradient of
+`optax_gsm._active_set` followed by ``optax.trace``. Passive parameters
+receive weight decay only, and momentum shrinks them toward zero. Parameters
+that are not prunable (biases, norms) get plain momentum SGD with their own
+decay. Chain with ``optax.scale_by_learning_rate`` (or use `gsm_sgd`) to get
+``w <- w - lr z``.
 
 How fast passive weights vanish: with learning rate ``alpha`` and no gradient,
 ``w`` follows ``w <- w - alpha z, z <- beta z + eta w``, whose slowest mode
@@ -28,6 +30,7 @@ weights 1000-fold, so on a shorter budget the final prune costs accuracy.
 `lossless_settings` derives it and ``freeze_mask_at`` from a step budget.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
@@ -35,19 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
 from optax_gsm import (
+  _active_set,
   _compression_ratio,
   _density_bounds,
-  _groups,
-  _lossless,
-  _n_of_m,
   _prunable,
   _rules,
   _saliency,
-  _structured,
-  _validation,
 )
 
 # The entries of each leaf's `GSMState.leaf_ranking`.
@@ -55,7 +53,8 @@ _PRUNABLE, _MIN_ACTIVE, _MAX_ACTIVE, _POSITION = range(4)
 
 
 class GSMState(NamedTuple):
-  """State of `gsm`.
+  """State of the ranking of `gsm` and `n_of_m_gsm` (the momentum buffer is
+  the ``optax.TraceState`` after it in the chain).
 
   Attributes:
     count: number of updates so far (int32).
@@ -63,7 +62,6 @@ class GSMState(NamedTuple):
       gradient through (the active set; all True before the first update and
       on leaves that are not prunable). `active_mask` finds it in any
       ``opt_state``, with several GSM groups too.
-    momentum: the momentum buffer ``z``, like the params.
     num_active: Q of the current mask (int32).
     n_of_m: int32 ``[n, m]`` of an N:M ranking, ``[0, 0]`` for a global one.
     leaf_ranking: pytree of int32 ``[4]`` arrays like the params, per leaf
@@ -89,7 +87,6 @@ class GSMState(NamedTuple):
   """
   count: chex.Array
   mask: Any
-  momentum: Any
   num_active: chex.Array
   n_of_m: chex.Array
   leaf_ranking: Any
@@ -113,294 +110,6 @@ class GSMState(NamedTuple):
   def position(self) -> Any:
     return self._ranking_entry(_POSITION, jnp.int32)
 
-
-class StructuredGSMState(NamedTuple):
-  """State of `gsm` with ``groups``.
-
-  Attributes:
-    count: number of updates so far (int32).
-    mask: pytree of bool like the params: the entries of kept structures
-      (and entries in no structure).
-    momentum: the momentum buffer ``z``, like the params.
-    kept: the `StructureMask` of the last update (`kept_structures`).
-  """
-  count: chex.Array
-  mask: Any
-  momentum: Any
-  kept: _groups.StructureMask
-
-
-def gsm(
-    compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
-    *,
-    sparsity: _compression_ratio.RatioOrSchedule | None = None,
-    momentum: jax.typing.ArrayLike = 0.9,
-    nesterov: bool = False,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    passive_weight_decay: jax.typing.ArrayLike | None = None,
-    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
-    saliency: str | _saliency.SaliencyFn = "taylor",
-    prunable: _prunable.Prunable = None,
-    mask_update_every: jax.typing.ArrayLike = 1,
-    freeze_mask_at: jax.typing.ArrayLike | None = None,
-    momentum_dtype: chex.ArrayDType | None = None,
-    groups: _groups.Groups | None = None,
-    cost: str = "params",
-    n_of_m: tuple[int, int] | None = None,
-    min_density: _density_bounds.Density = None,
-    max_density: _density_bounds.Density = None,
-) -> optax.GradientTransformation:
-  r"""Global Sparse Momentum: momentum SGD where only the top-Q gradients pass.
-
-  At step t, over all prunable entries of the model together (N of them),
-  the ``Q = floor(N / C)`` entries with the largest saliency (by default
-  ``T = |g * w|``, the first-order Taylor estimate of the loss change if the
-  entry were zeroed) form the active set ``B_t``; then
-
-  .. math::
-    z_{t+1} = \beta z_t + \eta w_t + B_t \odot g_t, \qquad
-    u_t = z_{t+1} \quad (\text{Nesterov: } \eta w_t + B_t \odot g_t
-      + \beta z_{t+1})
-
-  and a following ``optax.scale_by_learning_rate(alpha)`` makes
-  ``w_{t+1} = w_t - \alpha u_t`` (Eq. 6 of the paper). Passive entries get
-  the decay only (``passive_weight_decay`` if given), so momentum drives them
-  toward zero; after training `prune` keeps the Q largest ``|w|``. Leaves
-  that are not prunable (biases, norms) get plain momentum SGD with
-  ``unprunable_weight_decay``. Ties in the ranking go to earlier leaves and
-  entries; an entry that is exactly zero with a zero score ranks just below
-  every non-zero weight of score zero, so a pruned model fine-tuned with a
-  fresh GSM state never re-activates its zeros by a tie.
-
-  Compile time: the selection is a loop of counting passes over all prunable
-  leaves; on a 2-core CPU an update of 500 separate 64x64 kernels compiles
-  in about 8 s (momentum SGD: about 2 s), once per run. Layers stacked into
-  one leaf per parameter kind (``nn.scan``, ``nnx.vmap``) compile in under
-  a second.
-
-  References:
-    Ding, Ding, Zhou, Guo, Han, Liu, "Global Sparse Momentum SGD for Pruning
-    Very Deep Neural Networks", NeurIPS 2019,
-    https://arxiv.org/abs/1909.12778.
-
-  Example::
-
-    >>> import jax.numpy as jnp, optax, optax_gsm
-    >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
-    >>> tx = optax.chain(optax_gsm.gsm(4.0, momentum=0.9, weight_decay=1e-4),
-    ...                  optax.scale_by_learning_rate(0.1))
-    >>> state = tx.init(params)
-    >>> grads = {"dense": {"kernel": jnp.arange(12.0).reshape(4, 3),
-    ...                    "bias": jnp.ones(3)}}
-    >>> updates, state = tx.update(grads, state, params)
-    >>> int(optax_gsm.active_mask(state, params)["dense"]["kernel"].sum())
-    3
-
-  Args:
-    compression_ratio: C >= 1; ``Q = floor(N / C)`` of the N prunable entries
-      stay active. A schedule ``step -> C`` ramps compression. Exactly one of
-      this and ``sparsity``.
-    sparsity: s in [0, 1), the fraction of prunable entries to make passive
-      (``C = 1 / (1 - s)``), or a schedule ``step -> s``.
-    momentum: beta in [0, 1).
-    nesterov: use Nesterov momentum, as ``torch.optim.SGD(nesterov=True)``.
-    weight_decay: eta >= 0 for prunable parameters, inside the momentum.
-    passive_weight_decay: None (the paper's: ``weight_decay``), or the decay
-      >= 0 of passive prunable entries, active ones keeping ``weight_decay``.
-      A larger value drives the weights the final prune removes to zero in
-      fewer steps (see `lossless_settings`); best with ``freeze_mask_at``,
-      since without it a weight that turns active again starts smaller.
-    unprunable_weight_decay: decay >= 0 for parameters that are not prunable
-      (the official code gives biases and norms 0).
-    saliency: "taylor" (``|g * w|``, the paper's), "magnitude" (``|w|``) or a
-      callable ``(grads, params) -> scores`` with the params' structure.
-    prunable: which leaves GSM ranks: None (`default_prunable`: Flax
-      ``kernel`` and ``embedding`` leaves, else rank >= 2), a pytree of bools
-      like the params or a prefix of it, glob patterns over ``/``-joined
-      paths, or a callable ``params -> any of these``.
-    mask_update_every: int >= 1: recompute the active set every this many
-      steps and keep it in between (1, the paper's, recomputes every step).
-    freeze_mask_at: None (the paper's: never), or the int step >= 0 at which
-      the active set becomes the Q largest ``|w|``, what the final `prune`
-      keeps, and stays fixed: every weight the prune will remove then decays
-      for all the remaining steps, which makes the prune lossless when
-      enough steps at a high learning rate remain (see `lossless_settings`).
-      Q stays that of this step.
-    momentum_dtype: dtype of the momentum buffer; None for the params' dtype.
-    groups: None (unstructured), or `Groups` (from `channel_groups`):
-      structured GSM over channels and residual blocks, one global ranking
-      by saliency per unit cost (see `optax_gsm._structured`); the kept
-      model then costs at most 1/C of the whole (params or FLOPs, counted
-      exactly) and ``prunable`` must be None.
-      Kernel entries keep ``weight_decay`` where active, other members
-      (biases, norms) ``unprunable_weight_decay``; all passive members get
-      ``passive_weight_decay``. The state is a `StructuredGSMState`.
-    cost: with ``groups``: "params" or "flops" (multiply-adds per example
-      of the traced input).
-    n_of_m: None, or ``(n, m)``: N:M sparsity instead of the global
-      ranking: in every ``m`` consecutive entries along the input axis (-2)
-      of each prunable kernel, the ``n`` most salient are active (2:4 runs
-      on sparse tensor cores); sets the ratio to ``m / n``, so leave
-      ``compression_ratio`` and ``sparsity`` out. Pass the same to `prune`
-      (or ``opt_state=``).
-    min_density: None, or a float in [0, 1] (every prunable leaf) or a
-      pytree of floats like the params (None entries: no bound): each leaf
-      keeps at least this share; still exactly Q active overall (see
-      `optax_gsm._density_bounds`). Costs 32 counting passes a refresh.
-    max_density: likewise, the most each leaf may keep.
-
-  Returns:
-    An ``optax.GradientTransformation``; its ``update`` needs ``params``.
-    With a traced ratio (a schedule under ``jit``, or
-    ``optax.inject_hyperparams``) Q follows `num_active`'s rules.
-  """
-  if n_of_m is not None:
-    n_of_m = _n_of_m.check_n_of_m(n_of_m)
-    if compression_ratio is not None or sparsity is not None:
-      raise ValueError("`n_of_m` sets the ratio (m / n): leave "
-                       "`compression_ratio` and `sparsity` out.")
-    if min_density is not None or max_density is not None or (
-        groups is not None):
-      raise ValueError("`n_of_m` is a ranking of its own: it excludes "
-                       "`min_density`, `max_density` and `groups`.")
-    ratio_at = None  # Q comes from the pattern
-  else:
-    ratio_at = _compression_ratio.compression_schedule(compression_ratio,
-                                                       sparsity)
-  _validation.check_range("momentum", momentum, low=0.0, high=1.0,
-                          high_inclusive=False)
-  _validation.check_bool("nesterov", nesterov)
-  _validation.check_range("weight_decay", weight_decay, low=0.0)
-  if passive_weight_decay is None:
-    passive_weight_decay = weight_decay
-  _validation.check_range("passive_weight_decay", passive_weight_decay,
-                          low=0.0)
-  _validation.check_range("unprunable_weight_decay", unprunable_weight_decay,
-                          low=0.0)
-  mask_update_every = _validation.check_int("mask_update_every",
-                                            mask_update_every, low=1)
-  if freeze_mask_at is not None:
-    freeze_mask_at = _validation.check_int("freeze_mask_at", freeze_mask_at,
-                                           low=0)
-  if groups is not None:
-    if min_density is not None or max_density is not None:
-      raise ValueError("`min_density`/`max_density` bound leaves of the "
-                       "unstructured ranking; with `groups` use the groups.")
-    if prunable is not None:
-      raise ValueError("`prunable` and `groups` exclude each other: with "
-                       "groups, the structures say what is pruned.")
-    _structured.check_cost(cost)
-    return _structured_gsm(
-        groups, cost, ratio_at,
-        _structured.as_contribution_saliency(saliency), momentum=momentum,
-        nesterov=nesterov, weight_decay=weight_decay,
-        passive_weight_decay=passive_weight_decay,
-        unprunable_weight_decay=unprunable_weight_decay,
-        mask_update_every=mask_update_every, freeze_mask_at=freeze_mask_at,
-        momentum_dtype=momentum_dtype)
-  saliency_fn = _saliency.resolve_saliency(saliency)
-
-  bounded = min_density is not None or max_density is not None
-
-  def ranking(params, step):
-    """The prunable flags, Q and rule at ``step`` (checked)."""
-    flags = _prunable.resolve_prunable(prunable, params)
-    leaves = jax.tree.leaves(params)
-    if n_of_m is not None:
-      ranked = _prunable.prunable_leaves(flags, leaves)
-      for path, leaf in zip(_prunable.prunable_leaves(
-          flags, _groups.leaf_paths(params)), ranked):
-        _n_of_m.check_shape(np.shape(leaf), n_of_m[1], repr(path))
-      return flags, _rules.n_of_m_count([np.shape(w) for w in ranked],
-                                        n_of_m), _rules.Rule(n_of_m=n_of_m)
-    q = _compression_ratio.num_active(
-        _prunable.prunable_count(flags, leaves), ratio_at(step))
-    if not bounded:
-      return flags, q, _rules.Rule()
-    low, high = _density_bounds.leaf_bounds(params, flags, min_density,
-                                            max_density)
-    _density_bounds.check_feasible(low, high, q)
-    return flags, q, _rules.Rule(low=low, high=high)
-
-  def init_fn(params):
-    # Validates a constant ratio, or a schedule's first value, before training.
-    flags, q, rule = ranking(params, 0)
-    return GSMState(
-        count=jnp.zeros([], jnp.int32),
-        mask=jax.tree.map(lambda w: jnp.ones_like(w, dtype=bool), params),
-        momentum=optax.tree_utils.tree_zeros_like(params,
-                                                  dtype=momentum_dtype),
-        num_active=jnp.asarray(q, jnp.int32),
-        n_of_m=jnp.asarray(rule.n_of_m or (0, 0), jnp.int32),
-        leaf_ranking=_leaf_ranking(params, flags, rule))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(
-          "gsm needs the params: call `update(grads, opt_state, params)`.")
-    flags, q, rule = ranking(params, state.count)
-    masks, num_active = _active_masks(
-        saliency_fn, updates, params, state, flags, q, rule,
-        mask_update_every, freeze_mask_at)
-    new_momentum, new_updates = _momentum_step(
-        updates, params, state.momentum, masks, flags, momentum=momentum,
-        nesterov=nesterov, weight_decay=weight_decay,
-        passive_weight_decay=passive_weight_decay,
-        unprunable_weight_decay=unprunable_weight_decay)
-    return new_updates, state._replace(
-        count=optax.safe_increment(state.count), mask=masks,
-        momentum=new_momentum, num_active=num_active)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _structured_gsm(groups, cost, ratio_at, saliency, *, momentum, nesterov,
-                    weight_decay, passive_weight_decay,
-                    unprunable_weight_decay, mask_update_every,
-                    freeze_mask_at, momentum_dtype):
-  """`gsm` over structures: see `optax_gsm._structured`."""
-
-  def init_fn(params):
-    plan = _structured.plan(groups, params, cost)
-    _structured.budget(plan, params, ratio_at(0), cost)
-    return StructuredGSMState(
-        count=jnp.zeros([], jnp.int32),
-        mask=jax.tree.map(lambda w: jnp.ones_like(w, dtype=bool), params),
-        momentum=optax.tree_utils.tree_zeros_like(params,
-                                                  dtype=momentum_dtype),
-        kept=_groups.all_kept(groups))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(
-          "gsm needs the params: call `update(grads, opt_state, params)`.")
-    plan = _structured.plan(groups, params, cost)
-    limit = _structured.budget(plan, params, ratio_at(state.count), cost)
-
-    def select(at_freeze):
-      scores = _structured.structure_scores(plan.resolved, updates, params,
-                                            saliency)
-      if freeze_mask_at is not None:
-        scores = jnp.where(at_freeze, _structured.structure_scores(
-            plan.resolved, updates, params, "magnitude"), scores)
-      return _structured.select(plan, params, scores, limit)
-
-    kept = refreshed(select, lambda: state.kept, state.count,
-                     mask_update_every, freeze_mask_at)
-    masks = _groups.entry_masks(plan.resolved, kept, params)
-    kernels = jax.tree.leaves(_prunable.default_prunable(params))
-    new_momentum, new_updates = _momentum_step(
-        updates, params, state.momentum, masks, plan.touched,
-        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-        passive_weight_decay=passive_weight_decay,
-        unprunable_weight_decay=unprunable_weight_decay,
-        active_decays=[weight_decay if kernel else unprunable_weight_decay
-                       for kernel in kernels])
-    return new_updates, StructuredGSMState(
-        count=optax.safe_increment(state.count), mask=masks,
-        momentum=new_momentum, kept=kept)
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _prunable_scores(saliency_fn, grads, params, flags):
@@ -465,7 +174,7 @@ def _active_masks(saliency_fn, grads, params, state, flags, q, rule,
     return (_rules.masks(scores, q, rule, positions),
             jnp.asarray(q, jnp.int32))
 
-  prunable_masks, num_active = refreshed(
+  prunable_masks, num_active = _active_set.refreshed(
       select_active,
       lambda: (_prunable.prunable_leaves(flags, old_masks), state.num_active),
       state.count, mask_update_every, freeze_mask_at)
@@ -474,55 +183,181 @@ def _active_masks(saliency_fn, grads, params, state, flags, q, rule,
   return treedef.unflatten(masks), num_active
 
 
-def refreshed(select, keep_old, count, mask_update_every, freeze_mask_at):
-  """``select(at_freeze)`` on refresh steps, else ``keep_old()``.
 
-  Every ``mask_update_every`` steps before ``freeze_mask_at`` the selection
-  is refreshed from the saliency; at ``freeze_mask_at`` it is refreshed once
-  more (``at_freeze`` true: from magnitudes) and never again. One
-  ``lax.cond``, so only one selection runs per step.
+Ranking = Callable[[chex.ArrayTree, Any], tuple[list[bool], Any, _rules.Rule]]
+
+
+def ranked_active_set(
+    name: str, ranking: Ranking, saliency: str | _saliency.SaliencyFn,
+    decays: _active_set.Decays, mask_update_every: Any, freeze_mask_at: Any
+) -> optax.GradientTransformation:
+  """The masked gradient of a ranking over leaves, with a `GSMState`:
+  ``ranking(params, step)`` gives the ranked leaves, Q and rule."""
+  saliency_fn = _saliency.resolve_saliency(saliency)
+  mask_update_every, freeze_mask_at = _active_set.check_refresh(
+      mask_update_every, freeze_mask_at)
+
+  def init_fn(params):
+    if jax.tree.leaves(params):
+      # Validates a constant ratio, or a schedule's first value, now.
+      flags, q, rule = ranking(params, 0)
+    else:  # `optax.tree.map_params` placeholders: nothing to rank yet
+      flags, q, rule = [], 0, _rules.Rule()
+    return GSMState(
+        count=jnp.zeros([], jnp.int32),
+        mask=_active_set.all_true_like(params),
+        num_active=jnp.asarray(q, jnp.int32),
+        n_of_m=jnp.asarray(rule.n_of_m or (0, 0), jnp.int32),
+        leaf_ranking=_leaf_ranking(params, flags, rule))
+
+  def update_fn(updates, state, params=None):
+    _active_set.needs_params(name, params)
+    flags, q, rule = ranking(params, state.count)
+    masks, num_active = _active_masks(
+        saliency_fn, updates, params, state, flags, q, rule,
+        mask_update_every, freeze_mask_at)
+    direction = _active_set.masked_gradient(updates, params, masks, flags,
+                                            decays)
+    return direction, state._replace(
+        count=optax.safe_increment(state.count), mask=masks,
+        num_active=num_active)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _global_ranking(compression_ratio, sparsity, prunable, min_density,
+                    max_density) -> Ranking:
+  """The paper's ranking: the global top-Q, optionally within per-leaf
+  density bounds."""
+  ratio_at = _compression_ratio.compression_schedule(compression_ratio,
+                                                     sparsity)
+  bounded = min_density is not None or max_density is not None
+
+  def ranking(params, step):
+    flags = _prunable.resolve_prunable(prunable, params)
+    q = _compression_ratio.num_active(
+        _prunable.prunable_count(flags, jax.tree.leaves(params)),
+        ratio_at(step))
+    if not bounded:
+      return flags, q, _rules.Rule()
+    low, high = _density_bounds.leaf_bounds(params, flags, min_density,
+                                            max_density)
+    _density_bounds.check_feasible(low, high, q)
+    return flags, q, _rules.Rule(low=low, high=high)
+
+  return ranking
+
+
+def gsm(
+    compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
+    *,
+    sparsity: _compression_ratio.RatioOrSchedule | None = None,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    passive_weight_decay: jax.typing.ArrayLike | None = None,
+    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
+    saliency: str | _saliency.SaliencyFn = "taylor",
+    prunable: _prunable.Prunable = None,
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
+    momentum_dtype: chex.ArrayDType | None = None,
+    min_density: _density_bounds.Density = None,
+    max_density: _density_bounds.Density = None,
+) -> optax.GradientTransformation:
+  r"""Global Sparse Momentum: momentum SGD where only the top-Q gradients pass.
+
+  At step t, over all prunable entries of the model together (N of them),
+  the ``Q = floor(N / C)`` entries with the largest saliency (by default
+  ``T = |g * w|``, the first-order Taylor estimate of the loss change if the
+  entry were zeroed) form the active set ``B_t``; then
+
+  .. math::
+    z_{t+1} = \beta z_t + \eta w_t + B_t \odot g_t, \qquad
+    u_t = z_{t+1} \quad (\text{Nesterov: } \eta w_t + B_t \odot g_t
+      + \beta z_{t+1})
+
+  and a following ``optax.scale_by_learning_rate(alpha)`` makes
+  ``w_{t+1} = w_t - \alpha u_t`` (Eq. 6 of the paper). Passive entries get
+  the decay only (``passive_weight_decay`` if given), so momentum drives them
+  toward zero; after training `prune` keeps the Q largest ``|w|``. Leaves
+  that are not prunable (biases, norms) get plain momentum SGD with
+  ``unprunable_weight_decay``. Ties in the ranking go to earlier leaves and
+  entries; an entry that is exactly zero with a zero score ranks just below
+  every non-zero weight of score zero, so a pruned model fine-tuned with a
+  fresh GSM state never re-activates its zeros by a tie.
+
+  The state is ``(GSMState, optax.TraceState)``: the ranking, then the
+  momentum buffer ``z``.
+
+  References:
+    Ding, Ding, Zhou, Guo, Han, Liu, "Global Sparse Momentum SGD for Pruning
+    Very Deep Neural Networks", NeurIPS 2019,
+    https://arxiv.org/abs/1909.12778.
+
+  Example::
+
+    >>> import jax.numpy as jnp, optax, optax_gsm
+    >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
+    >>> tx = optax.chain(optax_gsm.gsm(4.0, momentum=0.9, weight_decay=1e-4),
+    ...                  optax.scale_by_learning_rate(0.1))
+    >>> state = tx.init(params)
+    >>> grads = {"dense": {"kernel": jnp.arange(12.0).reshape(4, 3),
+    ...                    "bias": jnp.ones(3)}}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> int(optax_gsm.active_mask(state, params)["dense"]["kernel"].sum())
+    3
+
+  Args:
+    compression_ratio: C >= 1; ``Q = floor(N / C)`` of the N prunable entries
+      stay active. A schedule ``step -> C`` ramps compression. Exactly one of
+      this and ``sparsity``.
+    sparsity: s in [0, 1), the fraction of prunable entries to make passive
+      (``C = 1 / (1 - s)``), or a schedule ``step -> s``.
+    momentum: beta in [0, 1).
+    nesterov: use Nesterov momentum, as ``torch.optim.SGD(nesterov=True)``.
+    weight_decay: eta >= 0 for prunable parameters, inside the momentum.
+    passive_weight_decay: None (the paper's: ``weight_decay``), or the decay
+      >= 0 of passive prunable entries, active ones keeping ``weight_decay``.
+      A larger value drives the weights the final prune removes to zero in
+      fewer steps (see `lossless_settings`); best with ``freeze_mask_at``,
+      since without it a weight that turns active again starts smaller.
+    unprunable_weight_decay: decay >= 0 for parameters that are not prunable
+      (the official code gives biases and norms 0).
+    saliency: "taylor" (``|g * w|``, the paper's), "magnitude" (``|w|``) or a
+      callable ``(grads, params) -> scores`` with the params' structure.
+    prunable: which leaves GSM ranks: None (`default_prunable`: Flax
+      ``kernel`` and ``embedding`` leaves, else rank >= 2), a pytree of bools
+      like the params or a prefix of it, glob patterns over ``/``-joined
+      paths, or a callable ``params -> any of these``.
+    mask_update_every: int >= 1: recompute the active set every this many
+      steps and keep it in between (1, the paper's, recomputes every step).
+    freeze_mask_at: None (the paper's: never), or the int step >= 0 at which
+      the active set becomes the Q largest ``|w|``, what the final `prune`
+      keeps, and stays fixed: every weight the prune will remove then decays
+      for all the remaining steps, which makes the prune lossless when
+      enough steps at a high learning rate remain (see `lossless_settings`).
+      Q stays that of this step.
+    momentum_dtype: dtype of the momentum buffer; None for the params' dtype.
+    min_density: None, or a float in [0, 1] (every prunable leaf) or a
+      pytree of floats like the params (None entries: no bound): each leaf
+      keeps at least this share; still exactly Q active overall (see
+      `optax_gsm._density_bounds`). Costs 32 counting passes a refresh.
+    max_density: likewise, the most each leaf may keep.
+
+  Returns:
+    An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    With a traced ratio (a schedule under ``jit``, or
+    ``optax.inject_hyperparams``) Q follows `num_active`'s rules.
   """
-  if (isinstance(mask_update_every, int) and mask_update_every == 1
-      and freeze_mask_at is None):
-    return select(False)
-  on_refresh_step = count % mask_update_every == 0
-  if freeze_mask_at is None:
-    at_freeze, refresh = False, on_refresh_step
-  else:
-    at_freeze = count == freeze_mask_at
-    refresh = at_freeze | (on_refresh_step & (count < freeze_mask_at))
-  return lax.cond(refresh, lambda: select(at_freeze), keep_old)
-
-
-def _momentum_step(grads, params, momentum_buffer, masks, flags, *, momentum,
-                   nesterov, weight_decay, passive_weight_decay,
-                   unprunable_weight_decay, active_decays=None):
-  """``z <- beta z + decay w + B g``; returns (z, update) per leaf.
-
-  ``flags`` marks the masked leaves; ``active_decays`` (default: the
-  ``weight_decay`` of masked leaves) is each masked leaf's decay where
-  active.
-  """
-  treedef = jax.tree.structure(params)
-  if active_decays is None:
-    active_decays = [weight_decay] * len(flags)
-
-  def leaf(g, w, z, active, flag, active_decay):
-    if flag:
-      direction = jnp.where(active, g + active_decay * w,
-                            passive_weight_decay * w)
-    else:
-      direction = g + unprunable_weight_decay * w
-    new_z = (momentum * z + direction).astype(z.dtype)
-    update = direction + momentum * new_z if nesterov else new_z
-    return new_z, update.astype(g.dtype)
-
-  pairs = [leaf(*args) for args in zip(
-      treedef.flatten_up_to(grads), jax.tree.leaves(params),
-      treedef.flatten_up_to(momentum_buffer), treedef.flatten_up_to(masks),
-      flags, active_decays)]
-  return (treedef.unflatten([z for z, _ in pairs]),
-          treedef.unflatten([u for _, u in pairs]))
+  decays = _active_set.check_decays(weight_decay, passive_weight_decay,
+                                    unprunable_weight_decay)
+  ranking = _global_ranking(compression_ratio, sparsity, prunable,
+                            min_density, max_density)
+  return _active_set.with_momentum(
+      ranked_active_set("gsm", ranking, saliency, decays, mask_update_every,
+                        freeze_mask_at),
+      momentum, nesterov, momentum_dtype)
 
 
 def gsm_sgd(
@@ -538,12 +373,9 @@ def gsm_sgd(
     unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
     saliency: str | _saliency.SaliencyFn = "taylor",
     prunable: _prunable.Prunable = None,
-    mask_update_every: jax.typing.ArrayLike = 1,
-    freeze_mask_at: jax.typing.ArrayLike | None = None,
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
-    groups: _groups.Groups | None = None,
-    cost: str = "params",
-    n_of_m: tuple[int, int] | None = None,
     min_density: _density_bounds.Density = None,
     max_density: _density_bounds.Density = None,
 ) -> optax.GradientTransformation:
@@ -600,32 +432,18 @@ def gsm_sgd(
     mask_update_every: see `gsm`.
     freeze_mask_at: see `gsm`.
     momentum_dtype: see `gsm`.
-    groups: see `gsm`.
-    cost: see `gsm`.
-    n_of_m: see `gsm`.
     min_density: see `gsm`.
     max_density: see `gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
   """
-  if not callable(learning_rate):
-    _validation.check_range("learning_rate", learning_rate, low=0.0)
-  if total_steps is not None:
-    derived = _lossless.lossless_settings(
-        learning_rate, total_steps, momentum=momentum,
-        weight_decay=weight_decay)
-    if freeze_mask_at is None:
-      freeze_mask_at = derived.freeze_mask_at
-    if passive_weight_decay is None:
-      passive_weight_decay = derived.passive_weight_decay
-  return optax.chain(
-      gsm(compression_ratio, sparsity=sparsity, momentum=momentum,
-          nesterov=nesterov, weight_decay=weight_decay,
-          passive_weight_decay=passive_weight_decay,
-          unprunable_weight_decay=unprunable_weight_decay, saliency=saliency,
-          prunable=prunable, mask_update_every=mask_update_every,
-          freeze_mask_at=freeze_mask_at, momentum_dtype=momentum_dtype,
-          groups=groups, cost=cost, n_of_m=n_of_m, min_density=min_density,
-          max_density=max_density),
-      optax.scale_by_learning_rate(learning_rate))
+  return _active_set.with_learning_rate(
+      gsm, learning_rate, total_steps, momentum=momentum,
+      weight_decay=weight_decay, freeze_mask_at=freeze_mask_at,
+      passive_weight_decay=passive_weight_decay,
+      compression_ratio=compression_ratio, sparsity=sparsity,
+      nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
+      saliency=saliency, prunable=prunable,
+      mask_update_every=mask_update_every, momentum_dtype=momentum_dtype,
+      min_density=min_density, max_density=max_density)

@@ -8,43 +8,149 @@ prunable kernel (axis -2: a Flax Dense kernel is ``(in, out)``, a Conv
 kernel ``(h, w, in, out)``), the ``n`` with the largest saliency are active;
 the others decay (SR-STE, Zhou et al., ICLR 2021, trains such masks with a
 straight-through estimator instead). Ties go to the earlier entry.
+
+`n_of_m_gsm` is `gsm` with this ranking instead of the global top-Q; its
+state is the same `GSMState`, so `prune`, `active_mask` and the reports read
+the pattern from ``opt_state=``.
 """
 
+import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
+import optax
+
+from optax_gsm import _active_set, _gsm, _prunable, _rules, _saliency
+from optax_gsm._rules import check_n_of_m, check_shape
 
 
-def check_n_of_m(n_of_m) -> tuple[int, int]:
-  """``(n, m)`` as ints with ``1 <= n <= m``, or a ValueError."""
-  try:
-    n, m = n_of_m
-  except (TypeError, ValueError):
-    raise ValueError(
-        f"`n_of_m` must be a pair (n, m) of ints; got {n_of_m!r}.") from None
-  if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-             for v in (n, m)) or not 1 <= n <= m:
-    raise ValueError(
-        f"`n_of_m`=({n!r}, {m!r}) needs ints with 1 <= n <= m.")
-  return int(n), int(m)
+def _ranking(n_of_m: tuple[int, int],
+             prunable: _prunable.Prunable) -> _gsm.Ranking:
+  def ranking(params, step):
+    del step  # the pattern fixes Q
+    flags = _prunable.resolve_prunable(prunable, params)
+    for path, leaf in zip(
+        _prunable.prunable_leaves(flags, _prunable.leaf_paths(params)),
+        _prunable.prunable_leaves(flags, jax.tree.leaves(params))):
+      check_shape(np.shape(leaf), n_of_m[1], repr(path))
+    ranked = _prunable.prunable_leaves(flags, jax.tree.leaves(params))
+    return flags, _rules.n_of_m_count([np.shape(w) for w in ranked],
+                                      n_of_m), _rules.Rule(n_of_m=n_of_m)
+  return ranking
 
 
-def check_shape(shape: tuple[int, ...], m: int, name: str = "a kernel"):
-  """The input axis (-2) must exist and be a multiple of ``m``."""
-  if len(shape) < 2 or shape[-2] % m:
-    raise ValueError(
-        f"`n_of_m` with m={m} needs the input axis (-2) of every prunable "
-        f"kernel to be a multiple of {m}; {name} has shape {shape}.")
+def n_of_m_gsm(
+    n_of_m: tuple[int, int],
+    *,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    passive_weight_decay: jax.typing.ArrayLike | None = None,
+    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
+    saliency: str | _saliency.SaliencyFn = "taylor",
+    prunable: _prunable.Prunable = None,
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
+    momentum_dtype: chex.ArrayDType | None = None,
+) -> optax.GradientTransformation:
+  r"""GSM with an N:M active set: ``n`` of every ``m`` entries along the input.
+
+  .. math::
+    z \leftarrow \beta z + \eta w + B \odot g, \qquad
+    B = \text{the } n \text{ most salient of every } m
+        \text{ consecutive entries along axis } -2
+
+  everything else as in `gsm` (momentum, decays, ``freeze_mask_at``); the
+  ratio is ``m / n``. 2:4 runs on sparse tensor cores.
+
+  References:
+    Ding et al., "Global Sparse Momentum SGD for Pruning Very Deep Neural
+    Networks", NeurIPS 2019; Mishra et al., "Accelerating Sparse Deep Neural
+    Networks", 2021, https://arxiv.org/abs/2104.08378 (2:4 sparsity).
+
+  Example::
+
+    >>> import jax.numpy as jnp, optax_gsm
+    >>> params = {"dense": {"kernel": jnp.ones((8, 3))}}
+    >>> tx = optax_gsm.n_of_m_gsm((2, 4))
+    >>> state = tx.init(params)
+    >>> grads = {"dense": {"kernel": jnp.arange(24.0).reshape(8, 3)}}
+    >>> _, state = tx.update(grads, state, params)
+    >>> optax_gsm.active_mask(state, params)["dense"]["kernel"][:4, 0].tolist()
+    [False, False, True, True]
+
+  Args:
+    n_of_m: ``(n, m)`` ints with ``1 <= n <= m``; the input axis (-2) of
+      every prunable kernel must be a multiple of ``m``.
+    momentum: see `gsm`.
+    nesterov: see `gsm`.
+    weight_decay: see `gsm`.
+    passive_weight_decay: see `gsm`.
+    unprunable_weight_decay: see `gsm`.
+    saliency: see `gsm`.
+    prunable: see `gsm`.
+    mask_update_every: see `gsm`.
+    freeze_mask_at: see `gsm` (the freeze keeps the magnitude N:M pattern).
+    momentum_dtype: see `gsm`.
+
+  Returns:
+    An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+  """
+  n_of_m = check_n_of_m(n_of_m)
+  decays = _active_set.check_decays(weight_decay, passive_weight_decay,
+                                    unprunable_weight_decay)
+  return _active_set.with_momentum(
+      _gsm.ranked_active_set("n_of_m_gsm", _ranking(n_of_m, prunable),
+                             saliency, decays, mask_update_every,
+                             freeze_mask_at),
+      momentum, nesterov, momentum_dtype)
 
 
-def n_of_m_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
-  """True at the ``n`` largest of every ``m`` consecutive entries along
-  axis -2 (ties to the earlier entry; NaN lowest)."""
-  check_shape(scores.shape, m)
-  moved = jnp.moveaxis(scores.astype(jnp.float32), -2, -1)
-  grouped = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
-  grouped = jnp.where(jnp.isnan(grouped), -jnp.inf, grouped)
-  order = jnp.argsort(-grouped, axis=-1, stable=True)
-  rank = jnp.argsort(order, axis=-1, stable=True)
-  kept = (rank < n).reshape(moved.shape)
-  return jnp.moveaxis(kept, -1, -2)
+def n_of_m_gsm_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    n_of_m: tuple[int, int],
+    *,
+    total_steps: int | None = None,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    passive_weight_decay: jax.typing.ArrayLike | None = None,
+    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
+    saliency: str | _saliency.SaliencyFn = "taylor",
+    prunable: _prunable.Prunable = None,
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
+    momentum_dtype: chex.ArrayDType | None = None,
+) -> optax.GradientTransformation:
+  r"""`n_of_m_gsm` chained with ``optax.scale_by_learning_rate``.
+
+  .. math::
+    w_{t+1} = w_t - \alpha_t z_{t+1}
+
+  ``total_steps`` derives a lossless freeze and passive decay, as in
+  `gsm_sgd`.
+
+  Args:
+    learning_rate: alpha >= 0, or a schedule ``step -> alpha``.
+    n_of_m: see `n_of_m_gsm`.
+    total_steps: see `gsm_sgd`.
+    momentum: see `gsm`.
+    nesterov: see `gsm`.
+    weight_decay: see `gsm`.
+    passive_weight_decay: see `gsm`.
+    unprunable_weight_decay: see `gsm`.
+    saliency: see `gsm`.
+    prunable: see `gsm`.
+    mask_update_every: see `gsm`.
+    freeze_mask_at: see `gsm`.
+    momentum_dtype: see `gsm`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  return _active_set.with_learning_rate(
+      n_of_m_gsm, learning_rate, total_steps, momentum=momentum,
+      weight_decay=weight_decay, freeze_mask_at=freeze_mask_at,
+      passive_weight_decay=passive_weight_decay, n_of_m=n_of_m,
+      nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
+      saliency=saliency, prunable=prunable,
+      mask_update_every=mask_update_every, momentum_dtype=momentum_dtype)

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from optax_gsm import _gsm, _rules
+from optax_gsm.structured import _structured_gsm
 
 
 class Ranking(NamedTuple):
@@ -42,10 +43,6 @@ def _is_gsm_state(node: Any) -> bool:
   return isinstance(node, _gsm.GSMState)
 
 
-def _is_structured_state(node: Any) -> bool:
-  return isinstance(node, _gsm.StructuredGSMState)
-
-
 def gsm_states(opt_state: chex.ArrayTree) -> list[_gsm.GSMState]:
   """Every `GSMState` inside ``opt_state``, in tree order.
 
@@ -57,7 +54,8 @@ def gsm_states(opt_state: chex.ArrayTree) -> list[_gsm.GSMState]:
   if not states:
     raise ValueError(
         "`opt_state` holds no GSMState: pass the state of an optimizer that "
-        "contains `optax_gsm.gsm` or `gsm_sgd` (for nnx.Optimizer: "
+        "contains `optax_gsm.gsm`, `n_of_m_gsm` or their `_sgd` optimizers "
+        "(for nnx.Optimizer: "
         "`nnx.as_pure(optimizer.opt_state)`).")
   return states
 
@@ -118,7 +116,7 @@ def active_mask(opt_state: chex.ArrayTree,
 
   Merges the masks of every GSM transformation in ``opt_state`` (where
   ``optax.tree_utils.tree_get(opt_state, "mask")`` refuses several), or
-  reads the one of a structured GSM (``gsm(groups=...)``); leaves no GSM
+  reads the one of a `optax_gsm.structured.structured_gsm`; leaves no GSM
   sees are all True.
 
   Args:
@@ -130,8 +128,7 @@ def active_mask(opt_state: chex.ArrayTree,
   """
   leaves, treedef = jax.tree.flatten(params)
   merged = [None] * len(leaves)
-  structured = [node for node in jax.tree.leaves(
-      opt_state, is_leaf=_is_structured_state) if _is_structured_state(node)]
+  structured = _structured_gsm.structured_states(opt_state)
   for state in structured:  # every leaf it masks is in its mask
     for i, mask in enumerate(_aligned_leaves(state.mask, params)):
       if mask is not None:

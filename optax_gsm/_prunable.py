@@ -20,7 +20,7 @@ leaf below it), glob patterns over the ``/``-joined path (``"*/kernel"``,
 """
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import chex
@@ -60,6 +60,33 @@ def path_names(path: tuple[Any, ...]) -> list[str]:
 def path_string(path: tuple[Any, ...]) -> str:
   """``"dense/kernel"``: the names of a key path joined by ``/``."""
   return "/".join(path_names(path))
+
+
+def leaf_paths(tree: chex.ArrayTree) -> list[str]:
+  """The ``/``-joined path of every leaf of ``tree``, in leaf order."""
+  return [path_string(path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def is_kernel_path(path: str) -> bool:
+  """Whether a ``/``-joined path names a Flax kernel or embedding: the
+  leaves the official code prunes."""
+  return path.rsplit("/", 1)[-1] in _KERNEL_NAMES
+
+
+def has_collections(variables: Any) -> bool:
+  """Whether ``variables`` are linen variables (``{"params": ...,
+  "batch_stats": ...}``) rather than params alone."""
+  return isinstance(variables, Mapping) and "params" in variables and all(
+      isinstance(v, Mapping) for v in variables.values())
+
+
+def module_path(path: str, collections_level: bool) -> str:
+  """The module of a leaf path: ``"params/block/Conv_0/kernel"`` ->
+  ``"block/Conv_0"`` (with ``collections_level``, from `has_collections`,
+  the collection name dropped)."""
+  names = path.split("/")[:-1]
+  return "/".join(names[1:] if collections_level else names)
 
 
 def _is_real_float(leaf: Any) -> bool:

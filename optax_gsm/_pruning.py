@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from optax_gsm import (
   _compression_ratio,
   _density_bounds,
-  _n_of_m,
   _optimizer_state,
   _prunable,
   _rules,
@@ -54,14 +53,14 @@ def rankings(
           "`n_of_m` and the density bounds, not both.")
     return _optimizer_state.state_rankings(opt_state, params)
   if n_of_m is not None:
-    n_of_m = _n_of_m.check_n_of_m(n_of_m)
+    n_of_m = _rules.check_n_of_m(n_of_m)
     if compression_ratio is not None or sparsity is not None:
       raise ValueError("`n_of_m` sets the ratio (m / n): leave "
                        "`compression_ratio` and `sparsity` out.")
     flags = _prunable.resolve_prunable(prunable, params)
     ranked = _prunable.prunable_leaves(flags, jax.tree.leaves(params))
     for leaf in ranked:
-      _n_of_m.check_shape(jnp.shape(leaf), n_of_m[1])
+      _rules.check_shape(jnp.shape(leaf), n_of_m[1])
     return [_optimizer_state.Ranking(
         flags=flags, num_active=_rules.n_of_m_count(
             [jnp.shape(w) for w in ranked], n_of_m),

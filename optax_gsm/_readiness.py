@@ -15,13 +15,7 @@ import chex
 import jax
 import numpy as np
 
-from optax_gsm import (
-  _compression_ratio,
-  _optimizer_state,
-  _prunable,
-  _pruning,
-  _report,
-)
+from optax_gsm import _compression_ratio, _optimizer_state, _prunable, _pruning, _report
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ import chex
 import jax
 import numpy as np
 
-from optax_gsm import _optimizer_state, _prunable, _sparse_storage
+from optax_gsm import _optimizer_state, _prunable
+from optax_gsm.export import _sparse_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +175,7 @@ def sparsity_report(params: chex.ArrayTree, *,
                         shape=array.shape, size=int(array.size),
                         nonzero=int(np.count_nonzero(array)), prunable=flag,
                         dense_bytes=int(array.nbytes),
-                        stored_bytes=_sparse_storage.stored_leaf_bytes(array))
+                        stored_bytes=_sparse_file.stored_leaf_bytes(array))
 
   return SparsityReport(leaves=tuple(
       leaf_sparsity(path, leaf, flag)

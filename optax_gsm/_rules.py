@@ -3,15 +3,16 @@
 Three rules share GSM's update and the final prune: the global top-Q (the
 paper's), the global top-Q under per-leaf density bounds
 (`optax_gsm._density_bounds`), and the local N:M pattern
-(`optax_gsm._n_of_m`).
+(`n_of_m_mask`, see `optax_gsm._n_of_m`).
 """
 
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from optax_gsm import _density_bounds, _n_of_m, _selection
+from optax_gsm import _density_bounds, _selection
 
 
 class Rule(NamedTuple):
@@ -28,7 +29,7 @@ def masks(scores: list[jax.Array], q: Any, rule: Rule,
   breaks ties by ``positions`` (`optax_gsm._selection.top_q_masks`; leaf
   order when None)."""
   if rule.n_of_m is not None:
-    return [_n_of_m.n_of_m_mask(s, *rule.n_of_m) for s in scores]
+    return [n_of_m_mask(s, *rule.n_of_m) for s in scores]
   if rule.low is not None:
     return _density_bounds.bounded_top_q_mask(scores, q, rule.low, rule.high)
   if positions is None:
@@ -40,3 +41,38 @@ def n_of_m_count(shapes: list[tuple[int, ...]], n_of_m: tuple[int, int]) -> int:
   """Q of an N:M pattern: n of every m entries of each ranked leaf."""
   n, m = n_of_m
   return sum(int(np.prod(s)) // m * n for s in shapes)
+
+
+def check_n_of_m(n_of_m) -> tuple[int, int]:
+  """``(n, m)`` as ints with ``1 <= n <= m``, or a ValueError."""
+  try:
+    n, m = n_of_m
+  except (TypeError, ValueError):
+    raise ValueError(
+        f"`n_of_m` must be a pair (n, m) of ints; got {n_of_m!r}.") from None
+  if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+             for v in (n, m)) or not 1 <= n <= m:
+    raise ValueError(
+        f"`n_of_m`=({n!r}, {m!r}) needs ints with 1 <= n <= m.")
+  return int(n), int(m)
+
+
+def check_shape(shape: tuple[int, ...], m: int, name: str = "a kernel"):
+  """The input axis (-2) must exist and be a multiple of ``m``."""
+  if len(shape) < 2 or shape[-2] % m:
+    raise ValueError(
+        f"`n_of_m` with m={m} needs the input axis (-2) of every prunable "
+        f"kernel to be a multiple of {m}; {name} has shape {shape}.")
+
+
+def n_of_m_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
+  """True at the ``n`` largest of every ``m`` consecutive entries along
+  axis -2 (ties to the earlier entry; NaN lowest)."""
+  check_shape(scores.shape, m)
+  moved = jnp.moveaxis(scores.astype(jnp.float32), -2, -1)
+  grouped = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
+  grouped = jnp.where(jnp.isnan(grouped), -jnp.inf, grouped)
+  order = jnp.argsort(-grouped, axis=-1, stable=True)
+  rank = jnp.argsort(order, axis=-1, stable=True)
+  kept = (rank < n).reshape(moved.shape)
+  return jnp.moveaxis(kept, -1, -2)

@@ -115,5 +115,5 @@ def random_keep(groups, seed=0, block_probability=0.5):
     kept = rng.random(group.size) < 0.6
     kept[rng.integers(group.size)] = True
     channels.append(kept)
-  return optax_gsm.StructureMask(
+  return optax_gsm.structured.StructureMask(
       tuple(channels), rng.random(len(groups.blocks)) < block_probability)

@@ -41,7 +41,7 @@ def test_statistics_are_the_mean_of_per_batch_statistics():
   model = BNCNN()
   variables = model.init(jax.random.PRNGKey(0), images[:2], train=False)
   batches = batches_of(images[:512])
-  new = optax_gsm.recalibrate_batch_stats(
+  new = optax_gsm.structured.recalibrate_batch_stats(
       functools.partial(model.apply, train=True, mutable=["batch_stats"]),
       variables, batches)
   # Reference: the first BatchNorm sees conv(x); its batch mean and biased
@@ -95,7 +95,7 @@ def test_pruned_bn_cnn_gets_its_accuracy_back():
   # both the training and the prune; measured: 32% stale, 81% recalibrated.
   pruned, _ = optax_gsm.prune(params, opt_state=opt_state)
   stale = accuracy({"params": pruned, "batch_stats": stats})
-  recalibrated = optax_gsm.recalibrate_batch_stats(
+  recalibrated = optax_gsm.structured.recalibrate_batch_stats(
       functools.partial(model.apply, train=True, mutable=["batch_stats"]),
       {"params": pruned, "batch_stats": stats}, batches_of(images[train]))
   assert accuracy(recalibrated) > max(stale + 0.2, 0.7)
@@ -122,7 +122,7 @@ def test_nnx_pattern_matches_linen():
     return None, {"batch_stats": nnx.state(model, nnx.BatchStat)}
 
   batches = batches_of(images[:384])
-  new = optax_gsm.recalibrate_batch_stats(
+  new = optax_gsm.structured.recalibrate_batch_stats(
       apply_fn, {"params": params, "batch_stats": stats}, batches)
   nnx.update(model, new["batch_stats"])
   outs = [np.asarray(model.conv(b), np.float64) for b in batches]
@@ -136,9 +136,9 @@ def test_nnx_pattern_matches_linen():
 
 def test_errors():
   with pytest.raises(ValueError, match="no 'batch_stats' collection"):
-    optax_gsm.recalibrate_batch_stats(lambda v, x: (None, v), {"params": {}},
+    optax_gsm.structured.recalibrate_batch_stats(lambda v, x: (None, v), {"params": {}},
                                       [1])
   with pytest.raises(ValueError, match="run it in training mode"):
-    optax_gsm.recalibrate_batch_stats(
+    optax_gsm.structured.recalibrate_batch_stats(
         lambda v, x: (None, {"batch_stats": v["batch_stats"]}),
         {"batch_stats": {"mean": jnp.zeros(3)}}, [jnp.ones(3)])

@@ -19,7 +19,7 @@ def test_bcoo_forward_equals_dense_pruned_forward(name):
   x = jax.random.normal(jax.random.PRNGKey(1), (16, 28, 28, 1))
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   pruned, mask = optax_gsm.prune(params, 60.0)
-  converted = optax_gsm.to_bcoo(params, mask)
+  converted = optax_gsm.export.to_bcoo(params, mask)
   dense_kernels = [p for p in jax.tree.leaves(
       converted, is_leaf=lambda v: isinstance(v, sparse.BCOO))
                    if isinstance(p, sparse.BCOO)]

@@ -56,8 +56,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
   target = {"params": fresh_params, "opt_state": tx.init(fresh_params)}
   restored = checkpointer.restore(tmp_path / "step5", target)
   params, state = restored["params"], restored["opt_state"]
-  assert isinstance(state[0], optax_gsm.GSMState)
-  assert state[0].mask["dense"]["kernel"].dtype == jnp.bool_
+  assert isinstance(state[0][0], optax_gsm.GSMState)
+  assert state[0][0].mask["dense"]["kernel"].dtype == jnp.bool_
   for x, y in data[5:]:
     params, state = step(params, state, x, y)
   chex.assert_trees_all_equal((params, state), uninterrupted)

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import optax_gsm
-from optax_gsm import _groups
+from optax_gsm.structured import _groups
 from tests import structured_cases
 
 
@@ -25,8 +25,8 @@ def _mlp():
   x = jax.random.normal(jax.random.key(0), (8, 3))
   variables = model.init(jax.random.key(1), x)
   variables = jax.tree.map(lambda w: w + 0.1, variables)  # non-zero biases
-  groups = optax_gsm.channel_groups(model.apply, variables, x)
-  clusters = optax_gsm.Clusters(groups, (np.array([0, 0, 1, 2, 2, 2]),
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+  clusters = optax_gsm.centripetal.Clusters(groups, (np.array([0, 0, 1, 2, 2, 2]),
                                          np.array([0, 1, 1, 0])))
   loss = lambda p: jnp.mean((model.apply({"params": p}, x) - 1.0) ** 2)
   return model, x, variables["params"], groups, clusters, loss
@@ -57,7 +57,7 @@ def _numpy_direction(params, grads, clusters, eps, decay):
 def test_update_matches_numpy(jit):
   _, _, params, _, clusters, loss = _mlp()
   lr, eps, decay, beta = 0.1, 0.05, 1e-3, 0.9
-  tx = optax_gsm.csgd_sgd(lr, clusters, centripetal_strength=eps,
+  tx = optax_gsm.centripetal.centripetal_sgd(lr, clusters, centripetal_strength=eps,
                           weight_decay=decay, momentum=beta)
   update = jax.jit(tx.update) if jit else tx.update
   state = tx.init(params)
@@ -99,12 +99,12 @@ def _identical(variables, groups, clusters):
 def test_merge_of_identical_clusters_is_exact(name):
   case = structured_cases.case(name)
   x = jax.random.normal(jax.random.key(3), case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
-  clusters = optax_gsm.cluster_channels(case.variables, groups, ratio=2.0)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
+  clusters = optax_gsm.centripetal.cluster_channels(case.variables, groups, ratio=2.0)
   variables = _identical(case.variables, groups, clusters)
-  assert max(optax_gsm.cluster_spread(variables["params"],
+  assert max(optax_gsm.centripetal.cluster_spread(variables["params"],
                                       clusters).values()) < 1e-6
-  small, widths = optax_gsm.merge_clusters(variables, groups, clusters)
+  small, widths = optax_gsm.centripetal.merge_clusters(variables, groups, clusters)
   for group, assignment in zip(groups.channels, clusters.assignments):
     assert int(assignment.max()) + 1 == max(1, round(group.size / 2))
   np.testing.assert_allclose(case.rebuild(widths)(small, x),
@@ -114,13 +114,13 @@ def test_merge_of_identical_clusters_is_exact(name):
 @pytest.mark.slow
 def test_training_pulls_clusters_together():
   model, x, params, _, clusters, loss = _mlp()
-  before = optax_gsm.cluster_spread(params, clusters)
-  tx = optax_gsm.csgd_sgd(0.05, clusters, centripetal_strength=0.3)
+  before = optax_gsm.centripetal.cluster_spread(params, clusters)
+  tx = optax_gsm.centripetal.centripetal_sgd(0.05, clusters, centripetal_strength=0.3)
   state, update = tx.init(params), jax.jit(tx.update)
   for _ in range(300):
     updates, state = update(jax.grad(loss)(params), state, params)
     params = optax.apply_updates(params, updates)
-  after = optax_gsm.cluster_spread(params, clusters)
+  after = optax_gsm.centripetal.cluster_spread(params, clusters)
   for name in before:  # measured: spreads of 0.3-1.0 fall below 1e-3
     assert after[name] < 1e-3 * before[name], (name, before, after)
 
@@ -132,11 +132,12 @@ def test_kmeans_groups_near_identical_channels_and_even_splits():
   twins[:, 3:] = twins[:, :3] + 1e-4  # channels 3-5 copy channels 0-2
   params = dict(params, a=dict(params["a"], kernel=jnp.asarray(twins),
                                bias=jnp.zeros(6)))
-  clusters = optax_gsm.cluster_channels(params, groups, widths={"a": 3})
+  clusters = optax_gsm.centripetal.cluster_channels(params, groups, widths={"a": 3})
   np.testing.assert_array_equal(clusters.assignments[0][:3],
                                 clusters.assignments[0][3:])
   assert clusters.widths == {"a": 3, "b": 4}
-  even = optax_gsm.cluster_channels(params, groups, ratio=2.0, method="even")
+  even = optax_gsm.centripetal.cluster_channels(params, groups, ratio=2.0,
+                                                method="even")
   np.testing.assert_array_equal(even.assignments[0], [0, 0, 1, 1, 2, 2])
 
 
@@ -144,16 +145,17 @@ def test_bad_arguments_are_clear_errors():
   _, _, params, groups, clusters, _ = _mlp()
   with pytest.raises(ValueError, match=r"`widths`\['a'\] must be an int in "
                                        r"\[1, 6\]"):
-    optax_gsm.cluster_channels(params, groups, widths={"a": 7})
+    optax_gsm.centripetal.cluster_channels(params, groups, widths={"a": 7})
   with pytest.raises(ValueError, match="names no channel group"):
-    optax_gsm.cluster_channels(params, groups, widths={"z": 2})
+    optax_gsm.centripetal.cluster_channels(params, groups, widths={"z": 2})
   with pytest.raises(ValueError, match="does not match its groups"):
-    optax_gsm.csgd(optax_gsm.Clusters(groups, (np.zeros(6, int),))).init(
+    optax_gsm.centripetal.centripetal(optax_gsm.centripetal.Clusters(
+        groups, (np.zeros(6, int),))).init(
         params)
   with pytest.raises(ValueError, match="centripetal_strength"):
-    optax_gsm.csgd(clusters, centripetal_strength=float("nan"))
+    optax_gsm.centripetal.centripetal(clusters, centripetal_strength=float("nan"))
   with pytest.raises(ValueError, match="`method` must be one of"):
-    optax_gsm.cluster_channels(params, groups, ratio=2.0, method="random")
+    optax_gsm.centripetal.cluster_channels(params, groups, ratio=2.0, method="random")
 
 
 @pytest.mark.slow
@@ -162,7 +164,8 @@ def test_vector_factor_scales_the_pull_on_biases():
   grads = jax.grad(loss)(params)
   updates = {}
   for factor in (0.1, 1.0):
-    tx = optax_gsm.csgd(clusters, centripetal_strength=0.5, momentum=0.0,
+    tx = optax_gsm.centripetal.centripetal(
+        clusters, centripetal_strength=0.5, momentum=0.0,
                         vector_factor=factor)
     updates[factor], _ = tx.update(grads, tx.init(params), params)
   b, assignment = np.asarray(params["a"]["bias"]), clusters.assignments[0]

@@ -67,13 +67,13 @@ def test_gsm_keeps_small_layers_alive(jit):
   tx = optax_gsm.gsm(10.0, min_density=bounds)
   update = jax.jit(tx.update) if jit else tx.update
   _, state = update(grads, tx.init(params), params)
-  counts = {k: int(state.mask[k]["kernel"].sum()) for k in params}
+  counts = {k: int(state[0].mask[k]["kernel"].sum()) for k in params}
   assert counts["first"] >= 10 and counts["last"] >= 50
   assert sum(counts.values()) == (40 + 500 + 100) // 10
   # Without bounds the tiny layers would be emptied.
   plain = optax_gsm.gsm(10.0)
   _, plain_state = plain.update(grads, plain.init(params), params)
-  assert int(plain_state.mask["first"]["kernel"].sum()) == 0
+  assert int(plain_state[0].mask["first"]["kernel"].sum()) == 0
   # The prune ranks with the same bounds, read from the state.
   _, mask = optax_gsm.prune(params, opt_state=state)
   assert int(mask["first"]["kernel"].sum()) == 10

@@ -44,7 +44,7 @@ def test_keep_mask_keeps_pruned_entries_exactly_zero_under_adamw():
   params, loss = problem()
   pruned, mask = optax_gsm.prune(params, 8.0)
   tuned = fine_tune(optax.chain(optax.adamw(1e-2, weight_decay=1e-2),
-                                optax_gsm.keep_mask(mask)), pruned, loss)
+                                optax_gsm.freeze_pruned(mask)), pruned, loss)
   for w, m in zip(jax.tree.leaves(tuned), jax.tree.leaves(mask)):
     np.testing.assert_array_equal(np.asarray(w)[~np.asarray(m)], 0.0)
   # The kept weights did train.
@@ -75,6 +75,6 @@ def test_fresh_gsm_on_a_pruned_model_keeps_its_zeros_inactive():
 
 
 def test_keep_mask_structure_mismatch_is_a_clear_error():
-  tx = optax_gsm.keep_mask({"w": jnp.ones(3, bool)})
+  tx = optax_gsm.freeze_pruned({"w": jnp.ones(3, bool)})
   with pytest.raises(ValueError, match="`mask` must have the structure"):
     tx.update({"v": jnp.ones(3)}, tx.init(None))

@@ -130,7 +130,7 @@ class GSMTest(chex.TestCase):
     state = tx.init(params)
     grads = {"w": jnp.zeros((10, 10)).at[0, :3].set(1.0)}
     _, state = tx.update(grads, state, params)
-    mask = state.mask["w"]
+    mask = state[0].mask["w"]
     assert int(mask.sum()) == 50
     assert bool(mask[0, :3].all())  # the three non-zero scores first
     np.testing.assert_array_equal(mask.ravel()[3:50], True)  # then by position
@@ -140,10 +140,10 @@ class GSMTest(chex.TestCase):
     params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
     grads = {"w": jnp.full((2, 4), 10.0)}
     updates, state = tx.update(grads, tx.init(params), params)
-    expected = np.where(state.mask["w"], 10.0, 0.0) + 0.1 * params["w"]
+    expected = np.where(state[0].mask["w"], 10.0, 0.0) + 0.1 * params["w"]
     np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
     # Taylor saliency |g w| with equal g ranks by |w|: the two largest.
-    np.testing.assert_array_equal(state.mask["w"].ravel(),
+    np.testing.assert_array_equal(state[0].mask["w"].ravel(),
                                   [False] * 6 + [True] * 2)
 
   def test_passive_weight_decay_shrinks_only_passive_weights(self):
@@ -160,7 +160,7 @@ class GSMTest(chex.TestCase):
 
       w, state = jax.jit(lambda: jax.lax.fori_loop(
           0, 300, step, (params, tx.init(params))))()
-      return w["w"], state[0].mask["w"]
+      return w["w"], state[0][0].mask["w"]
 
     paper, mask = train()
     fast, fast_mask = train(passive_weight_decay=2.5e-3)
@@ -201,7 +201,7 @@ class GSMTest(chex.TestCase):
     params = {"a": {"bias": jnp.zeros(3), "kernel": jnp.ones((2, 3))},
               "b": {"bias": jnp.zeros(4), "kernel": jnp.ones((3, 4))}}
     state = optax_gsm.gsm(COMPRESSION).init(params)
-    positions = jax.tree.map(int, state.position)
+    positions = jax.tree.map(int, state[0].position)
     assert positions == {"a": {"bias": -1, "kernel": 0},
                          "b": {"bias": -1, "kernel": 1}}
 
@@ -213,10 +213,11 @@ class GSMTest(chex.TestCase):
     state = optax_gsm.gsm(COMPRESSION, min_density=0.01).init(params)
     num_leaves = len(jax.tree.leaves(params))
     assert len(jax.tree.leaves(state)) == 3 * num_leaves + 3
-    ranked = jax.tree.leaves(state.prunable)
+    ranked = jax.tree.leaves(state[0].prunable)
     assert sum(map(bool, ranked)) == 2 and len(ranked) == num_leaves
     for low, high, size, flag in zip(
-        jax.tree.leaves(state.min_active), jax.tree.leaves(state.max_active),
+        jax.tree.leaves(state[0].min_active),
+        jax.tree.leaves(state[0].max_active),
         [w.size for w in jax.tree.leaves(params)], ranked):
       assert int(high) == size and (int(low) == 0) != bool(flag)
 
@@ -296,9 +297,9 @@ class GSMTest(chex.TestCase):
     expected, expected_state = single.update(
         jax.tree.map(lambda g: g / 2, total), single.init(params), params)
     chex.assert_trees_all_close(updates, expected, rtol=1e-6, atol=1e-8)
-    inner = state.inner_opt_state[0]
+    inner = state.inner_opt_state[0][0]
     assert int(inner.count) == 1
-    chex.assert_trees_all_equal(inner.mask, expected_state[0].mask)
+    chex.assert_trees_all_equal(inner.mask, expected_state[0][0].mask)
 
   def test_schedule_ramps_compression(self):
     ramp = optax.linear_schedule(1.0, COMPRESSION, transition_steps=4)
@@ -380,7 +381,7 @@ class GSMTest(chex.TestCase):
       tx = optax_gsm.gsm(4.0, saliency=saliency)
       _, state = tx.update(grads, tx.init(params), params)
       np.testing.assert_array_equal(
-          state.mask["w"].ravel(), np.abs(params["w"].ravel()) >= 5.0)
+          state[0].mask["w"].ravel(), np.abs(params["w"].ravel()) >= 5.0)
 
 
 class FlaxTest(chex.TestCase):

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import optax_gsm
-from optax_gsm import _lasso
+from optax_gsm.lasso import _lasso
 
 
 def _lasso_problem(seed, rows=60, size=7):
@@ -121,8 +121,8 @@ def _sparse_consumer(kind):
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_end_to_end_recovers_the_subset_exactly(kind):
   model, variables, x = _sparse_consumer(kind)
-  groups = optax_gsm.channel_groups(model.apply, variables, x[:1])
-  small, widths, report = optax_gsm.lasso_channel_prune(
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x[:1])
+  small, widths, report = optax_gsm.lasso.prune_channels(
       model.apply, variables, groups, x, widths={"layers_0": 3},
       lasso_tolerance=0.0)
   assert widths == {"layers_0": 3}
@@ -142,10 +142,10 @@ def test_reconstruction_error_falls_with_kept_channels():
                          nn.Dense(3)])
   x = jax.random.normal(jax.random.key(1), (400, 8))
   variables = model.init(jax.random.key(0), x[:1])
-  groups = optax_gsm.channel_groups(model.apply, variables, x[:1])
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x[:1])
   errors = []
   for width in range(1, 13):
-    _, _, report = optax_gsm.lasso_channel_prune(
+    _, _, report = optax_gsm.lasso.prune_channels(
         model.apply, variables, groups, x, widths={"layers_0": width},
         lasso_tolerance=0.0)
     errors.append(report.layers[0].relative_error)
@@ -162,8 +162,8 @@ def _resnet():
 def test_residual_network_everything_kept_is_the_same_model():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (160, 8, 8, 3))
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x[:1])
-  small, widths, report = optax_gsm.lasso_channel_prune(
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x[:1])
+  small, widths, report = optax_gsm.lasso.prune_channels(
       case.apply, case.variables, groups, x, keep=1.0)
   assert len(report.layers) == 6  # the inner channels of the 6 blocks
   assert {name for name, _ in report.skipped} == {
@@ -177,14 +177,14 @@ def test_residual_network_everything_kept_is_the_same_model():
 def test_residual_network_reconstruction_beats_removal_alone():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (100, 8, 8, 3))
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x[:1])
-  small, widths, report = optax_gsm.lasso_channel_prune(
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x[:1])
+  small, widths, report = optax_gsm.lasso.prune_channels(
       case.apply, case.variables, groups, x, keep=0.5, lasso_tolerance=0.0)
   assert all(layer.channels_after == layer.channels_before // 2
              for layer in report.layers)
   reference = case.apply(case.variables, x)
   reconstructed = case.rebuild(widths)(small, x)
-  removed = case.apply(optax_gsm.mask_structures(case.variables, groups,
+  removed = case.apply(optax_gsm.structured.mask_structures(case.variables, groups,
                                                  report.keep), x)
   error = lambda y: float(jnp.linalg.norm(y - reference))
   assert error(reconstructed) < 0.5 * error(removed)
@@ -209,8 +209,8 @@ def test_nnx_model():
   graphdef, state = nnx.split(model)
   apply = lambda s, x: nnx.merge(graphdef, s)(x)
   x = jax.random.normal(jax.random.key(1), (40, 6, 6, 2))
-  groups = optax_gsm.channel_groups(apply, state, x[:1])
-  small, widths, report = optax_gsm.lasso_channel_prune(
+  groups = optax_gsm.structured.channel_groups(apply, state, x[:1])
+  small, widths, report = optax_gsm.lasso.prune_channels(
       apply, state, groups, x, widths={"conv1": 4}, lasso_tolerance=0.0)
   assert widths["conv1"] == 4 and report.layers[0].channels_after == 4
   small_model = _NnxNet(4, rngs=nnx.Rngs(0))
@@ -225,7 +225,7 @@ def _dense_case(inputs=50):
   model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
   x = jax.random.normal(jax.random.key(1), (inputs, 5))
   variables = model.init(jax.random.key(0), x[:1])
-  return model, variables, x, optax_gsm.channel_groups(model.apply,
+  return model, variables, x, optax_gsm.structured.channel_groups(model.apply,
                                                        variables, x[:1])
 
 
@@ -233,7 +233,7 @@ def _dense_case(inputs=50):
 def test_keep_outside_range(keep):
   model, variables, x, groups = _dense_case()
   with pytest.raises(ValueError, match="keep"):
-    optax_gsm.lasso_channel_prune(model.apply, variables, groups, x,
+    optax_gsm.lasso.prune_channels(model.apply, variables, groups, x,
                                   keep=keep)
 
 
@@ -243,23 +243,23 @@ def test_keep_outside_range(keep):
 def test_bad_widths(widths, match):
   model, variables, x, groups = _dense_case()
   with pytest.raises(ValueError, match=match):
-    optax_gsm.lasso_channel_prune(model.apply, variables, groups, x,
+    optax_gsm.lasso.prune_channels(model.apply, variables, groups, x,
                                   widths=widths)
 
 
 def test_keep_and_widths_exclusive():
   model, variables, x, groups = _dense_case()
   with pytest.raises(ValueError, match="exactly one"):
-    optax_gsm.lasso_channel_prune(model.apply, variables, groups, x)
+    optax_gsm.lasso.prune_channels(model.apply, variables, groups, x)
   with pytest.raises(ValueError, match="exactly one"):
-    optax_gsm.lasso_channel_prune(model.apply, variables, groups, x,
+    optax_gsm.lasso.prune_channels(model.apply, variables, groups, x,
                                   keep=0.5, widths={"layers_0": 2})
 
 
 def test_too_few_samples():
   model, variables, x, groups = _dense_case(inputs=4)
   with pytest.raises(ValueError, match="Too few samples.*samples_per_input"):
-    optax_gsm.lasso_channel_prune(model.apply, variables, groups, x,
+    optax_gsm.lasso.prune_channels(model.apply, variables, groups, x,
                                   keep=1.0)
 
 
@@ -267,7 +267,7 @@ def test_too_few_samples():
 def test_residual_stream_cannot_be_named():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (8, 8, 8, 3))
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x[:1])
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x[:1])
   with pytest.raises(ValueError, match="residual stream"):
-    optax_gsm.lasso_channel_prune(case.apply, case.variables, groups, x,
+    optax_gsm.lasso.prune_channels(case.apply, case.variables, groups, x,
                                   widths={"conv": 4})

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optax_gsm import _groups, _layer_io
+from optax_gsm import _prunable
+from optax_gsm.lasso import _layer_io
 
 
 class _Net(nn.Module):
@@ -34,7 +35,7 @@ def net():
 def test_every_layer_is_rows_times_its_kernel(net):
   variables, x, program = net
   leaves = jax.tree.leaves(variables)
-  paths = _groups.leaf_paths(variables)
+  paths = _prunable.leaf_paths(variables)
   kernels = [i for i, p in enumerate(paths) if p.endswith("kernel")]
   assert len(kernels) == 4
   for leaf in kernels:
@@ -49,7 +50,7 @@ def test_every_layer_is_rows_times_its_kernel(net):
 
 def test_the_residual_branch_finds_its_shortcut_and_slope(net):
   variables, x, program = net
-  paths = _groups.leaf_paths(variables)
+  paths = _prunable.leaf_paths(variables)
   found = {}
   for leaf, path in enumerate(paths):
     if path.endswith("kernel"):

@@ -16,7 +16,7 @@ def test_nan_and_inf_scores_rank_lowest_and_count_stays_exact():
            .at[0, 0].set(jnp.nan).at[3, 4].set(jnp.inf).at[1, 1].set(-jnp.inf)}
   tx = optax_gsm.gsm(2.0)
   _, state = jax.jit(tx.update)(grads, tx.init(params), params)
-  mask = np.asarray(state.mask["w"])
+  mask = np.asarray(state[0].mask["w"])
   assert mask.sum() == 10
   assert not mask[0, 0] and not mask[3, 4] and not mask[1, 1]
   # The ten largest finite |g w|: 9..18 except 6 -> 10..18 and 9.

@@ -54,7 +54,7 @@ def _brute_force_kappa(params):
 
 def test_kappa_equals_the_brute_force_sum_over_paths():
   params = _params()
-  kappa = optax_gsm.path_kappa(_mlp, jnp.ones((5, 3)))(params)
+  kappa = optax_gsm.path_norm.path_kappa(_mlp, jnp.ones((5, 3)))(params)
   expected = _brute_force_kappa(params)
   for name in params:
     np.testing.assert_allclose(kappa[name], expected[name], rtol=1e-5)
@@ -84,7 +84,7 @@ def test_update_is_invariant_to_rescaling_a_unit_and_sgd_is_not(jit):
     updates, _ = update(jax.grad(loss)(p), tx.init(p), p)
     return optax.apply_updates(p, updates)
 
-  path = optax_gsm.path_sgd(0.05, apply_fn=_mlp, example_input=x)
+  path = optax_gsm.path_norm.path_sgd(0.05, apply_fn=_mlp, example_input=x)
   probe = jax.random.normal(jax.random.key(2), (32, 3))
   np.testing.assert_allclose(_mlp(step(path, scaled), probe),
                              _mlp(step(path, params), probe), rtol=1e-4,
@@ -105,7 +105,7 @@ def test_conv_weight_sharing_sums_over_positions():
   model = Net()
   x = jnp.ones((1, 5, 5, 1))
   params = model.init(jax.random.key(0), x)["params"]
-  kappa = optax_gsm.path_kappa(
+  kappa = optax_gsm.path_norm.path_kappa(
       lambda p, x: model.apply({"params": p}, x), x)(params)
   conv = np.asarray(params["Conv_0"]["kernel"]) ** 2
   dense = np.asarray(params["Dense_0"]["kernel"]).reshape(3, 3, 2) ** 2
@@ -132,12 +132,12 @@ def test_batch_norm_is_a_clear_error_and_kappa_fn_is_the_way_out():
   apply = lambda p, x: model.apply({"params": p,
                                     "batch_stats": variables["batch_stats"]},
                                    x)
-  tx = optax_gsm.path_sgd(0.1, apply_fn=apply, example_input=x)
+  tx = optax_gsm.path_norm.path_sgd(0.1, apply_fn=apply, example_input=x)
   params = variables["params"]
   grads = jax.tree.map(jnp.ones_like, params)
   with pytest.raises(NotImplementedError, match="`sub` breaks path"):
     tx.update(grads, tx.init(params), params)
-  custom = optax_gsm.path_sgd(
+  custom = optax_gsm.path_norm.path_sgd(
       0.1, kappa_fn=lambda p: jax.tree.map(lambda w: jnp.full_like(w, 2.0), p))
   updates, _ = custom.update(grads, custom.init(params), params)
   np.testing.assert_allclose(updates["Dense_0"]["kernel"],
@@ -146,6 +146,6 @@ def test_batch_norm_is_a_clear_error_and_kappa_fn_is_the_way_out():
 
 def test_bad_arguments_are_clear_errors():
   with pytest.raises(ValueError, match="Give `kappa_fn`"):
-    optax_gsm.path_sgd(0.1)
+    optax_gsm.path_norm.path_sgd(0.1)
   with pytest.raises(ValueError, match="`eps` must be in"):
-    optax_gsm.scale_by_path_norm(lambda p: p, eps=0.0)
+    optax_gsm.path_norm.scale_by_path_norm(lambda p: p, eps=0.0)

@@ -80,7 +80,7 @@ def test_integer_and_complex_leaves_are_skipped_not_errors():
       "dense": {"kernel": True}}
   tx = optax_gsm.gsm(3.0)
   state = tx.init(params)
-  assert int(state.num_active) == 3
+  assert int(state[0].num_active) == 3
 
 
 def test_plain_trees_use_rank():

@@ -46,7 +46,7 @@ def test_bytes_match_what_save_sparse_writes(tmp_path):
   # 2% density: values (4 B each) plus a few bits of offset per value.
   nonzero = int(np.count_nonzero(kernel))
   assert 4 * nonzero < by_path["dense/kernel"].stored_bytes < 5 * nonzero
-  written = optax_gsm.save_sparse(tmp_path / "p.gsm", params)
+  written = optax_gsm.export.save_sparse(tmp_path / "p.gsm", params)
   assert report.stored_bytes < written < report.stored_bytes + 1024  # header
   assert report.storage_ratio == report.dense_bytes / report.stored_bytes
   assert "stored by save_sparse" in str(report)

@@ -69,7 +69,7 @@ def test_sharded_update_matches_single_device_and_gathers_no_parameter():
   updates, reference_state = update(grads, tx.init(params), params)
   chex.assert_trees_all_equal(new_state[0].mask, reference_state[0].mask)
   chex.assert_trees_all_close(sharded_updates, updates, rtol=1e-6)
-  assert new_state[0].momentum["a"]["kernel"].sharding.spec == P("data")
+  assert new_state[1].trace["a"]["kernel"].sharding.spec == P("data")
 
 
 def test_sharded_ties_give_the_single_device_mask():
@@ -87,7 +87,7 @@ def test_eager_init_places_the_mask_like_the_params():
   # momentum followed the params' sharding.
   params = shard(make_params())
   state = optax_gsm.gsm(20.0).init(params)
-  for mask, w in zip(jax.tree.leaves(state.mask), jax.tree.leaves(params)):
+  for mask, w in zip(jax.tree.leaves(state[0].mask), jax.tree.leaves(params)):
     assert mask.sharding == w.sharding
 
 

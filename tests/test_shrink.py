@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import optax_gsm
-from optax_gsm import _groups
+from optax_gsm import _prunable
 from tests import structured_cases
 
 
@@ -17,16 +17,16 @@ from tests import structured_cases
 def test_small_model_equals_masked_big_model(name, seed):
   case = structured_cases.case(name)
   x = jax.random.normal(jax.random.key(seed + 10), case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   keep = structured_cases.random_keep(
       groups, seed, block_probability=1.0 if name == "nnx" else 0.5)
-  small, widths = optax_gsm.shrink(case.variables, groups, keep)
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
   expected = case.apply(
-      optax_gsm.mask_structures(case.variables, groups, keep), x)
+      optax_gsm.structured.mask_structures(case.variables, groups, keep), x)
   np.testing.assert_allclose(case.rebuild(widths)(small, x), expected,
                              atol=1e-5)
   # Every kernel left shrank to the kept count along its output axis.
-  small_shapes = dict(zip(_groups.leaf_paths(small),
+  small_shapes = dict(zip(_prunable.leaf_paths(small),
                           [np.shape(leaf) for leaf in jax.tree.leaves(small)]))
   for group, kept in zip(groups.channels, keep.channels):
     for member in group.members:
@@ -38,11 +38,11 @@ def test_small_model_equals_masked_big_model(name, seed):
 def test_removed_block_disappears_and_width_zero():
   case = structured_cases.case("resnet")
   x = jnp.ones(case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
-  keep = optax_gsm.StructureMask(
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
+  keep = optax_gsm.structured.StructureMask(
       tuple(np.ones(g.size, bool) for g in groups.channels),
       np.array([b.name == "stage1_block1" for b in groups.blocks]) == 0)
-  small, widths = optax_gsm.shrink(case.variables, groups, keep)
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
   assert widths["stage1_block1"] == 0
   assert "stage1_block1" not in small["params"]
   assert "stage1_block1" not in small["batch_stats"]
@@ -50,7 +50,7 @@ def test_removed_block_disappears_and_width_zero():
       "stage1_block1"}
   np.testing.assert_allclose(
       case.rebuild(widths)(small, x),
-      case.apply(optax_gsm.mask_structures(case.variables, groups, keep), x),
+      case.apply(optax_gsm.structured.mask_structures(case.variables, groups, keep), x),
       atol=1e-5)
 
 
@@ -58,10 +58,10 @@ def test_removed_block_disappears_and_width_zero():
 def test_keeping_everything_is_the_identity():
   case = structured_cases.case("lenet5")
   x = jnp.ones(case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
-  keep = optax_gsm.StructureMask(
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
+  keep = optax_gsm.structured.StructureMask(
       tuple(np.ones(g.size, bool) for g in groups.channels), np.ones(0, bool))
-  small, widths = optax_gsm.shrink(case.variables, groups, keep)
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
   chex_equal = jax.tree.map(np.array_equal, small, case.variables)
   assert all(jax.tree.leaves(chex_equal))
   assert widths == {"Conv_0": 20, "Conv_1": 50, "Dense_0": 500}
@@ -70,12 +70,14 @@ def test_keeping_everything_is_the_identity():
 def test_keep_of_the_wrong_shape_is_an_error():
   case = structured_cases.case("mlp")
   x = jnp.ones(case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   with pytest.raises(ValueError, match="1 channel masks"):
-    optax_gsm.shrink(case.variables, groups, optax_gsm.StructureMask(
+    optax_gsm.structured.shrink(
+        case.variables, groups, optax_gsm.structured.StructureMask(
         (np.ones(300, bool),), np.ones(0, bool)))
   with pytest.raises(ValueError, match="'Dense_1'.*100 channels"):
-    optax_gsm.shrink(case.variables, groups, optax_gsm.StructureMask(
+    optax_gsm.structured.shrink(
+        case.variables, groups, optax_gsm.structured.StructureMask(
         (np.ones(300, bool), np.ones(99, bool)), np.ones(0, bool)))
 
 
@@ -83,17 +85,17 @@ def test_keep_of_the_wrong_shape_is_an_error():
 def test_kept_structures_reads_the_optimizer_state():
   case = structured_cases.case("mlp")
   x = jnp.ones(case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   params = case.variables["params"]
-  tx = optax.chain(optax_gsm.gsm(4.0, groups=groups),
+  tx = optax.chain(optax_gsm.structured.structured_gsm(groups, 4.0),
                    optax.scale_by_learning_rate(0.1))
   state = tx.init(params)
   grads = jax.grad(lambda p: case.apply({"params": p}, x).sum())(params)
   _, state = tx.update(grads, state, params)
-  keep = optax_gsm.kept_structures(state)
-  np.testing.assert_array_equal(keep.channels[0], state[0].kept.channels[0])
+  keep = optax_gsm.structured.kept_structures(state)
+  np.testing.assert_array_equal(keep.channels[0], state[0][0].kept.channels[0])
   with pytest.raises(ValueError, match="0 structured GSM states"):
-    optax_gsm.kept_structures(optax.sgd(0.1).init(params))
+    optax_gsm.structured.kept_structures(optax.sgd(0.1).init(params))
 
 
 @pytest.mark.slow
@@ -101,16 +103,16 @@ def test_kept_structures_reads_the_optimizer_state():
 def test_round_to_pads_with_zero_channels_and_stays_exact(name):
   case = structured_cases.case(name)
   x = jax.random.normal(jax.random.key(4), case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   keep = structured_cases.random_keep(groups, 5)
-  small, widths = optax_gsm.shrink(case.variables, groups, keep, round_to=8)
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep, round_to=8)
   # A multiple of 8, or the whole group (LeNet-5's 20, 50 and 500; the
   # ResNet's 16, 32 and 64), or 0 for a removed block.
   for module, width in widths.items():
     assert width % 8 == 0 or width in (20, 50, 500), (module, width)
   np.testing.assert_allclose(
       case.rebuild(widths)(small, x),
-      case.apply(optax_gsm.mask_structures(case.variables, groups, keep), x),
+      case.apply(optax_gsm.structured.mask_structures(case.variables, groups, keep), x),
       atol=1e-5)
   with pytest.raises(ValueError, match="round_to"):
-    optax_gsm.shrink(case.variables, groups, keep, round_to=0)
+    optax_gsm.structured.shrink(case.variables, groups, keep, round_to=0)

@@ -48,8 +48,8 @@ def test_round_trip_is_bit_exact(tmp_path_factory, dtype, shape, density,
     array.reshape(-1).view(np.uint32)[0] = 0x7FC00123
   tree = {"leaf": array, "nested": [array, (array,)], "none": None}
   path = tmp_path_factory.mktemp("rt") / "tree.gsm"
-  optax_gsm.save_sparse(path, tree)
-  assert_bit_equal(optax_gsm.load_sparse(path), tree)
+  optax_gsm.export.save_sparse(path, tree)
+  assert_bit_equal(optax_gsm.export.load_sparse(path), tree)
 
 
 def test_flax_linen_variables_and_nnx_state(tmp_path):
@@ -61,13 +61,13 @@ def test_flax_linen_variables_and_nnx_state(tmp_path):
 
   variables = Net().init(jax.random.PRNGKey(0), jnp.ones((2, 8)))
   variables = jax.tree.map(np.asarray, variables)
-  optax_gsm.save_sparse(tmp_path / "linen.gsm", variables)
-  assert_bit_equal(optax_gsm.load_sparse(tmp_path / "linen.gsm"), variables)
+  optax_gsm.export.save_sparse(tmp_path / "linen.gsm", variables)
+  assert_bit_equal(optax_gsm.export.load_sparse(tmp_path / "linen.gsm"), variables)
 
   model = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
   state = jax.tree.map(np.asarray, nnx.as_pure(nnx.state(model)))
-  optax_gsm.save_sparse(tmp_path / "nnx.gsm", state)
-  loaded = optax_gsm.load_sparse(tmp_path / "nnx.gsm")
+  optax_gsm.export.save_sparse(tmp_path / "nnx.gsm", state)
+  loaded = optax_gsm.export.load_sparse(tmp_path / "nnx.gsm")
   assert isinstance(loaded, nnx.State)
   assert_bit_equal(loaded, state)
   nnx.update(model, loaded)
@@ -87,13 +87,13 @@ def test_pruned_lenet300_is_over_40x_smaller_than_its_msgpack(tmp_path):
   pruned, _ = optax_gsm.prune(params, 60.0)
   dense_size = len(flax.serialization.msgpack_serialize(
       jax.tree.map(np.asarray, pruned)))
-  sparse_size = optax_gsm.save_sparse(tmp_path / "p.gsm", pruned)
+  sparse_size = optax_gsm.export.save_sparse(tmp_path / "p.gsm", pruned)
   # Measured: 50x (float32 values, relative offsets of 5-7 bits).
   assert dense_size / sparse_size > 40
-  half = optax_gsm.save_sparse(tmp_path / "h.gsm", pruned,
+  half = optax_gsm.export.save_sparse(tmp_path / "h.gsm", pruned,
                                values_dtype=jnp.float16)
   assert half < 0.7 * sparse_size
-  lossy = optax_gsm.load_sparse(tmp_path / "h.gsm")
+  lossy = optax_gsm.export.load_sparse(tmp_path / "h.gsm")
   for a, b in zip(jax.tree.leaves(lossy), jax.tree.leaves(pruned)):
     assert a.dtype == b.dtype
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
@@ -103,25 +103,25 @@ def test_pruned_lenet300_is_over_40x_smaller_than_its_msgpack(tmp_path):
 def test_truncated_corrupt_and_foreign_files_are_clear_errors(tmp_path):
   tree = {"w": np.where(np.arange(1000) % 17 == 0, 1.5, 0.0)}
   path = tmp_path / "t.gsm"
-  size = optax_gsm.save_sparse(path, tree)
+  size = optax_gsm.export.save_sparse(path, tree)
   data = path.read_bytes()
   for cut in (size - 1, size // 2, 30):
     path.write_bytes(data[:cut])
     with pytest.raises(ValueError, match="truncated"):
-      optax_gsm.load_sparse(path)
+      optax_gsm.export.load_sparse(path)
   corrupt = bytearray(data)
   corrupt[-10] ^= 0xFF
   path.write_bytes(bytes(corrupt))
   with pytest.raises(ValueError, match="corrupted"):
-    optax_gsm.load_sparse(path)
+    optax_gsm.export.load_sparse(path)
   path.write_bytes(b"\x93NUMPY" + data)
   with pytest.raises(ValueError, match="not an optax_gsm sparse file"):
-    optax_gsm.load_sparse(path)
+    optax_gsm.export.load_sparse(path)
 
 
 def test_unsupported_input_is_a_clear_error(tmp_path):
   with pytest.raises(TypeError, match="save_sparse stores dicts"):
-    optax_gsm.save_sparse(tmp_path / "x", {"w": object()})
+    optax_gsm.export.save_sparse(tmp_path / "x", {"w": object()})
   with pytest.raises(ValueError, match="`values_dtype` must be a float"):
-    optax_gsm.save_sparse(tmp_path / "x", {"w": np.ones(3)},
+    optax_gsm.export.save_sparse(tmp_path / "x", {"w": np.ones(3)},
                           values_dtype=jnp.int8)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optax_gsm
-from optax_gsm import _groups, _structured
+from optax_gsm.structured import _groups, _ranking
 from tests import structured_cases
 
 
@@ -17,7 +17,7 @@ from tests import structured_cases
 def mlp():
   case = structured_cases.case("mlp")
   x = jax.random.normal(jax.random.key(0), (8, 784))
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   params = case.variables["params"]
   loss = lambda p: jnp.mean((case.apply({"params": p}, x) - 1.0) ** 2)
   return groups, params, loss
@@ -47,7 +47,7 @@ def test_structure_scores_match_numpy(mlp, kind):
   groups, params, loss = mlp
   params = jax.tree.map(lambda w: w + 0.01, params)  # non-zero biases
   grads = jax.grad(loss)(params)
-  scores = _structured.structure_scores(_groups.resolve(groups, params),
+  scores = _ranking.structure_scores(_groups.resolve(groups, params),
                                         grads, params, kind)
   np.testing.assert_allclose(scores, _numpy_scores(params, grads, kind),
                              rtol=1e-5, atol=1e-7)
@@ -55,11 +55,11 @@ def test_structure_scores_match_numpy(mlp, kind):
 
 def test_structure_costs_count_member_entries(mlp):
   groups, params, _ = mlp
-  costs = optax_gsm.structure_costs(groups, params)
+  costs = optax_gsm.structured.cost_per_structure(groups, params)
   # Dense_0 channel: 784 kernel + 1 bias + 100 next-layer weights.
   np.testing.assert_array_equal(costs[:300], 784 + 1 + 100)
   np.testing.assert_array_equal(costs[300:], 300 + 1 + 10)
-  flops = optax_gsm.structure_costs(groups, params, "flops")
+  flops = optax_gsm.structured.cost_per_structure(groups, params, "flops")
   np.testing.assert_array_equal(flops[:300], 784 + 100)  # biases: no MACs
 
 
@@ -103,7 +103,7 @@ def test_selection_is_the_budgeted_prefix_of_the_ranking(data):
   # Overlapping structures: a kept cost that is not a plain sum.
   shared = data.draw(st.floats(0.0, 1.0))
   kept_cost = lambda kept: (kept * costs).sum() - shared * kept[0] * kept[-1]
-  kept = _structured.select_structures(jnp.asarray(scores), costs, sizes,
+  kept = _ranking.select_structures(jnp.asarray(scores), costs, sizes,
                                        budget, kept_cost)
   flat = np.concatenate([np.asarray(k) for k in kept.channels]
                         + [np.asarray(kept.blocks)])
@@ -126,25 +126,25 @@ def _steps(tx, params, loss, count, jit):
 def test_update_matches_a_numpy_reference(mlp):
   groups, params, loss = mlp
   beta, decay, passive, lr = 0.9, 1e-3, 5e-2, 0.1
-  tx = optax_gsm.gsm_sgd(lr, 3.0, groups=groups, momentum=beta,
+  tx = optax_gsm.structured.structured_gsm_sgd(lr, groups, 3.0, momentum=beta,
                          weight_decay=decay, passive_weight_decay=passive,
                          unprunable_weight_decay=1e-4)
   state = tx.init(params)
   momentum = jax.tree.map(np.zeros_like, params)
-  costs = optax_gsm.structure_costs(groups, params)
+  costs = optax_gsm.structured.cost_per_structure(groups, params)
   total = sum(np.size(w) for w in jax.tree.leaves(params))
 
   def kept_cost(flat):
-    keep = optax_gsm.StructureMask((flat[:300], flat[300:]),
+    keep = optax_gsm.structured.StructureMask((flat[:300], flat[300:]),
                                    np.zeros(0, bool))
-    return optax_gsm.structure_cost(groups, params, keep)[1]
+    return optax_gsm.structured.model_cost(groups, params, keep)[1]
 
   for _ in range(3):
     grads = jax.grad(loss)(params)
     keep = _numpy_select(_numpy_scores(params, grads, "taylor"), costs,
                          (300, 100), total / 3.0, kept_cost)
     mask = _groups.entry_masks(
-        _groups.resolve(groups, params), optax_gsm.StructureMask(
+        _groups.resolve(groups, params), optax_gsm.structured.StructureMask(
             (keep[:300], keep[300:]), np.zeros(0, bool)), params)
     expected = {}
     for layer in params:
@@ -169,17 +169,17 @@ def test_update_matches_a_numpy_reference(mlp):
 def test_members_move_together_and_budget_holds(cost):
   case = structured_cases.case("resnet")
   x = jax.random.normal(jax.random.key(1), case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   params = case.variables["params"]
   loss = lambda p: jnp.mean(case.apply({**case.variables, "params": p}, x)
                             ** 2)
-  tx = optax_gsm.gsm_sgd(0.05, 2.0, groups=groups, cost=cost)
+  tx = optax_gsm.structured.structured_gsm_sgd(0.05, groups, 2.0, cost=cost)
   _, state = _steps(tx, params, loss, 2, jit=True)
-  gsm_state = state[0]
+  gsm_state = state[0][0]
   masks = _groups.entry_masks(_groups.resolve(groups, params),
                               gsm_state.kept, params)
   jax.tree.map(np.testing.assert_array_equal, gsm_state.mask, masks)
-  before, after = optax_gsm.structure_cost(groups, params, gsm_state.kept,
+  before, after = optax_gsm.structured.model_cost(groups, params, gsm_state.kept,
                                            cost)
   assert after <= before / 2.0  # the shrunk model's exact cost
   flat = np.concatenate([np.asarray(k) for k in gsm_state.kept.channels]
@@ -190,12 +190,12 @@ def test_members_move_together_and_budget_holds(cost):
 @pytest.mark.slow  # ~7 s: compiles the structured update twice; CI runs it
 def test_jit_and_no_jit_agree(mlp):
   groups, params, loss = mlp
-  tx = optax_gsm.gsm_sgd(0.1, 4.0, groups=groups, momentum=0.9,
+  tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0, momentum=0.9,
                          weight_decay=1e-3)
   jitted, jit_state = _steps(tx, params, loss, 3, jit=True)
   plain, plain_state = _steps(tx, params, loss, 3, jit=False)
-  jax.tree.map(np.testing.assert_array_equal, jit_state[0].kept,
-               plain_state[0].kept)
+  jax.tree.map(np.testing.assert_array_equal, jit_state[0][0].kept,
+               plain_state[0][0].kept)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-7),
                jitted, plain)
@@ -203,31 +203,31 @@ def test_jit_and_no_jit_agree(mlp):
 
 def test_freeze_keeps_the_magnitude_choice(mlp):
   groups, params, loss = mlp
-  tx = optax_gsm.gsm_sgd(0.1, 4.0, groups=groups, freeze_mask_at=1)
+  tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0, freeze_mask_at=1)
   after_two, state_two = _steps(tx, params, loss, 2, jit=True)
   _, state_four = _steps(tx, params, loss, 4, jit=True)
-  jax.tree.map(np.testing.assert_array_equal, state_two[0].kept,
-               state_four[0].kept)
+  jax.tree.map(np.testing.assert_array_equal, state_two[0][0].kept,
+               state_four[0][0].kept)
   del after_two
 
 
 def test_inject_hyperparams_traces_the_ratio(mlp):
   groups, params, loss = mlp
-  tx = optax.inject_hyperparams(optax_gsm.gsm_sgd)(
-      learning_rate=0.1, compression_ratio=4.0, groups=groups)
+  tx = optax.inject_hyperparams(optax_gsm.structured.structured_gsm_sgd)(
+      learning_rate=0.1, groups=groups, compression_ratio=4.0)
   _, state = _steps(tx, params, loss, 1, jit=True)
-  kept = optax_gsm.kept_structures(state)
+  kept = optax_gsm.structured.kept_structures(state)
   assert 0 < sum(int(k.sum()) for k in kept.channels) < 400
 
 
 def test_structure_cost_is_the_shrunk_models_size():
   case = structured_cases.case("lenet5")
   x = jnp.ones(case.input_shape)
-  groups = optax_gsm.channel_groups(case.apply, case.variables, x)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   keep = structured_cases.random_keep(groups, 3)
-  before, after = optax_gsm.structure_cost(groups, case.variables["params"],
+  before, after = optax_gsm.structured.model_cost(groups, case.variables["params"],
                                            keep)
-  small, _ = optax_gsm.shrink(case.variables, groups, keep)
+  small, _ = optax_gsm.structured.shrink(case.variables, groups, keep)
   assert before == sum(np.size(w) for w in jax.tree.leaves(
       case.variables["params"]))
   assert after == sum(np.size(w) for w in jax.tree.leaves(small["params"]))
@@ -236,21 +236,19 @@ def test_structure_cost_is_the_shrunk_models_size():
 def test_bad_arguments_are_clear_errors(mlp):
   groups, params, _ = mlp
   with pytest.raises(ValueError, match="compression_ratio.*one channel per"):
-    optax_gsm.gsm(1000.0, groups=groups).init(params)
-  with pytest.raises(ValueError, match="`prunable` and `groups`"):
-    optax_gsm.gsm(2.0, groups=groups, prunable="*/kernel")
+    optax_gsm.structured.structured_gsm(groups, 1000.0).init(params)
   with pytest.raises(ValueError, match="`cost` must be one of"):
-    optax_gsm.gsm(2.0, groups=groups, cost="latency")
-  with pytest.raises(ValueError, match="`saliency` with `groups`"):
-    optax_gsm.gsm(2.0, groups=groups, saliency="random")
+    optax_gsm.structured.structured_gsm(groups, 2.0, cost="latency")
+  with pytest.raises(ValueError, match="`saliency` of structures"):
+    optax_gsm.structured.structured_gsm(groups, 2.0, saliency="random")
   with pytest.raises(ValueError, match="no member in these params"):
-    optax_gsm.gsm(2.0, groups=groups).init({"other": jnp.ones((3, 3))})
+    optax_gsm.structured.structured_gsm(groups, 2.0).init({"other": jnp.ones((3, 3))})
 
 
 def test_active_mask_reads_a_structured_state(mlp):
   groups, params, loss = mlp
-  tx = optax_gsm.gsm_sgd(0.1, 4.0, groups=groups)
+  tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0)
   _, state = _steps(tx, params, loss, 1, jit=True)
   mask = optax_gsm.active_mask(state, params)
-  jax.tree.map(np.testing.assert_array_equal, mask, state[0].mask)
+  jax.tree.map(np.testing.assert_array_equal, mask, state[0][0].mask)
   assert not bool(mask["Dense_0"]["kernel"].all())

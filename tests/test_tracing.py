@@ -29,7 +29,7 @@ def _dense(name, role, axis):
 
 def _trace(name):
   case = structured_cases.case(name)
-  return case, optax_gsm.channel_groups(case.apply, case.variables,
+  return case, optax_gsm.structured.channel_groups(case.apply, case.variables,
                                         jnp.ones(case.input_shape))
 
 
@@ -151,7 +151,7 @@ def test_concatenation_maps_positions_to_each_group():
   model = _Concat()
   x = jnp.ones((2, 4))
   variables = model.init(jax.random.key(0), x)
-  groups = optax_gsm.channel_groups(model.apply, variables, x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
   _, maps = _summary(groups)
   # Rows of c: a's 3 channels, x's 4 features (unprunable), b's 2.
   np.testing.assert_array_equal(maps[("a", "params/c/kernel", 0)],
@@ -171,7 +171,7 @@ def test_layer_norm_makes_its_channels_unprunable():
   model = _LayerNormed()
   x = jnp.ones((2, 4))
   variables = model.init(jax.random.key(0), x)
-  groups = optax_gsm.channel_groups(model.apply, variables, x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
   assert [g.name for g in groups.channels] == ["free"]
   reasons = dict(groups.unprunable)
   assert "reduction over the channel axis" in reasons["normed"]
@@ -188,13 +188,13 @@ def test_unknown_op_is_an_error_naming_it_or_unprunable_on_request():
   x = jnp.ones((2, 4))
   variables = model.init(jax.random.key(0), x)
   with pytest.raises(NotImplementedError, match="`sort`.*'sorted'"):
-    optax_gsm.channel_groups(model.apply, variables, x)
-  groups = optax_gsm.channel_groups(model.apply, variables, x,
+    optax_gsm.structured.channel_groups(model.apply, variables, x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x,
                                     on_unknown="unprunable")
   assert groups.channels == ()
   assert ("sorted", "op `sort`") in groups.unprunable
   with pytest.raises(ValueError, match="on_unknown"):
-    optax_gsm.channel_groups(model.apply, variables, x, on_unknown="skip")
+    optax_gsm.structured.channel_groups(model.apply, variables, x, on_unknown="skip")
 
 
 def test_groups_without_removes_by_name_and_rejects_unknown_names():

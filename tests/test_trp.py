@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 import optax_gsm
-from optax_gsm import _trp
+from optax_gsm.low_rank import _trp
 
 
 def _numpy_view(kernel, scheme):
@@ -70,7 +70,7 @@ def _params():
 def test_nuclear_norm_adds_the_term_every_few_steps(jit):
   params = _params()
   grads = jax.tree.map(jnp.ones_like, params)
-  tx = optax_gsm.nuclear_norm(3e-2, energy=0.8, every=2)
+  tx = optax_gsm.low_rank.add_nuclear_norm(3e-2, energy=0.8, every=2)
   update = jax.jit(tx.update) if jit else tx.update
   state = tx.init(params)
   first, state = update(grads, state, params)
@@ -85,7 +85,8 @@ def test_nuclear_norm_adds_the_term_every_few_steps(jit):
 
 def test_nuclear_norm_chains_with_sgd():
   params = _params()
-  tx = optax.chain(optax_gsm.nuclear_norm(1e-2), optax.sgd(0.1, momentum=0.9))
+  tx = optax.chain(optax_gsm.low_rank.add_nuclear_norm(1e-2),
+                   optax.sgd(0.1, momentum=0.9))
   state = tx.init(params)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
   # With zero loss gradient the step descends the nuclear norm alone.
@@ -99,7 +100,7 @@ def test_nuclear_norm_chains_with_sgd():
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_low_rank_project_keeps_the_energy_asked_for(scheme):
   params = _params()
-  projected = optax_gsm.low_rank_project(params, energy=0.8, scheme=scheme)
+  projected = optax_gsm.low_rank.truncate_rank(params, energy=0.8, scheme=scheme)
   for name in ("conv", "dense"):
     view = np.asarray(_trp.to_matrix(params[name]["kernel"], scheme))
     s = np.linalg.svd(view, compute_uv=False)
@@ -109,7 +110,7 @@ def test_low_rank_project_keeps_the_energy_asked_for(scheme):
     assert np.sum(new ** 2) / np.sum(view ** 2) >= 0.8 - 1e-5
   np.testing.assert_array_equal(projected["dense"]["bias"],
                                 params["dense"]["bias"])
-  jitted = jax.jit(lambda p: optax_gsm.low_rank_project(p, energy=0.8,
+  jitted = jax.jit(lambda p: optax_gsm.low_rank.truncate_rank(p, energy=0.8,
                                                         scheme=scheme))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                jitted, projected)
@@ -136,7 +137,7 @@ def _factorised(x, factors, scheme, padding):
 def test_decomposed_layers_compute_the_truncated_kernel(scheme, full):
   params = _params()
   energy = 1.0 if full else 0.7
-  factors, ranks = optax_gsm.low_rank_decompose(params, energy=energy,
+  factors, ranks = optax_gsm.low_rank.low_rank_decompose(params, energy=energy,
                                                 scheme=scheme)
   assert set(ranks) == {"conv/kernel", "dense/kernel"}
   x = 0.2 * jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
@@ -158,7 +159,7 @@ def test_decomposed_layers_compute_the_truncated_kernel(scheme, full):
 
 def test_threshold_rank_counts_relative_singular_values():
   kernel = jnp.asarray(np.diag([10.0, 5.0, 0.4, 0.1]), jnp.float32)
-  factors, ranks = optax_gsm.low_rank_decompose({"kernel": kernel},
+  factors, ranks = optax_gsm.low_rank.low_rank_decompose({"kernel": kernel},
                                                 threshold=0.05)
   assert ranks == {"kernel": 2}
   assert factors["kernel"].first.shape == (4, 2)
@@ -167,17 +168,17 @@ def test_threshold_rank_counts_relative_singular_values():
 def test_bad_arguments_are_clear_errors():
   params = _params()
   with pytest.raises(ValueError, match="`energy` must be in"):
-    optax_gsm.low_rank_project(params, energy=0.0)
+    optax_gsm.low_rank.truncate_rank(params, energy=0.0)
   with pytest.raises(ValueError, match="`threshold` must be in"):
-    optax_gsm.low_rank_decompose(params, threshold=1.5)
+    optax_gsm.low_rank.low_rank_decompose(params, threshold=1.5)
   with pytest.raises(ValueError, match="`strength` must be in"):
-    optax_gsm.nuclear_norm(-1.0)
+    optax_gsm.low_rank.add_nuclear_norm(-1.0)
   with pytest.raises(ValueError, match="`scheme` must be one of"):
-    optax_gsm.nuclear_norm(1e-3, scheme="rows")
+    optax_gsm.low_rank.add_nuclear_norm(1e-3, scheme="rows")
   with pytest.raises(ValueError, match="'w/kernel' has shape \\(2, 3, 4\\)"):
-    optax_gsm.low_rank_project({"w": {"kernel": jnp.ones((2, 3, 4))}})
+    optax_gsm.low_rank.truncate_rank({"w": {"kernel": jnp.ones((2, 3, 4))}})
   with pytest.raises(ValueError, match="needs the params"):
-    tx = optax_gsm.nuclear_norm(1e-3)
+    tx = optax_gsm.low_rank.add_nuclear_norm(1e-3)
     tx.update(params, tx.init(params))
 
 
@@ -185,11 +186,11 @@ def test_projection_in_the_chain_lands_on_the_projection_plus_the_step():
   params = _params()
   grads = jax.tree.map(jnp.ones_like, params)
   tx = optax.chain(optax.sgd(0.1),
-                   optax_gsm.low_rank_projection(energy=0.8, every=2))
+                   optax_gsm.low_rank.low_rank_projection(energy=0.8, every=2))
   state = tx.init(params)
   updates, state = tx.update(grads, state, params)
   after = optax.apply_updates(params, updates)
-  projected = optax_gsm.low_rank_project(params, energy=0.8)
+  projected = optax_gsm.low_rank.truncate_rank(params, energy=0.8)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b - 0.1, atol=1e-5),
                after, projected)
   updates, state = tx.update(grads, state, after)  # step 1: no projection
@@ -198,10 +199,10 @@ def test_projection_in_the_chain_lands_on_the_projection_plus_the_step():
 
 def test_fixed_ranks_project_to_exactly_those_ranks():
   params = _params()
-  projected = optax_gsm.low_rank_project(params, ranks={"dense/kernel": 2})
+  projected = optax_gsm.low_rank.truncate_rank(params, ranks={"dense/kernel": 2})
   assert np.linalg.matrix_rank(np.asarray(projected["dense"]["kernel"]),
                                tol=1e-4) == 2
   np.testing.assert_array_equal(projected["conv"]["kernel"],
                                 params["conv"]["kernel"])
   with pytest.raises(ValueError, match="names no prunable kernel"):
-    optax_gsm.low_rank_project(params, ranks={"head/kernel": 2})
+    optax_gsm.low_rank.truncate_rank(params, ranks={"head/kernel": 2})

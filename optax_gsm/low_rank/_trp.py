@@ -14,8 +14,8 @@ Each prunable kernel is viewed as a matrix ``M`` (the "scheme"):
 With ``M = U S V^T`` and ``r`` the smallest rank whose energy
 ``sum_{i<=r} s_i^2 / sum_i s_i^2`` reaches ``e``, TRP (1) adds the
 nuclear-norm sub-gradient ``lambda U_r V_r^T`` to the gradient
-(`nuclear_norm`), (2) every ``m`` steps replaces the kernel by its truncated
-SVD ``U_r S_r V_r^T`` (`low_rank_project`, called by the training loop before
+(`add_nuclear_norm`), (2) every ``m`` steps replaces the kernel by its truncated
+SVD ``U_r S_r V_r^T`` (`truncate_rank`, called by the training loop before
 the forward pass, the paper's order), and (3) after training splits each
 kernel into two thinner layers with no retraining (`low_rank_decompose`).
 The SVDs have static shapes: singular values past ``r`` are masked, never
@@ -106,7 +106,7 @@ def _map_kernels_or_zero(fn, params, flags):
 
 def _added_every(name, every, prunable, state_type, term):
   """Adds ``term(params)`` to the updates on steps ``0, every, 2 every, ...``
-  (a ``count`` state); what `nuclear_norm` and `low_rank_projection`
+  (a ``count`` state); what `add_nuclear_norm` and `low_rank_projection`
   share."""
 
   def init_fn(params):
@@ -146,11 +146,11 @@ def truncated(kernel: jax.Array, energy: Any, scheme: str,
 
 
 class NuclearNormState(NamedTuple):
-  """State of `nuclear_norm`: the number of updates so far."""
+  """State of `add_nuclear_norm`: the number of updates so far."""
   count: chex.Array
 
 
-def nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
+def add_nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
                  scheme: str = "channel", every: int = 1,
                  prunable: _prunable.Prunable = None
                  ) -> optax.GradientTransformation:
@@ -162,7 +162,7 @@ def nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
   on steps ``0, every, 2 every, ...``, where ``U_r V_r^T`` is the
   sub-gradient of the nuclear norm restricted to the energy-``e`` rank of
   the kernel's matrix view (Xu et al., TRP). Put it before the optimizer:
-  ``optax.chain(nuclear_norm(3e-4), optax.sgd(lr, momentum=0.9))``.
+  ``optax.chain(add_nuclear_norm(3e-4), optax.sgd(lr, momentum=0.9))``.
 
   Args:
     strength: lambda >= 0 (the official example: 3e-4).
@@ -187,12 +187,12 @@ def nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
         lambda w: strength * nuclear_subgradient(w, energy, scheme), params,
         flags)
 
-  return _added_every("nuclear_norm", every, prunable, NuclearNormState,
+  return _added_every("add_nuclear_norm", every, prunable, NuclearNormState,
                       term)
 
 
 
-def low_rank_project(params: chex.ArrayTree, *, energy: float = 0.9,
+def truncate_rank(params: chex.ArrayTree, *, energy: float = 0.9,
                      scheme: str = "channel",
                      prunable: _prunable.Prunable = None,
                      ranks: Mapping[str, int] | None = None
@@ -205,7 +205,7 @@ def low_rank_project(params: chex.ArrayTree, *, energy: float = 0.9,
 
     for step in range(steps):
       if step % m == 0:
-        params = optax_gsm.low_rank_project(params, energy=0.9)
+        params = optax_gsm.low_rank.truncate_rank(params, energy=0.9)
       params, opt_state = train_step(params, opt_state, batch)
 
   Args:
@@ -249,7 +249,7 @@ def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
   The paper projects before the forward pass, so its gradient is taken at
   ``P(W)``; here the gradient ``u`` was taken at ``W`` (one step later to
   see the projection). For the paper's exact order call
-  `low_rank_project` in the training loop instead.
+  `truncate_rank` in the training loop instead.
 
   Args:
     energy: e in (0, 1].
@@ -266,7 +266,7 @@ def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
   every = _validation.check_int("every", every, low=1)
 
   def term(params):
-    projected = low_rank_project(params, energy=energy, scheme=scheme,
+    projected = truncate_rank(params, energy=energy, scheme=scheme,
                                  prunable=prunable, ranks=ranks)
     return jax.tree.map(lambda p, w: p - w, projected, params)
 

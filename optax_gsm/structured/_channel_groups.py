@@ -37,7 +37,7 @@ dropout's random mask would make every channel unprunable.
 import collections
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -45,7 +45,8 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-from optax_gsm import _groups
+from optax_gsm import _prunable
+from optax_gsm.structured import _groups
 
 _ELEMENTWISE = frozenset("""
 abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp
@@ -242,13 +243,13 @@ class _Tracer:
     reason = f"op `{eqn.primitive}`"
     if self.on_unknown == "error":
       names = sorted({
-          _module_path(self.groups.name[self.groups.find(int(g))],
+          _prunable.module_path(self.groups.name[self.groups.find(int(g))],
                        self.collections_level)
           for v in labelled for g in v.group if g >= 0})
       raise NotImplementedError(
           f"channel_groups cannot follow channels through {reason} (channels "
           f"of {names}). Pass `on_unknown='unprunable'` to leave them "
-          "unpruned, or build the groups by hand (optax_gsm.Groups).")
+          "unpruned, or build the groups by hand (optax_gsm.structured.Groups).")
     for v in labelled:
       self.fix(v, reason)
 
@@ -690,16 +691,6 @@ def _branch_leaves(graph, tracer, branch, branch_out, shortcut, add_index,
   return leaves
 
 
-def _module_path(path: str, collections_level: bool) -> str:
-  names = path.split("/")[:-1]
-  return "/".join(names[1:] if collections_level else names)
-
-
-def _has_collections(variables: Any) -> bool:
-  return isinstance(variables, Mapping) and "params" in variables and all(
-      isinstance(v, Mapping) for v in variables.values())
-
-
 def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
                    *args: Any, on_unknown: str = "error",
                    **kwargs: Any) -> _groups.Groups:
@@ -726,7 +717,7 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
     >>> import jax, jax.numpy as jnp, flax.linen as nn, optax_gsm
     >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
     >>> variables = model.init(jax.random.key(0), jnp.ones((1, 4)))
-    >>> groups = optax_gsm.channel_groups(model.apply, variables,
+    >>> groups = optax_gsm.structured.channel_groups(model.apply, variables,
     ...                                   jnp.ones((1, 4)))
     >>> [(g.name, g.size, len(g.members)) for g in groups.channels]
     [('layers_0', 8, 3)]
@@ -767,8 +758,8 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
     graph.constants.add(index)
     consts.append(index)
   outputs = graph.add(closed.jaxpr, invars, consts)
-  paths = _groups.leaf_paths(variables)
-  collections_level = _has_collections(variables)
+  paths = _prunable.leaf_paths(variables)
+  collections_level = _prunable.has_collections(variables)
   tracer = _Tracer(graph, paths, leaf_ids, on_unknown, collections_level)
   tracer.run(outputs)
   return _assemble(tracer, paths, _blocks(graph, tracer, leaf_ids, outputs),
@@ -782,7 +773,7 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks,
   for group in range(len(found.parent)):
     if found.find(group) != group:
       continue
-    name = _module_path(found.name[group], collections_level)
+    name = _prunable.module_path(found.name[group], collections_level)
     if found.fixed[group] is not None:
       unprunable.append((name, found.fixed[group]))
       continue
@@ -802,7 +793,7 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks,
     if leaves in seen:
       continue
     seen.add(leaves)
-    module_paths = [_module_path(paths[leaf], collections_level)
+    module_paths = [_prunable.module_path(paths[leaf], collections_level)
                     for leaf in leaves]
     name = os.path.commonpath(module_paths) if all(module_paths) else ""
     block_list.append(_groups.Block(

@@ -34,7 +34,7 @@ Decided on purpose:
 - the ranking's denominator ``c_S`` counts a structure's own entries (an
   entry in two structures, a kernel entry in its input and its output
   channel's group, is in both), while the budget counts the kept model
-  exactly (`structure_cost`), found by bisection on the prefix length
+  exactly (`model_cost`), found by bisection on the prefix length
   (about log2 of the number of structures passes over the params).
 """
 
@@ -46,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_gsm import _groups, _validation
+from optax_gsm import _prunable, _validation
+from optax_gsm.structured import _groups
 
 StructureSaliency = Callable[[chex.ArrayTree, chex.ArrayTree],
                              chex.ArrayTree]
@@ -70,7 +71,7 @@ def _entry_costs(groups: _groups.Groups, paths: list[str],
   return [table.get(path, 0.0) for path in paths]
 
 
-def structure_costs(groups: _groups.Groups, tree: chex.ArrayTree,
+def cost_per_structure(groups: _groups.Groups, tree: chex.ArrayTree,
                     cost: str = "params") -> np.ndarray:
   """The cost of every structure (channels in group order, then blocks).
 
@@ -86,7 +87,7 @@ def structure_costs(groups: _groups.Groups, tree: chex.ArrayTree,
   check_cost(cost)
   resolved = _groups.resolve(groups, tree)
   leaves = jax.tree.leaves(tree)
-  per_entry = _entry_costs(groups, _groups.leaf_paths(tree), cost)
+  per_entry = _entry_costs(groups, _prunable.leaf_paths(tree), cost)
   costs = []
   for members, size in zip(resolved.channels, resolved.sizes):
     channel_cost = np.zeros(size)
@@ -206,9 +207,9 @@ def plan(groups: _groups.Groups, params: chex.ArrayTree,
     raise ValueError(
         "`groups` has no member in these params: were they traced from "
         "other variables?")
-  unit_costs = _entry_costs(groups, _groups.leaf_paths(params), cost)
+  unit_costs = _entry_costs(groups, _prunable.leaf_paths(params), cost)
   return StructuredPlan(
-      resolved=resolved, costs=structure_costs(groups, params, cost),
+      resolved=resolved, costs=cost_per_structure(groups, params, cost),
       touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))),
       unit_costs=unit_costs,
       total=float(sum(u * np.size(w) for u, w in
@@ -264,7 +265,7 @@ def select(plan_: StructuredPlan, params: chex.ArrayTree, scores: jax.Array,
                            kept_cost_fn(plan_, params))
 
 
-def structure_cost(groups: _groups.Groups, tree: chex.ArrayTree,
+def model_cost(groups: _groups.Groups, tree: chex.ArrayTree,
                    keep: _groups.StructureMask,
                    cost: str = "params") -> tuple[float, float]:
   """The exact cost of the model before and after removing structures.
@@ -285,7 +286,7 @@ def structure_cost(groups: _groups.Groups, tree: chex.ArrayTree,
   check_cost(cost)
   keep = jax.tree.map(np.asarray, keep)
   masks = _groups.entry_masks(_groups.resolve(groups, tree), keep, tree, np)
-  per_entry = _entry_costs(groups, _groups.leaf_paths(tree), cost)
+  per_entry = _entry_costs(groups, _prunable.leaf_paths(tree), cost)
   before = after = 0.0
   for mask, unit in zip(jax.tree.leaves(masks), per_entry):
     before += unit * np.size(mask)
@@ -298,7 +299,7 @@ def as_contribution_saliency(saliency: Any) -> Any:
   if callable(saliency) or saliency in ("taylor", "magnitude"):
     return saliency
   raise ValueError(
-      "`saliency` with `groups` must be 'taylor', 'magnitude' or a callable "
+      "`saliency` of structures must be 'taylor', 'magnitude' or a callable "
       f"(grads, params) -> per-entry contributions; got {saliency!r}.")
 
 

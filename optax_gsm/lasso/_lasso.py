@@ -41,15 +41,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_gsm import _groups, _layer_io, _shrink, _validation
+from optax_gsm import _prunable, _validation
+from optax_gsm.lasso import _layer_io
+from optax_gsm.structured import _groups, _shrink
 
-_KERNELS = ("kernel", "embedding")
 _MAX_DOUBLINGS = 60
 _MAX_BISECTIONS = 60
 
 
 class LassoLayer(NamedTuple):
-  """What `lasso_channel_prune` did to one channel group.
+  """What `prune_channels` did to one channel group.
 
   Attributes:
     group: the group's name (the producing layer's module path).
@@ -71,7 +72,7 @@ class LassoLayer(NamedTuple):
 
 
 class LassoReport(NamedTuple):
-  """`lasso_channel_prune`'s account: one `LassoLayer` per pruned group, in
+  """`prune_channels`'s account: one `LassoLayer` per pruned group, in
   the order they were pruned; ``skipped``: ``(group, reason)`` of the
   groups left whole; ``keep``: the `StructureMask` that `shrink` applied."""
   layers: tuple[LassoLayer, ...]
@@ -201,24 +202,22 @@ def select_channels(gram: jax.Array, correlation: jax.Array, count: int,
   return kept, low
 
 
-def _is_kernel(path: str) -> bool:
-  return path.rsplit("/", 1)[-1] in _KERNELS
-
-
 def _unprunable_reason(group: _groups.ChannelGroup) -> str | None:
   """Why LASSO pruning cannot remove this group's channels (None: it can)."""
-  producers = sum(m.role == "out" and _is_kernel(m.path) for m in group.members)
+  producers = sum(m.role == "out" and _prunable.is_kernel_path(m.path)
+                  for m in group.members)
   if producers != 1:
     return (f"{producers} layers produce these channels (a residual stream "
             "joined by adds): removing one drops it from the identity "
             "shortcuts too, which no layer reconstructs")
-  if not any(m.role == "in" and _is_kernel(m.path) for m in group.members):
+  if not any(m.role == "in" and _prunable.is_kernel_path(m.path)
+             for m in group.members):
     return "no Dense or Conv layer reads these channels"
   return None
 
 
-def lasso_prunable(groups: _groups.Groups) -> tuple[str, ...]:
-  """The channel groups `lasso_channel_prune` can prune: made by one Dense
+def prunable_groups(groups: _groups.Groups) -> tuple[str, ...]:
+  """The channel groups `prune_channels` can prune: made by one Dense
   or Conv (not a residual stream) and read by at least one.
 
   Example::
@@ -227,8 +226,8 @@ def lasso_prunable(groups: _groups.Groups) -> tuple[str, ...]:
     >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
     >>> x = jnp.ones((1, 4))
     >>> variables = model.init(jax.random.key(0), x)
-    >>> optax_gsm.lasso_prunable(
-    ...     optax_gsm.channel_groups(model.apply, variables, x))
+    >>> optax_gsm.lasso.prunable_groups(
+    ...     optax_gsm.structured.channel_groups(model.apply, variables, x))
     ('layers_0',)
   """
   return tuple(g.name for g in groups.channels
@@ -271,7 +270,7 @@ def _targets(groups: _groups.Groups, resolved: _groups.Resolved,
     else:
       count = max(1, int(round(keep * group.size)))
     readers = [m for m in members
-               if m.role == "in" and _is_kernel(paths[m.leaf])]
+               if m.role == "in" and _prunable.is_kernel_path(paths[m.leaf])]
     reason = _unprunable_reason(group)
     consumers = []
     for member in readers if reason is None else []:
@@ -368,7 +367,7 @@ def _refit(problem: _Problem, kept: np.ndarray) -> tuple[jax.Array, float,
           float(jnp.sum(problem.target ** 2)))
 
 
-def lasso_channel_prune(
+def prune_channels(
     apply_fn: Callable[..., Any], variables: chex.ArrayTree,
     groups: _groups.Groups, inputs: Any, *, keep: float | None = None,
     widths: Mapping[str, int] | None = None, samples_per_input: int = 10,
@@ -387,8 +386,8 @@ def lasso_channel_prune(
 
   Example::
 
-    groups = optax_gsm.channel_groups(apply_fn, variables, x[:1])
-    small, widths, report = optax_gsm.lasso_channel_prune(
+    groups = optax_gsm.structured.channel_groups(apply_fn, variables, x[:1])
+    small, widths, report = optax_gsm.lasso.prune_channels(
         apply_fn, variables, groups, x[:500], keep=0.5)
     print(report.table())
     small_model = MyNet(widths=widths)   # as for `shrink`
@@ -435,7 +434,7 @@ def lasso_channel_prune(
   args = tuple(jnp.asarray(a) for a in args)
   num_inputs = int(args[0].shape[0])
   program = _layer_io.Program(apply_fn, variables, args)
-  paths = _groups.leaf_paths(variables)
+  paths = _prunable.leaf_paths(variables)
   resolved = _groups.resolve(groups, variables)
   plans, skipped = _targets(groups, resolved, paths, program, keep, widths)
   shortcuts = {c.layer.output: program.shortcut(c.layer.output)
@@ -504,9 +503,9 @@ def lasso_channel_prune(
             f"{last.channels_after} channels, relative error "
             f"{last.relative_error:.4f}, lambda {last.lasso_lambda:.3g}, "
             f"{last.seconds:.1f} s", flush=True)
-  keep_mask = _groups.StructureMask(tuple(kept_masks),
+  kept_mask = _groups.StructureMask(tuple(kept_masks),
                                     np.ones(len(groups.blocks), bool))
   small, small_widths = _shrink.shrink(treedef.unflatten(leaves), groups,
-                                       keep_mask)
+                                       kept_mask)
   return small, small_widths, LassoReport(tuple(layers), tuple(skipped),
-                                          keep_mask)
+                                          kept_mask)

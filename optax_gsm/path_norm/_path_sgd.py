@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import optax
 from jax.extend import core as jex_core
 
-from optax_gsm import _tracing, _validation
+from optax_gsm import _validation
+from optax_gsm.structured import _channel_groups
 
 KappaFn = Callable[[chex.ArrayTree], chex.ArrayTree]
 
@@ -81,7 +82,7 @@ def _evaluate(jaxpr, consts, inputs: list[_Value]) -> list[_Value]:
   for eqn in jaxpr.eqns:
     ins = [read(v) for v in eqn.invars]
     name = eqn.primitive.name
-    inner = _tracing.inner_jaxpr(eqn)
+    inner = _channel_groups.inner_jaxpr(eqn)
     if inner is not None:
       outs = _evaluate(inner[0], inner[1], ins)
     elif all(v.kind == "const" for v in ins):
@@ -123,7 +124,7 @@ def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
     >>> import jax, jax.numpy as jnp, optax_gsm
     >>> apply = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]
     >>> params = {"w1": jnp.full((2, 3), 2.0), "w2": jnp.ones((3, 1))}
-    >>> kappa = optax_gsm.path_kappa(apply, jnp.ones((1, 2)))(params)
+    >>> kappa = optax_gsm.path_norm.path_kappa(apply, jnp.ones((1, 2)))(params)
     >>> kappa["w2"].ravel().tolist()   # each hidden unit: 2 inputs * 2**2
     [8.0, 8.0, 8.0]
 

@@ -19,7 +19,7 @@ default, and skip blocks of width 0::
     def __call__(self, x):
       ...
 
-  small_variables, widths = optax_gsm.shrink(variables, groups, keep)
+  small_variables, widths = optax_gsm.structured.shrink(variables, groups, keep)
   small_model = MyNet(widths=widths)
   small_model.apply(small_variables, x)   # == big model on masked vars
 """
@@ -32,31 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_gsm import _groups, _gsm, _validation
+from optax_gsm import _prunable, _validation
+from optax_gsm.structured import _groups
 
 Widths = dict[str, int]
-
-
-def kept_structures(opt_state: chex.ArrayTree) -> _groups.StructureMask:
-  """The structures a structured `gsm` kept at its last update.
-
-  Args:
-    opt_state: the state of an optimizer containing ``gsm(groups=...)``.
-
-  Returns:
-    Its `StructureMask` (host numpy arrays).
-
-  Raises:
-    ValueError: no structured GSM state, or several.
-  """
-  is_state = lambda node: isinstance(node, _gsm.StructuredGSMState)
-  states = [node for node in jax.tree.leaves(opt_state, is_leaf=is_state)
-            if is_state(node)]
-  if len(states) != 1:
-    raise ValueError(
-        f"`opt_state` holds {len(states)} structured GSM states; "
-        "kept_structures needs exactly one (gsm(..., groups=...)).")
-  return jax.tree.map(np.asarray, states[0].kept)
 
 
 def _check_keep(groups: _groups.Groups, keep: _groups.StructureMask) -> None:
@@ -139,14 +118,14 @@ def reduce_channels(variables: chex.ArrayTree, groups: _groups.Groups,
         moved = np.moveaxis(value, axis, -1).astype(np.float64) @ matrix
         value = np.moveaxis(moved, -1, axis).astype(np.asarray(leaf).dtype)
     small.append(jnp.asarray(value))
-  paths = _groups.leaf_paths(variables)
+  paths = _prunable.leaf_paths(variables)
   widths: Widths = {}
   for members, channel_map in zip(resolved.channels, maps):
     width = int(np.max(channel_map.target, initial=-1)) + 1
     for m in members:
-      if m.role == "out" and paths[m.leaf].rsplit("/", 1)[-1] in (
-          "kernel", "embedding"):
-        widths[_module(paths[m.leaf], variables)] = width
+      if m.role == "out" and _prunable.is_kernel_path(paths[m.leaf]):
+        widths[_prunable.module_path(
+            paths[m.leaf], _prunable.has_collections(variables))] = width
   removed = set()
   for block, resolved_block, flag in zip(groups.blocks, resolved.blocks,
                                          np.asarray(removed_blocks, bool)):
@@ -184,10 +163,10 @@ def shrink(variables: chex.ArrayTree, groups: _groups.Groups,
     >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
     >>> x = jnp.ones((1, 4))
     >>> variables = model.init(jax.random.key(0), x)
-    >>> groups = optax_gsm.channel_groups(model.apply, variables, x)
-    >>> keep = optax_gsm.StructureMask(
+    >>> groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+    >>> keep = optax_gsm.structured.StructureMask(
     ...     channels=(jnp.arange(8) < 3,), blocks=jnp.zeros([0], bool))
-    >>> small, widths = optax_gsm.shrink(variables, groups, keep)
+    >>> small, widths = optax_gsm.structured.shrink(variables, groups, keep)
     >>> widths, small["params"]["layers_2"]["kernel"].shape
     ({'layers_0': 3}, (3, 2))
 
@@ -222,14 +201,6 @@ def shrink(variables: chex.ArrayTree, groups: _groups.Groups,
                            representative=kept))
   return reduce_channels(variables, groups, maps,
                          ~np.asarray(keep.blocks, bool))
-
-
-def _module(path: str, variables: Any) -> str:
-  names = path.split("/")[:-1]
-  if isinstance(variables, Mapping) and names and names[0] in variables and (
-      "params" in variables):
-    names = names[1:]
-  return "/".join(names)
 
 
 def _without(variables: Any, paths: list[str], leaves: list[Any],

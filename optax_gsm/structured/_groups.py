@@ -125,12 +125,6 @@ class StructureMask(NamedTuple):
   blocks: chex.Array
 
 
-def leaf_paths(tree: chex.ArrayTree) -> list[str]:
-  """The ``/``-joined path of every leaf of ``tree``, in leaf order."""
-  return [_prunable.path_string(path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
 def _lookup(paths: list[str]) -> dict[str, int]:
   table = {}
   for index, path in enumerate(paths):
@@ -164,7 +158,7 @@ class Resolved(NamedTuple):
 def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
   """Looks every member of ``groups`` up in ``tree``; checks the shapes."""
   leaves = jax.tree.leaves(tree)
-  table = _lookup(leaf_paths(tree))
+  table = _lookup(_prunable.leaf_paths(tree))
   channels = []
   for group in groups.channels:
     members = []
@@ -215,7 +209,7 @@ def per_channel_sum(values: jax.Array, member: ResolvedMember,
                              num_segments=size + 1)[:size]
 
 
-def _expand(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
+def expand_along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
   shape = [1] * ndim
   shape[axis] = -1
   return vector.reshape(shape)
@@ -235,7 +229,7 @@ def entry_masks(resolved: Resolved, keep: StructureMask,
                                    xp.ones([1], bool)])
     for member in members:
       along = kept_or_none[_segment_index(member, size)]
-      masks[member.leaf] = masks[member.leaf] & _expand(
+      masks[member.leaf] = masks[member.leaf] & expand_along(
           along, member.axis, masks[member.leaf].ndim)
   for block, kept in zip(resolved.blocks, xp.asarray(keep.blocks, bool)):
     for leaf in block:

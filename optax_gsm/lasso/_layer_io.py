@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from optax_gsm import _tracing
+from optax_gsm.structured import _channel_groups
 
 # Calls whose body is the op itself; loops and conditionals stay opaque.
 _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call",
@@ -115,7 +115,7 @@ class Program:
 
     for eqn in jaxpr.eqns:
       ins = [read(v) for v in eqn.invars]
-      inner = (_tracing.inner_jaxpr(eqn) if eqn.primitive.name in _CALLS
+      inner = (_channel_groups.inner_jaxpr(eqn) if eqn.primitive.name in _CALLS
                else None)
       if inner is not None:
         body, body_consts = inner

@@ -14,7 +14,7 @@ slice, bias, normalisation scale and shift) moves by
   g'_j = \\frac{1}{|H|}\\sum_{i \\in H} g_i + \\eta W_j
     + \\epsilon \\Big(W_j - \\frac{1}{|H|}\\sum_{i \\in H} W_i\\Big)
 
-inside momentum SGD (`csgd`): the gradient is shared and the centripetal
+inside momentum SGD (`centripetal`): the gradient is shared and the centripetal
 term pulls the cluster's filters together until they are identical. Vector
 members (bias, normalisation) get no decay and ``0.1 * eps`` (the official
 code's choice); singleton clusters and everything outside the groups get
@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_gsm import _groups, _shrink, _validation
+from optax_gsm import _prunable, _validation
+from optax_gsm.structured import _groups, _shrink
 
 _METHODS = ("kmeans", "even")
 _KMEANS_ITERATIONS = 50
@@ -191,12 +192,12 @@ def _clustered_positions(member, assignment: np.ndarray) -> np.ndarray:
 
 
 class CentripetalState(NamedTuple):
-  """State of `csgd`'s centripetal step: the number of updates so far."""
+  """State of `centripetal`'s centripetal step: the number of updates so far."""
   count: chex.Array
 
 
-def centripetal(clusters: Clusters, *,
-                centripetal_strength: optax.ScalarOrSchedule = 3e-3,
+def _centripetal_gradient(clusters: Clusters, *,
+                          centripetal_strength: optax.ScalarOrSchedule = 3e-3,
                 weight_decay: float = 1e-4,
                 vector_factor: float = _VECTOR_EPS_FACTOR
                 ) -> optax.GradientTransformation:
@@ -213,14 +214,14 @@ def centripetal(clusters: Clusters, *,
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError("csgd needs the params: call "
+      raise ValueError("centripetal needs the params: call "
                        "`update(grads, opt_state, params)`.")
     resolved = _check_clusters(clusters, params)
     eps = (centripetal_strength(state.count) if callable(centripetal_strength)
            else centripetal_strength)
     leaves, treedef = jax.tree.flatten(params)
     grads = treedef.flatten_up_to(updates)
-    paths = _groups.leaf_paths(params)
+    paths = _prunable.leaf_paths(params)
     directions = [g + weight_decay * w for g, w in zip(grads, leaves)]
     for members, assignment in zip(resolved.channels, clusters.assignments):
       count = int(assignment.max()) + 1
@@ -228,12 +229,12 @@ def centripetal(clusters: Clusters, *,
         if m.role != "out":
           continue
         w, g = leaves[m.leaf], grads[m.leaf]
-        vector = np.ndim(w) == 1 or not paths[m.leaf].endswith("kernel")
+        vector = np.ndim(w) == 1 or not _prunable.is_kernel_path(paths[m.leaf])
         decay = 0.0 if vector else weight_decay
         strength = eps * (vector_factor if vector else 1.0)
         pulled = (_cluster_means(g, m, assignment, count) + decay * w
                   + strength * (w - _cluster_means(w, m, assignment, count)))
-        where = _expand(_clustered_positions(m, assignment), m.axis,
+        where = _groups.expand_along(_clustered_positions(m, assignment), m.axis,
                         np.ndim(w))
         directions[m.leaf] = jnp.where(where, pulled.astype(g.dtype),
                                        directions[m.leaf])
@@ -241,12 +242,6 @@ def centripetal(clusters: Clusters, *,
         count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _expand(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
-  shape = [1] * ndim
-  shape[axis] = -1
-  return vector.reshape(shape)
 
 
 def _check_clusters(clusters: Clusters, tree: Any) -> _groups.Resolved:
@@ -258,13 +253,13 @@ def _check_clusters(clusters: Clusters, tree: Any) -> _groups.Resolved:
   return _groups.resolve(clusters.groups, tree)
 
 
-def csgd(clusters: Clusters, *,
+def centripetal(clusters: Clusters, *,
          centripetal_strength: optax.ScalarOrSchedule = 3e-3,
          weight_decay: float = 1e-4, momentum: float = 0.9,
          nesterov: bool = False,
          vector_factor: float = _VECTOR_EPS_FACTOR
          ) -> optax.GradientTransformation:
-  r"""Centripetal SGD before the learning rate: `centripetal` + momentum.
+  r"""Centripetal SGD before the learning rate: the centripetal gradient + momentum.
 
   Example::
 
@@ -272,9 +267,9 @@ def csgd(clusters: Clusters, *,
     >>> model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(1)])
     >>> x = jnp.ones((1, 3))
     >>> variables = model.init(jax.random.key(0), x)
-    >>> groups = optax_gsm.channel_groups(model.apply, variables, x)
-    >>> clusters = optax_gsm.cluster_channels(variables, groups, ratio=2.0)
-    >>> tx = optax_gsm.csgd_sgd(0.1, clusters)
+    >>> groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+    >>> clusters = optax_gsm.centripetal.cluster_channels(variables, groups, ratio=2.0)
+    >>> tx = optax_gsm.centripetal.centripetal_sgd(0.1, clusters)
     >>> params = variables["params"]
     >>> state = tx.init(params)
 
@@ -296,20 +291,22 @@ def csgd(clusters: Clusters, *,
   _validation.check_range("momentum", momentum, low=0.0, high=1.0,
                           high_inclusive=False)
   return optax.chain(
-      centripetal(clusters, centripetal_strength=centripetal_strength,
-                  weight_decay=weight_decay, vector_factor=vector_factor),
+      _centripetal_gradient(
+          clusters, centripetal_strength=centripetal_strength,
+          weight_decay=weight_decay, vector_factor=vector_factor),
       optax.trace(decay=momentum, nesterov=nesterov))
 
 
-def csgd_sgd(learning_rate: optax.ScalarOrSchedule, clusters: Clusters, *,
+def centripetal_sgd(learning_rate: optax.ScalarOrSchedule,
+                    clusters: Clusters, *,
              centripetal_strength: optax.ScalarOrSchedule = 3e-3,
              weight_decay: float = 1e-4, momentum: float = 0.9,
              nesterov: bool = False,
              vector_factor: float = _VECTOR_EPS_FACTOR
              ) -> optax.GradientTransformation:
-  """`csgd` chained with ``optax.scale_by_learning_rate``."""
+  """`centripetal` chained with ``optax.scale_by_learning_rate``."""
   return optax.chain(
-      csgd(clusters, centripetal_strength=centripetal_strength,
+      centripetal(clusters, centripetal_strength=centripetal_strength,
            weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
            vector_factor=vector_factor),
       optax.scale_by_learning_rate(learning_rate))

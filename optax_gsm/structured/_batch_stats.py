@@ -40,7 +40,7 @@ def recalibrate_batch_stats(
 
   Linen::
 
-    recalibrated = optax_gsm.recalibrate_batch_stats(
+    recalibrated = optax_gsm.structured.recalibrate_batch_stats(
         functools.partial(model.apply, train=True, mutable=["batch_stats"]),
         {"params": pruned, "batch_stats": variables["batch_stats"]},
         (x for x, _ in train_batches))
@@ -56,7 +56,7 @@ def recalibrate_batch_stats(
       model(x)
       return None, {"batch_stats": nnx.state(model, nnx.BatchStat)}
 
-    new = optax_gsm.recalibrate_batch_stats(
+    new = optax_gsm.structured.recalibrate_batch_stats(
         apply_fn, {"params": params, "batch_stats": stats}, batches)
     nnx.update(model, new["batch_stats"])
 

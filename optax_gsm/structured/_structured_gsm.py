@@ -1,0 +1,250 @@
+"""Structured GSM as an Optax transformation: GSM's update over structures.
+
+The ranking, budget and selection of structures are `_ranking`'s; this
+module turns the kept structures into an active set each step and hands it
+to the masked gradient and momentum every GSM shares
+(`optax_gsm._active_set`).
+"""
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_gsm import _active_set, _compression_ratio, _prunable
+from optax_gsm.structured import _groups, _ranking
+
+
+class StructuredGSMState(NamedTuple):
+  """State of the ranking of `structured_gsm` (the momentum buffer is the
+  ``optax.TraceState`` after it in the chain).
+
+  Attributes:
+    count: number of updates so far (int32).
+    mask: pytree of bool like the params: the entries of kept structures
+      (and entries in no structure).
+    kept: the `StructureMask` of the last update (`kept_structures`).
+  """
+  count: jax.Array
+  mask: chex.ArrayTree
+  kept: _groups.StructureMask
+
+
+def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
+                              mask_update_every, freeze_mask_at
+                              ) -> optax.GradientTransformation:
+  """The masked gradient of the structures ranked kept."""
+  mask_update_every, freeze_mask_at = _active_set.check_refresh(
+      mask_update_every, freeze_mask_at)
+
+  def init_fn(params):
+    if jax.tree.leaves(params):  # not `optax.tree.map_params` placeholders
+      plan = _ranking.plan(groups, params, cost)
+      _ranking.budget(plan, params, ratio_at(0), cost)
+    return StructuredGSMState(
+        count=jnp.zeros([], jnp.int32),
+        mask=_active_set.all_true_like(params),
+        kept=_groups.all_kept(groups))
+
+  def update_fn(updates, state, params=None):
+    _active_set.needs_params("structured_gsm", params)
+    plan = _ranking.plan(groups, params, cost)
+    limit = _ranking.budget(plan, params, ratio_at(state.count), cost)
+
+    def select(at_freeze):
+      scores = _ranking.structure_scores(plan.resolved, updates, params,
+                                         saliency)
+      if freeze_mask_at is not None:
+        scores = jnp.where(at_freeze, _ranking.structure_scores(
+            plan.resolved, updates, params, "magnitude"), scores)
+      return _ranking.select(plan, params, scores, limit)
+
+    kept = _active_set.refreshed(select, lambda: state.kept, state.count,
+                                 mask_update_every, freeze_mask_at)
+    masks = _groups.entry_masks(plan.resolved, kept, params)
+    kernels = jax.tree.leaves(_prunable.default_prunable(params))
+    direction = _active_set.masked_gradient(
+        updates, params, masks, plan.touched, decays,
+        active_decays=[decays.active if kernel else decays.unranked
+                       for kernel in kernels])
+    return direction, StructuredGSMState(
+        count=optax.safe_increment(state.count), mask=masks, kept=kept)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def structured_gsm(
+    groups: _groups.Groups,
+    compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
+    *,
+    sparsity: _compression_ratio.RatioOrSchedule | None = None,
+    cost: str = "params",
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    passive_weight_decay: jax.typing.ArrayLike | None = None,
+    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
+    saliency: str | _ranking.StructureSaliency = "taylor",
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
+    momentum_dtype: chex.ArrayDType | None = None,
+) -> optax.GradientTransformation:
+  r"""Structured GSM: one global ranking over channels and residual blocks.
+
+  Each structure S (a channel of a `ChannelGroup`, or a `Block`) gets
+  ``T_S = |sum_{e in S} g_e w_e|`` (or its L2 norm) and its cost ``c_S``;
+  the longest prefix of the ranking by ``T_S / c_S`` whose model costs at
+  most ``1/C`` of the whole stays active (see `optax_gsm.structured`):
+
+  .. math::
+    z \leftarrow \beta z + \eta w + B_S \odot g
+
+  with ``B_S`` the entries of kept structures; passive entries decay only.
+  Kernel entries keep ``weight_decay`` where active, other members (biases,
+  norms) ``unprunable_weight_decay``; all passive members get
+  ``passive_weight_decay``. The state is ``(StructuredGSMState,
+  optax.TraceState)``.
+
+  References:
+    Ding et al., "Global Sparse Momentum SGD for Pruning Very Deep Neural
+    Networks", NeurIPS 2019; Molchanov et al., "Importance Estimation for
+    Neural Network Pruning", CVPR 2019 (the group Taylor saliency).
+
+  Example::
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, optax_gsm
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((1, 4))
+    >>> variables = model.init(jax.random.key(0), x)
+    >>> groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+    >>> tx = optax_gsm.structured.structured_gsm(groups, 2.0)
+    >>> state = tx.init(variables)
+    >>> grads = jax.tree.map(jnp.ones_like, variables)
+    >>> _, state = tx.update(grads, state, variables)
+    >>> keep = optax_gsm.structured.kept_structures(state)
+    >>> int(keep.channels[0].sum()) < 8
+    True
+
+  Args:
+    groups: the structures (`channel_groups`).
+    compression_ratio: C >= 1: the kept model costs at most 1/C of the
+      whole (params or FLOPs, counted exactly); a schedule ``step -> C``
+      ramps it. Exactly one of this and ``sparsity``.
+    sparsity: s in [0, 1), ``C = 1 / (1 - s)``, or a schedule.
+    cost: "params" or "flops" (multiply-adds per example of the traced
+      input).
+    momentum: see `optax_gsm.gsm`.
+    nesterov: see `optax_gsm.gsm`.
+    weight_decay: see `optax_gsm.gsm`.
+    passive_weight_decay: see `optax_gsm.gsm`.
+    unprunable_weight_decay: see `optax_gsm.gsm`.
+    saliency: "taylor", "magnitude", or a callable ``(grads, params) ->
+      per-entry contributions`` summed per structure.
+    mask_update_every: see `optax_gsm.gsm`.
+    freeze_mask_at: see `optax_gsm.gsm` (the freeze keeps the structures of
+      largest norm).
+    momentum_dtype: see `optax_gsm.gsm`.
+
+  Returns:
+    An ``optax.GradientTransformation``; its ``update`` needs the variables
+    the groups were traced from (or params of the same structure).
+  """
+  ratio_at = _compression_ratio.compression_schedule(compression_ratio,
+                                                     sparsity)
+  _ranking.check_cost(cost)
+  decays = _active_set.check_decays(weight_decay, passive_weight_decay,
+                                    unprunable_weight_decay)
+  return _active_set.with_momentum(
+      _scale_by_kept_structures(
+          groups, cost, ratio_at,
+          _ranking.as_contribution_saliency(saliency), decays,
+          mask_update_every, freeze_mask_at),
+      momentum, nesterov, momentum_dtype)
+
+
+def structured_gsm_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    groups: _groups.Groups,
+    compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
+    *,
+    total_steps: int | None = None,
+    sparsity: _compression_ratio.RatioOrSchedule | None = None,
+    cost: str = "params",
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    passive_weight_decay: jax.typing.ArrayLike | None = None,
+    unprunable_weight_decay: jax.typing.ArrayLike = 0.0,
+    saliency: str | _ranking.StructureSaliency = "taylor",
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
+    momentum_dtype: chex.ArrayDType | None = None,
+) -> optax.GradientTransformation:
+  r"""`structured_gsm` chained with ``optax.scale_by_learning_rate``.
+
+  .. math::
+    w_{t+1} = w_t - \alpha_t z_{t+1}
+
+  ``total_steps`` derives a lossless freeze and passive decay, as in
+  `optax_gsm.gsm_sgd`.
+
+  Args:
+    learning_rate: alpha >= 0, or a schedule ``step -> alpha``.
+    groups: see `structured_gsm`.
+    compression_ratio: see `structured_gsm`.
+    total_steps: see `optax_gsm.gsm_sgd`.
+    sparsity: see `structured_gsm`.
+    cost: see `structured_gsm`.
+    momentum: see `optax_gsm.gsm`.
+    nesterov: see `optax_gsm.gsm`.
+    weight_decay: see `optax_gsm.gsm`.
+    passive_weight_decay: see `optax_gsm.gsm`.
+    unprunable_weight_decay: see `optax_gsm.gsm`.
+    saliency: see `structured_gsm`.
+    mask_update_every: see `optax_gsm.gsm`.
+    freeze_mask_at: see `optax_gsm.gsm`.
+    momentum_dtype: see `optax_gsm.gsm`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  return _active_set.with_learning_rate(
+      structured_gsm, learning_rate, total_steps, momentum=momentum,
+      weight_decay=weight_decay, freeze_mask_at=freeze_mask_at,
+      passive_weight_decay=passive_weight_decay, groups=groups,
+      compression_ratio=compression_ratio, sparsity=sparsity, cost=cost,
+      nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
+      saliency=saliency, mask_update_every=mask_update_every,
+      momentum_dtype=momentum_dtype)
+
+
+def structured_states(opt_state: chex.ArrayTree) -> list[StructuredGSMState]:
+  """Every `StructuredGSMState` inside ``opt_state``, in tree order."""
+  is_state = lambda node: isinstance(node, StructuredGSMState)
+  return [node for node in jax.tree.leaves(opt_state, is_leaf=is_state)
+          if is_state(node)]
+
+
+def kept_structures(opt_state: chex.ArrayTree) -> _groups.StructureMask:
+  """The structures a `structured_gsm` kept at its last update.
+
+  Args:
+    opt_state: the state of an optimizer containing `structured_gsm`.
+
+  Returns:
+    Its `StructureMask` (host numpy arrays).
+
+  Raises:
+    ValueError: no structured GSM state, or several.
+  """
+  states = structured_states(opt_state)
+  if len(states) != 1:
+    raise ValueError(
+        f"`opt_state` holds {len(states)} structured GSM states; "
+        "kept_structures needs exactly one (structured_gsm).")
+  return jax.tree.map(np.asarray, states[0].kept)
+
+
