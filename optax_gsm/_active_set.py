@@ -132,6 +132,11 @@ def with_learning_rate(
   ``passive_weight_decay`` of `lossless_settings` fill those not given."""
   if not callable(learning_rate):
     _validation.check_range("learning_rate", learning_rate, low=0.0)
+  if isinstance(total_steps, jax.core.Tracer):
+    raise TypeError(
+        "`total_steps` must be a concrete int: the lossless settings are "
+        "derived from it when the optimizer is built. Under "
+        "`optax.inject_hyperparams`, pass `static_args=('total_steps',)`.")
   if total_steps is not None:
     derived = _lossless.lossless_settings(
         learning_rate, total_steps, momentum=momentum,

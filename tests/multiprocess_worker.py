@@ -54,7 +54,7 @@ def main(process_id: int, port: int, out: str):
   for g in grads:
     params, state = step(params, state, jax.tree.map(as_global, g))
   gathered = multihost_utils.process_allgather(
-      {"params": params, "mask": state[0].mask}, tiled=True)
+      {"params": params, "mask": state[0][0].mask}, tiled=True)
   if process_id == 0:
     flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
             jax.tree_util.tree_leaves_with_path(gathered)}

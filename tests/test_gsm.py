@@ -182,8 +182,8 @@ class GSMTest(chex.TestCase):
                                                 jit=False)
     chex.assert_trees_all_close(jitted, eager, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_equal(jit_masks, eager_masks)
-    chex.assert_trees_all_equal(jit_state[0].num_active,
-                                eager_state[0].num_active)
+    chex.assert_trees_all_equal(jit_state[0][0].num_active,
+                                eager_state[0][0].num_active)
 
   def test_update_compiles_once(self):
     # As Optax's own optimizer tests check: the state keeps its structure,
@@ -469,7 +469,8 @@ def traced_gsm_update(grads, params, momentum_in, ratio, passive_weight_decay,
   tx = optax_gsm.gsm(ratio, momentum=BETA, nesterov=nesterov, weight_decay=ETA,
                      passive_weight_decay=passive_weight_decay,
                      unprunable_weight_decay=ETA_OTHER)
-  state = tx.init(params)._replace(momentum=momentum_in)
+  ranking, trace = tx.init(params)
+  state = (ranking, trace._replace(trace=momentum_in))
   return tx.update(grads, state, params)
 
 
@@ -504,10 +505,10 @@ def test_update_equations_property(shapes, ratio, grad_kind, nesterov,
   updates, new_state = traced_gsm_update(
       grads, params, momentum_in, ratio, passive_weight_decay, nesterov)
 
-  masks = new_state.mask
+  masks = new_state[0].mask
   assert sum(int(m.sum()) for m, f in zip(masks, flags) if f) == q
   for g, w, z, m, f, u, new_z in zip(grads, params, momentum_in, masks, flags,
-                                     updates, new_state.momentum):
+                                     updates, new_state[1].trace):
     m = np.asarray(m)
     if not f:
       assert m.all()

@@ -271,3 +271,15 @@ def test_residual_stream_cannot_be_named():
   with pytest.raises(ValueError, match="residual stream"):
     optax_gsm.lasso.prune_channels(case.apply, case.variables, groups, x,
                                   widths={"conv": 4})
+
+
+def test_layers_stacked_by_scan_are_a_clear_error():
+  def apply(params, x):
+    layer = lambda h, w: (jax.nn.relu(h @ w), None)
+    return jax.lax.scan(layer, x, params["kernel"])[0]
+
+  params = {"kernel": jnp.ones((3, 4, 4))}
+  groups = optax_gsm.structured.Groups(channels=(), blocks=(), unprunable=())
+  with pytest.raises(NotImplementedError, match="stacked by `scan`"):
+    optax_gsm.lasso.prune_channels(apply, params, groups, jnp.ones((8, 4)),
+                                   keep=0.5)

@@ -45,7 +45,7 @@ def test_two_processes_match_one(tmp_path):
   for g in grads:
     updates, state = jax.jit(tx.update)(g, state, params)
     params = optax.apply_updates(params, updates)
-  expected = {"params": params, "mask": state[0].mask}
+  expected = {"params": params, "mask": state[0][0].mask}
   got = np.load(out)
   for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
     key = jax.tree_util.keystr(path)

@@ -149,3 +149,28 @@ def test_bad_arguments_are_clear_errors():
     optax_gsm.path_norm.path_sgd(0.1)
   with pytest.raises(ValueError, match="`eps` must be in"):
     optax_gsm.path_norm.scale_by_path_norm(lambda p: p, eps=0.0)
+
+
+def test_kappa_of_a_scan_stack_is_that_of_its_unrolled_layers():
+  # The graph unrolls a scan: layer i of the stack is row i of its leaves.
+  rng = np.random.default_rng(0)
+  stacked = {"w": jnp.asarray(rng.normal(size=(3, 4, 4)), jnp.float32),
+             "b": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)}
+
+  def scanned(params, x):
+    layer = lambda h, wb: (jax.nn.relu(h @ wb[0] + wb[1]), None)
+    return jax.lax.scan(layer, x, (params["w"], params["b"]))[0]
+
+  def unrolled(params, x):
+    for i in range(3):
+      x = jax.nn.relu(x @ params[f"w{i}"] + params[f"b{i}"])
+    return x
+
+  layers = {f"{k}{i}": v[i] for k, v in stacked.items() for i in range(3)}
+  x = jnp.ones((2, 4))
+  kappa = optax_gsm.path_norm.path_kappa(scanned, x)(stacked)
+  expected = optax_gsm.path_norm.path_kappa(unrolled, x)(layers)
+  for k in ("w", "b"):
+    np.testing.assert_allclose(
+        kappa[k], np.stack([expected[f"{k}{i}"] for i in range(3)]),
+        rtol=1e-5)

@@ -67,9 +67,9 @@ def test_sharded_update_matches_single_device_and_gathers_no_parameter():
   sharded_updates, new_state = update(sharded_grads, sharded_state,
                                       sharded_params)
   updates, reference_state = update(grads, tx.init(params), params)
-  chex.assert_trees_all_equal(new_state[0].mask, reference_state[0].mask)
+  chex.assert_trees_all_equal(new_state[0][0].mask, reference_state[0][0].mask)
   chex.assert_trees_all_close(sharded_updates, updates, rtol=1e-6)
-  assert new_state[1].trace["a"]["kernel"].sharding.spec == P("data")
+  assert new_state[0][1].trace["a"]["kernel"].sharding.spec == P("data")
 
 
 def test_sharded_ties_give_the_single_device_mask():
@@ -116,4 +116,4 @@ def test_whole_update_gathers_nothing_parameter_sized(spec):
              for size in gathered_sizes(compiled)), gathered_sizes(compiled)
   _, new_state = jax.jit(tx.update)(sharded_grads, state, sharded_params)
   _, reference = jax.jit(tx.update)(grads, tx.init(params), params)
-  chex.assert_trees_all_equal(new_state[0].mask, reference[0].mask)
+  chex.assert_trees_all_equal(new_state[0][0].mask, reference[0][0].mask)

@@ -211,3 +211,97 @@ def test_macs_per_entry_for_flops_cost():
   assert groups.macs_per_entry == {
       "params/Conv_0/kernel": 576.0, "params/Conv_1/kernel": 64.0,
       "params/Dense_0/kernel": 1.0, "params/Dense_1/kernel": 1.0}
+
+
+class _ScanBlock(nn.Module):
+  hidden: int
+  bias: bool
+
+  @nn.compact
+  def __call__(self, x, _):
+    h = nn.relu(nn.Dense(self.hidden, use_bias=self.bias, name="up")(x))
+    return x + nn.Dense(x.shape[-1], use_bias=self.bias, name="down")(h), None
+
+
+class _ScanNet(nn.Module):
+  """Three residual MLP layers stacked by nn.scan."""
+  width: int = 8
+  hidden: int = 16
+  bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.width, name="embed")(x)
+    stack = nn.scan(_ScanBlock, variable_axes={"params": 0},
+                    split_rngs={"params": True}, length=3)
+    x, _ = stack(self.hidden, self.bias, name="layers")(x, None)
+    return nn.Dense(2, name="head")(x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_scan_stack_channel_is_one_structure_across_layers(bias):
+  # Regression: the tracer inlined the scan body as if it ran once, and
+  # read the layer axis of the stacked kernels as the channel axis.
+  model, x = _ScanNet(bias=bias), jnp.ones((2, 4))
+  variables = model.init(jax.random.key(0), x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+  members, _ = _summary(groups)
+  stacked = lambda name, axis, role: (f"params/layers/{name}/kernel", axis,
+                                      role)
+  biases = lambda name, axis: ({(f"params/layers/{name}/bias", axis, "out")}
+                               if bias else set())
+  assert members == {
+      "embed": _dense("embed", "out", 1) | _dense("head", "in", 0)
+               | {stacked("up", 1, "in"), stacked("down", 2, "out")}
+               | biases("down", 1),
+      "layers/up": {stacked("up", 2, "out"), stacked("down", 1, "in")}
+                   | biases("up", 1)}
+  # Each entry of a stacked kernel serves one layer: FLOPs of one layer.
+  assert groups.macs_per_entry["params/layers/up/kernel"] == 1.0
+
+  # Removing structures from the stack gives the smaller stack exactly.
+  keep = optax_gsm.structured.StructureMask(
+      channels=tuple(np.arange(g.size) % 3 != 1 for g in groups.channels),
+      blocks=np.ones(len(groups.blocks), bool))
+  small, widths = optax_gsm.structured.shrink(variables, groups, keep)
+  small_model = _ScanNet(width=widths["embed"], hidden=widths["layers/up"],
+                         bias=bias)
+  masked = optax_gsm.structured.mask_structures(variables, groups, keep)
+  np.testing.assert_allclose(small_model.apply(small, x),
+                             model.apply(masked, x), rtol=1e-5, atol=1e-6)
+
+
+class _WhileNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(8, name="first")(x)
+    loop = self.param("loop", nn.initializers.ones, (8, 8))
+    x = jax.lax.while_loop(lambda c: c[1] < 3,
+                           lambda c: (c[0] @ loop, c[1] + 1), (x, 0))[0]
+    return nn.Dense(2, name="head")(x)
+
+
+class _CondNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, flag=True):
+    x = nn.Dense(8, name="first")(x)
+    x = jax.lax.cond(flag, lambda a: 2 * a, lambda a: a, x)
+    return nn.Dense(2, name="head")(x)
+
+
+@pytest.mark.parametrize("model,primitive", [(_WhileNet(), "while"),
+                                             (_CondNet(), "cond")])
+def test_control_flow_is_an_error_naming_it_or_unprunable(model, primitive):
+  # Regression: any nested jaxpr whose input and output counts matched was
+  # inlined, so a while_loop's condition was read as its body.
+  x = jnp.ones((2, 4))
+  variables = model.init(jax.random.key(0), x)
+  inputs = (x,) if primitive == "while" else (x, jnp.asarray(True))
+  with pytest.raises(NotImplementedError, match=f"op `{primitive}`"):
+    optax_gsm.structured.channel_groups(model.apply, variables, *inputs)
+  groups = optax_gsm.structured.channel_groups(
+      model.apply, variables, *inputs, on_unknown="unprunable")
+  assert groups.channels == ()
+  assert ("first", f"op `{primitive}`") in groups.unprunable
+  if primitive == "while":
+    assert ("params/loop", "used inside `while`") in groups.unprunable

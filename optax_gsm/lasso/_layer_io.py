@@ -3,10 +3,10 @@
 Post-training methods that reconstruct feature maps (LASSO channel pruning)
 need, for a Dense or Conv layer, its input activation and its raw output
 (before the bias) on sample inputs, from the original model and from a
-partly pruned copy with the same shapes. `Program` flattens the jaxpr of
-``apply_fn(variables, *inputs)`` once (``jit`` and ``custom_jvp``/``vjp``
-calls inlined, as `channel_groups` sees the model) and evaluates it on any
-variables of the same structure, keeping the values asked for.
+partly pruned copy with the same shapes. `Program` traces
+``apply_fn(variables, *inputs)`` once into the graph `channel_groups` reads
+too (`optax_gsm._graph`) and evaluates it on any variables of the same
+structure, keeping the values asked for.
 
 It also finds, for a layer's output, the residual add it feeds: the chain
 of element-wise ops with parameters alone (bias, inference batch norm) up to
@@ -23,29 +23,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex_core
 
-from optax_gsm.structured import _channel_groups
+from optax_gsm import _graph
 
-# Calls whose body is the op itself; loops and conditionals stay opaque.
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call",
-                    "custom_jvp_call", "custom_vjp_call",
-                    "custom_vjp_call_jaxpr", "checkpoint", "remat"})
 _AFFINE = frozenset({"add", "sub", "mul", "div", "convert_element_type",
                      "copy", "copy_p"})
-
-
-@dataclasses.dataclass
-class Op:
-  """One equation of the flattened program; values are integer ids."""
-  primitive: Any
-  params: dict
-  inputs: list[int]
-  outputs: list[int]
-
-  @property
-  def name(self) -> str:
-    return self.primitive.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,69 +44,26 @@ class Layer:
 
 
 class Program:
-  """The flattened jaxpr of ``apply_fn(variables, *inputs)``."""
+  """The graph of ``apply_fn(variables, *inputs)`` (`optax_gsm._graph`),
+  with what LASSO asks of it."""
 
   def __init__(self, apply_fn: Callable[..., Any],
                variables: chex.ArrayTree, inputs: Sequence[Any]):
-    closed = jax.make_jaxpr(lambda v, xs: apply_fn(v, *xs))(variables,
-                                                            tuple(inputs))
-    self.treedef = jax.tree.structure(variables)
-    self.ops: list[Op] = []
-    self.constants: dict[int, Any] = {}
-    self._count = 0
-    invars = [self._new() for _ in closed.jaxpr.invars]
-    num_leaves = self.treedef.num_leaves
-    self.leaf_ids = invars[:num_leaves]
-    self.input_ids = invars[num_leaves:]
-    consts = []
-    for c in closed.consts:
-      consts.append(self._constant(c))
-    self.outputs = self._add(closed.jaxpr, invars, consts)
-    self.users: dict[int, list[int]] = {}
-    for index, op in enumerate(self.ops):
-      for i in op.inputs:
-        self.users.setdefault(i, []).append(index)
-    # The op after which each value is read no more (run frees it there).
-    self.last_use: dict[int, int] = {}
-    for index, op in enumerate(self.ops):
-      for i in op.inputs:
-        self.last_use[i] = index
+    self.graph = _graph.trace(apply_fn, variables, inputs)
+    if self.graph.scanned:
+      raise NotImplementedError(
+          "LASSO channel pruning reconstructs one layer at a time; layers "
+          "stacked by `scan` (nn.scan, nnx.scan) share their leaves across "
+          "the stack. Unstack them, or prune them with structured GSM.")
+    self.ops = self.graph.eqns
+    self.leaf_ids = self.graph.leaf_ids
+    self.outputs = self.graph.outputs
+    self.users = self.graph.consumers()
     # Activations: values that depend on the inputs.
-    self.active = set(self.input_ids)
+    self.active = set(self.graph.input_ids)
     for op in self.ops:
       if any(i in self.active for i in op.inputs):
         self.active.update(op.outputs)
-
-  def _new(self) -> int:
-    self._count += 1
-    return self._count - 1
-
-  def _constant(self, value) -> int:
-    index = self._new()
-    self.constants[index] = value
-    return index
-
-  def _add(self, jaxpr, inputs: list[int], consts: list[int]) -> list[int]:
-    env = dict(zip(jaxpr.invars, inputs))
-    env.update(zip(jaxpr.constvars, consts))
-
-    def read(var):
-      if isinstance(var, jex_core.Literal):
-        return self._constant(var.val)
-      return env[var]
-
-    for eqn in jaxpr.eqns:
-      ins = [read(v) for v in eqn.invars]
-      inner = (_channel_groups.inner_jaxpr(eqn) if eqn.primitive.name in _CALLS
-               else None)
-      if inner is not None:
-        body, body_consts = inner
-        outs = self._add(body, ins, [self._constant(c) for c in body_consts])
-      else:
-        outs = [self._new() for _ in eqn.outvars]
-        self.ops.append(Op(eqn.primitive, dict(eqn.params), ins, outs))
-      env.update(zip(eqn.outvars, outs))
-    return [read(v) for v in jaxpr.outvars]
 
   def run(self, variables: chex.ArrayTree, inputs: Sequence[Any],
           keep: set[int], replace: dict[int, Any] | None = None
@@ -133,26 +72,7 @@ class Program:
 
     ``replace`` sets values (by id) instead of computing them.
     """
-    env = dict(self.constants)
-    env.update(zip(self.leaf_ids, jax.tree.leaves(variables)))
-    env.update(zip(self.input_ids, inputs))
-    replace = replace or {}
-    env.update(replace)
-    for index, op in enumerate(self.ops):
-      if all(o in replace for o in op.outputs):
-        continue
-      values = [env[i] for i in op.inputs]
-      outs = op.primitive.bind(*values, **op.params)
-      if not op.primitive.multiple_results:
-        outs = [outs]
-      env.update(zip(op.outputs, outs))
-      # Free what nothing reads any more: activations of every layer of a
-      # large batch would not fit otherwise.
-      for i in op.inputs:
-        if self.last_use.get(i) == index and i not in keep and (
-            i not in self.constants):
-          env.pop(i, None)
-    return {i: env[i] for i in keep}
+    return _graph.evaluate(self.graph, variables, inputs, keep, replace)
 
   def layers(self, leaf: int) -> list[Layer]:
     """The Dense and Conv ops that read leaf ``leaf`` (through dtype
@@ -200,8 +120,7 @@ class Program:
       env[start] = z
       for index in chain:
         op = self.ops[index]
-        out = op.primitive.bind(*[env[i] for i in op.inputs], **op.params)
-        env[op.outputs[0]] = out
+        (env[op.outputs[0]],) = op.bind([env[i] for i in op.inputs])
         last = op.outputs[0]
       return env[last] if chain else z
     return through(start_value + 1) - through(start_value)

@@ -39,10 +39,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from jax.extend import core as jex_core
 
-from optax_gsm import _validation
-from optax_gsm.structured import _channel_groups
+from optax_gsm import _graph, _validation
 
 KappaFn = Callable[[chex.ArrayTree], chex.ArrayTree]
 
@@ -70,49 +68,38 @@ def _combine_kind(values) -> str:
   return "act" if "act" in kinds else "param" if "param" in kinds else "const"
 
 
-def _evaluate(jaxpr, consts, inputs: list[_Value]) -> list[_Value]:
-  env = dict(zip(jaxpr.invars, inputs))
-  env.update((v, _Value(c, "const")) for v, c in zip(jaxpr.constvars, consts))
-
-  def read(var):
-    if isinstance(var, jex_core.Literal):
-      return _Value(var.val, "const")
-    return env[var]
-
-  for eqn in jaxpr.eqns:
-    ins = [read(v) for v in eqn.invars]
-    name = eqn.primitive.name
-    inner = _channel_groups.inner_jaxpr(eqn)
-    if inner is not None:
-      outs = _evaluate(inner[0], inner[1], ins)
-    elif all(v.kind == "const" for v in ins):
-      outs = [_Value(o, "const") for o in _bind(eqn, [v.value for v in ins])]
+def _evaluate(graph: _graph.Graph, inputs: list[_Value]) -> list[_Value]:
+  """The linear net: the graph with path semantics, on ``inputs`` (squared
+  params, then the all-ones input)."""
+  env = {i: _Value(c, "const") for i, c in graph.constants.items()}
+  env.update(zip(graph.leaf_ids + graph.input_ids, inputs))
+  for eqn in graph.eqns:
+    ins = [env[i] for i in eqn.inputs]
+    name = eqn.name
+    if all(v.kind == "const" for v in ins):
+      outs = [_Value(o, "const") for o in eqn.bind([v.value for v in ins])]
     elif name == "max" and len(ins) == 2 and any(_is_zero(v) for v in ins):
       (kept,) = [v for v in ins if not _is_zero(v)]  # ReLU: the identity
       outs = [kept]
     elif name in _LINEAR:
       kind = _combine_kind(ins)
-      outs = [_Value(o, kind) for o in _bind(eqn, [v.value for v in ins])]
+      outs = [_Value(o, kind) for o in eqn.bind([v.value for v in ins])]
     elif name in _SCALINGS and ins[1].kind == "const" and (
         name == "div" or ins[0].kind != "const"):
       # Constant coefficients are path weights too: squared.
-      out = _bind(eqn, [ins[0].value, jnp.square(ins[1].value)])
+      out = eqn.bind([ins[0].value, jnp.square(ins[1].value)])
       outs = [_Value(o, ins[0].kind) for o in out]
     elif name == "mul" and ins[0].kind == "const":
-      out = _bind(eqn, [jnp.square(ins[0].value), ins[1].value])
+      out = eqn.bind([jnp.square(ins[0].value), ins[1].value])
       outs = [_Value(o, ins[1].kind) for o in out]
     else:
       raise NotImplementedError(
           f"path_kappa: op `{name}` breaks path semantics (batch norm, max "
-          "pooling, products of activations and nonlinearities other than "
-          "ReLU have no path-norm form); pass `kappa_fn=` instead.")
-    env.update(zip(eqn.outvars, outs))
-  return [read(v) for v in jaxpr.outvars]
-
-
-def _bind(eqn, values):
-  out = eqn.primitive.bind(*values, **eqn.params)
-  return out if eqn.primitive.multiple_results else [out]
+          "pooling, products of activations, nonlinearities other than ReLU "
+          "and control flow other than `scan` have no path-norm form); pass "
+          "`kappa_fn=` instead.")
+    env.update(zip(eqn.outputs, outs))
+  return [env[i] for i in graph.outputs]
 
 
 def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
@@ -142,12 +129,12 @@ def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
 
   def kappa(params):
     leaves, treedef = jax.tree.flatten(params)
-    closed = jax.make_jaxpr(apply_fn)(params, ones)
+    graph = _graph.trace(apply_fn, params, (ones,))
 
     def total(squared):
       inputs = [_Value(v, "param") for v in squared] + [
           _Value(x, "act") for x in jax.tree.leaves(ones)]
-      outs = _evaluate(closed.jaxpr, closed.consts, inputs)
+      outs = _evaluate(graph, inputs)
       return sum(jnp.sum(o.value) for o in outs)
 
     squared = [jnp.square(w.astype(jnp.float32)) for w in leaves]

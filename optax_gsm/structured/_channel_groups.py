@@ -1,10 +1,10 @@
 """`channel_groups`: the prunable structures of a model, read off its jaxpr.
 
-The model's apply function is traced once with `jax.make_jaxpr`; nested
-calls (``jit``, ``custom_jvp``/``custom_vjp`` such as ``relu``, ``remat``)
-are inlined. Every value is then one of: derived from variables only (a
-parameter view: which leaf axis each of its axes is), derived from the
-inputs (an activation), or a constant. Along one axis an activation may
+The model's apply function is traced once into `optax_gsm._graph`'s graph
+(calls inlined, ``scan`` unrolled, ``while`` and ``cond`` opaque). Every
+value is then one of: derived from variables only (a parameter view: which
+leaf axis each of its axes is), derived from the inputs (an activation), or
+a constant. Along one axis an activation may
 carry channel labels: per position, the (group, channel) it belongs to.
 
 - A Dense (``dot_general``) or Conv (``conv_general_dilated``) whose kernel
@@ -26,6 +26,13 @@ carry channel labels: per position, the (group, channel) it belongs to.
   (``on_unknown="error"``), or makes them unprunable
   (``on_unknown="unprunable"``).
 
+A layer stacked by a scan (``nn.scan``, ``nnx.scan``) is one row of each
+of its stacked leaves: its output channel ``j`` is one structure across the
+whole stack (every layer keeps the same channels, so the stack stays a
+stack); its FLOPs per entry are those of one layer. Leaves read inside a
+``while`` or ``cond`` are listed unprunable, and labelled channels that meet
+one are an error naming it (or unprunable, with ``on_unknown``).
+
 A residual block is an ``add`` of an activation ``x`` and a branch computed
 from ``x`` alone whose values and variables are used nowhere else; its
 removal leaves ``x``.
@@ -41,11 +48,9 @@ from collections.abc import Callable
 from typing import Any
 
 import chex
-import jax
 import numpy as np
-from jax.extend import core as jex_core
 
-from optax_gsm import _prunable
+from optax_gsm import _graph, _prunable
 from optax_gsm.structured import _groups
 
 _ELEMENTWISE = frozenset("""
@@ -79,70 +84,6 @@ class _Value:
   group: np.ndarray | None = None
   channel: np.ndarray | None = None
   sources: tuple[tuple[int, tuple[int | None, ...]], ...] = ()
-
-
-@dataclasses.dataclass
-class _Eqn:
-  primitive: str
-  params: dict
-  inputs: list[int]
-  outputs: list[int]
-
-
-class _Graph:
-  """The jaxpr with nested calls inlined; values are integer ids."""
-
-  def __init__(self):
-    self.eqns: list[_Eqn] = []
-    self.shapes: list[tuple[int, ...]] = []
-    self.constants: set[int] = set()
-
-  def new(self, shape) -> int:
-    self.shapes.append(tuple(shape))
-    return len(self.shapes) - 1
-
-  def add(self, jaxpr, inputs: list[int], consts: list[int]) -> list[int]:
-    env = dict(zip(jaxpr.invars, inputs))
-    env.update(zip(jaxpr.constvars, consts))
-
-    def read(var):
-      if isinstance(var, jex_core.Literal):
-        index = self.new(np.shape(var.val))
-        self.constants.add(index)
-        return index
-      return env[var]
-
-    for eqn in jaxpr.eqns:
-      ins = [read(v) for v in eqn.invars]
-      inner = inner_jaxpr(eqn)
-      if inner is not None:
-        inner, consts = inner
-        closed_consts = []
-        for c in consts:
-          index = self.new(np.shape(c))
-          self.constants.add(index)
-          closed_consts.append(index)
-        outs = self.add(inner, ins, closed_consts)
-      else:
-        outs = [self.new(v.aval.shape) for v in eqn.outvars]
-        self.eqns.append(_Eqn(eqn.primitive.name, dict(eqn.params), ins,
-                              outs))
-      env.update(zip(eqn.outvars, outs))
-    return [read(v) for v in jaxpr.outvars]
-
-
-def inner_jaxpr(eqn):
-  """``(jaxpr, consts)`` of a call to inline (``jit``, ``custom_jvp``,
-  ``custom_vjp``, ``remat``): a nested jaxpr with the call's own inputs and
-  outputs; None for any other equation."""
-  for value in eqn.params.values():
-    closed = isinstance(value, jex_core.ClosedJaxpr)
-    jaxpr = value.jaxpr if closed else value
-    if isinstance(jaxpr, jex_core.Jaxpr) and (
-        len(jaxpr.invars) == len(eqn.invars)
-        and len(jaxpr.outvars) == len(eqn.outvars)):
-      return jaxpr, (value.consts if closed else [])
-  return None
 
 
 class _UnionFind:
@@ -186,7 +127,7 @@ class _UnionFind:
 class _Tracer:
   """One forward pass over the graph, assigning labels and members."""
 
-  def __init__(self, graph: _Graph, paths: list[str], leaf_ids: list[int],
+  def __init__(self, graph: _graph.Graph, paths: list[str], leaf_ids: list[int],
                on_unknown: str, collections_level: bool):
     self.graph = graph
     self.collections_level = collections_level
@@ -195,6 +136,12 @@ class _Tracer:
     self.groups = _UnionFind()
     self.values: dict[int, _Value] = {}
     self.macs: dict[str, float] = collections.defaultdict(float)
+    # Rows of a scan-stacked leaf are the layers of one stack: each layer's
+    # channel j is one structure across the stack (the stack stays a stack).
+    self.scan_length = {s.leaf: s.length for s in graph.scanned}
+    self.stack_group: dict[tuple[int, int], int] = {}
+    # Leaves read inside control flow no walker follows, and why.
+    self.opaque: dict[int, str] = {}
     for leaf, index in enumerate(leaf_ids):
       shape = graph.shapes[index]
       self.values[index] = _Value(
@@ -237,10 +184,13 @@ class _Tracer:
     for src in source:
       if not self.member(out, src, role_axis, "out"):
         self.groups.fix([group], f"kernel of {name} is reshaped")
+      elif src[0] in self.scan_length:
+        key = (src[0], src[1][role_axis])
+        self.groups.union(self.stack_group.setdefault(key, group), group)
     return out
 
-  def unknown(self, eqn: _Eqn, labelled: list[_Value]) -> None:
-    reason = f"op `{eqn.primitive}`"
+  def unknown(self, eqn: _graph.Eqn, labelled: list[_Value]) -> None:
+    reason = f"op `{eqn.name}`"
     if self.on_unknown == "error":
       names = sorted({
           _prunable.module_path(self.groups.name[self.groups.find(int(g))],
@@ -253,7 +203,7 @@ class _Tracer:
     for v in labelled:
       self.fix(v, reason)
 
-  def default_outputs(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def default_outputs(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     kind = ("act" if any(v.kind == "act" for v in ins)
             else "param" if any(v.kind == "param" for v in ins) else "const")
     for out in eqn.outputs:
@@ -268,21 +218,25 @@ class _Tracer:
     for eqn in self.graph.eqns:
       ins = [self.value(i) for i in eqn.inputs]
       labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
-      handler = _HANDLERS.get(eqn.primitive)
+      handler = _HANDLERS.get(eqn.name)
       if handler is None:
         for name, family in _FAMILIES:
-          if eqn.primitive in family:
+          if eqn.name in family:
             handler = name
       if handler is not None:
         getattr(self, handler)(eqn, ins)
       else:
+        if eqn.name in _graph.OPAQUE_CONTROL_FLOW:
+          for v in ins:
+            for leaf, _ in v.sources:
+              self.opaque.setdefault(leaf, f"used inside `{eqn.name}`")
         if labelled:
           self.unknown(eqn, labelled)
         self.default_outputs(eqn, ins)
     for index in outputs:
       self.fix(self.value(index), "model output")
 
-  def elementwise(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def elementwise(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     shape = self.graph.shapes[eqn.outputs[0]]
     acts = [v for v in ins if v.kind == "act"]
     if not acts:
@@ -331,7 +285,7 @@ class _Tracer:
       else:
         self.groups.fix([ga, gb], "joined with a permutation of channels")
 
-  def broadcast_in_dim(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def broadcast_in_dim(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     v = ins[0]
     shape = self.graph.shapes[eqn.outputs[0]]
     dims = eqn.params["broadcast_dimensions"]
@@ -353,7 +307,7 @@ class _Tracer:
       sources.append((leaf, tuple(new_map)))
     self.values[eqn.outputs[0]] = _Value(v.kind, shape, sources=tuple(sources))
 
-  def reshape(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def reshape(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     v = ins[0]
     shape = self.graph.shapes[eqn.outputs[0]]
     blocks = _reshape_blocks(v.shape, shape)
@@ -386,7 +340,7 @@ class _Tracer:
           self.fix(v, "a reshape that splits the channel axis (GroupNorm?)")
     self.values[eqn.outputs[0]] = out
 
-  def transpose(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def transpose(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     v = ins[0]
     perm = tuple(eqn.params["permutation"])
     shape = self.graph.shapes[eqn.outputs[0]]
@@ -400,22 +354,22 @@ class _Tracer:
               (leaf, tuple(axis_map[p] for p in perm))
               for leaf, axis_map in v.sources))
 
-  def squeeze(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def squeeze(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     self.drop_axes(eqn, ins[0], tuple(eqn.params["dimensions"]), None)
 
-  def reduction(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def reduction(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     self.drop_axes(eqn, ins[0], tuple(eqn.params["axes"]),
-                   f"a reduction over the channel axis (`{eqn.primitive}`, "
+                   f"a reduction over the channel axis (`{eqn.name}`, "
                    "e.g. LayerNorm)")
 
-  def drop_axes(self, eqn: _Eqn, v: _Value, axes, reason) -> None:
+  def drop_axes(self, eqn: _graph.Eqn, v: _Value, axes, reason) -> None:
     shape = self.graph.shapes[eqn.outputs[0]]
     kept = [a for a in range(len(v.shape)) if a not in axes]
     if v.kind == "act":
       out = _Value("act", shape)
       if v.axis is not None:
         if v.axis in axes:
-          self.fix(v, reason or f"`{eqn.primitive}` of the channel axis")
+          self.fix(v, reason or f"`{eqn.name}` of the channel axis")
         else:
           out = dataclasses.replace(v, shape=shape, axis=kept.index(v.axis))
       self.values[eqn.outputs[0]] = out
@@ -425,7 +379,7 @@ class _Tracer:
               (leaf, tuple(axis_map[a] for a in kept))
               for leaf, axis_map in v.sources))
 
-  def along_axes(self, eqn: _Eqn, ins: list[_Value], untouched) -> None:
+  def along_axes(self, eqn: _graph.Eqn, ins: list[_Value], untouched) -> None:
     """Ops that keep every axis: labels pass where the channel axis is
     ``untouched(axis)``."""
     v = ins[0]
@@ -434,7 +388,7 @@ class _Tracer:
       if untouched(v.axis) and shape[v.axis] == v.shape[v.axis]:
         self.values[eqn.outputs[0]] = dataclasses.replace(v, shape=shape)
       else:
-        self.fix(v, f"`{eqn.primitive}` along the channel axis")
+        self.fix(v, f"`{eqn.name}` along the channel axis")
         self.values[eqn.outputs[0]] = _Value("act", shape)
     else:
       self.default_outputs(eqn, ins)
@@ -442,26 +396,34 @@ class _Tracer:
       if other.kind == "act" and other.axis is not None:
         self.unknown(eqn, [other])
 
-  def windowed(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def windowed(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     p = eqn.params
     self.along_axes(eqn, ins, lambda a: (
         p["window_dimensions"][a] == 1 and p["window_strides"][a] == 1
         and tuple(p["padding"][a]) == (0, 0)))
 
-  def cumulative(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def cumulative(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     self.along_axes(eqn, ins, lambda a: a != eqn.params["axis"])
 
-  def pad(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def pad(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     config = eqn.params["padding_config"]
     self.along_axes(eqn, ins, lambda a: tuple(config[a]) == (0, 0, 0))
 
-  def slice(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def slice(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     p = eqn.params
+    v = ins[0]
+    if v.kind != "act":  # a row of a stacked leaf keeps its other axes
+      shape = self.graph.shapes[eqn.outputs[0]]
+      self.values[eqn.outputs[0]] = _Value(v.kind, shape, sources=tuple(
+          (leaf, tuple(m if v.shape[a] == shape[a] else None
+                       for a, m in enumerate(axis_map)))
+          for leaf, axis_map in v.sources))
+      return
     self.along_axes(eqn, ins, lambda a: (
         p["start_indices"][a] == 0 and (p["strides"] is None
                                         or p["strides"][a] == 1)))
 
-  def concatenate(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def concatenate(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     dim = eqn.params["dimension"]
     shape = self.graph.shapes[eqn.outputs[0]]
     if not any(v.kind == "act" for v in ins):
@@ -482,13 +444,13 @@ class _Tracer:
           channel=np.concatenate(channels))
       return
     if labelled and all(v.axis != dim for v in labelled):
-      self.elementwise(dataclasses.replace(eqn, primitive="concatenate"),
+      self.elementwise(eqn,
                        [dataclasses.replace(v, shape=shape) for v in ins])
       return
     self.unknown(eqn, labelled)
     self.values[eqn.outputs[0]] = _Value("act", shape)
 
-  def dot_general(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def dot_general(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = ins
     shape = self.graph.shapes[eqn.outputs[0]]
@@ -517,7 +479,7 @@ class _Tracer:
         shape, out_axis, param.sources, free, param.sources[0][0])
 
   def consume(self, act: _Value, act_axis: int, param: _Value,
-              param_axis: int, eqn: _Eqn) -> None:
+              param_axis: int, eqn: _graph.Eqn) -> None:
     """The input slices of a kernel join the labels of what it reads."""
     if act.axis is None:
       return
@@ -534,9 +496,10 @@ class _Tracer:
     of its output feature."""
     per_entry = int(np.prod(out_shape)) / out_features / max(1, examples)
     for leaf, _ in param.sources:
-      self.macs[self.paths[leaf]] += per_entry
+      # A scan-stacked leaf: this op uses one of its rows.
+      self.macs[self.paths[leaf]] += per_entry / self.scan_length.get(leaf, 1)
 
-  def conv_general_dilated(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def conv_general_dilated(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     lhs, rhs = ins
     shape = self.graph.shapes[eqn.outputs[0]]
     numbers = eqn.params["dimension_numbers"]
@@ -571,7 +534,7 @@ class _Tracer:
     self.fix(out, f"a grouped convolution ({groups} groups)")
     self.values[eqn.outputs[0]] = out
 
-  def gather(self, eqn: _Eqn, ins: list[_Value]) -> None:
+  def gather(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     operand, indices = ins[0], ins[1]
     shape = self.graph.shapes[eqn.outputs[0]]
     slice_sizes = eqn.params["slice_sizes"]
@@ -626,7 +589,7 @@ def _reshape_blocks(in_shape, out_shape):
   return blocks
 
 
-def _closure(graph: _Graph, producer: dict[int, int], start: int) -> set[int]:
+def _closure(graph: _graph.Graph, producer: dict[int, int], start: int) -> set[int]:
   """The equations that ``start`` depends on (its producer included)."""
   seen, stack = set(), [start]
   while stack:
@@ -637,7 +600,7 @@ def _closure(graph: _Graph, producer: dict[int, int], start: int) -> set[int]:
   return seen
 
 
-def _blocks(graph: _Graph, tracer: _Tracer, leaf_ids: list[int],
+def _blocks(graph: _graph.Graph, tracer: _Tracer, leaf_ids: list[int],
             outputs: list[int]) -> list[tuple[int, ...]]:
   """Leaves of every residual branch ``x + f(x)`` that can be removed."""
   producer = {o: i for i, e in enumerate(graph.eqns) for o in e.outputs}
@@ -648,7 +611,7 @@ def _blocks(graph: _Graph, tracer: _Tracer, leaf_ids: list[int],
   leaf_of = {index: leaf for leaf, index in enumerate(leaf_ids)}
   found = []
   for add_index, eqn in enumerate(graph.eqns):
-    if eqn.primitive not in ("add", "add_any") or len(eqn.inputs) != 2:
+    if eqn.name not in ("add", "add_any") or len(eqn.inputs) != 2:
       continue
     values = [tracer.value(i) for i in eqn.inputs]
     if any(v.kind != "act" for v in values) or (
@@ -747,22 +710,14 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
   if on_unknown not in ("error", "unprunable"):
     raise ValueError(
         f"`on_unknown` must be 'error' or 'unprunable'; got {on_unknown!r}.")
-  closed = jax.make_jaxpr(
-      lambda v, inputs: apply_fn(v, *inputs, **kwargs))(variables, args)
-  graph = _Graph()
-  invars = [graph.new(v.aval.shape) for v in closed.jaxpr.invars]
-  leaf_ids = invars[:len(jax.tree.leaves(variables))]
-  consts = []
-  for c in closed.consts:
-    index = graph.new(np.shape(c))
-    graph.constants.add(index)
-    consts.append(index)
-  outputs = graph.add(closed.jaxpr, invars, consts)
+  graph = _graph.trace(apply_fn, variables, args, kwargs)
   paths = _prunable.leaf_paths(variables)
   collections_level = _prunable.has_collections(variables)
-  tracer = _Tracer(graph, paths, leaf_ids, on_unknown, collections_level)
-  tracer.run(outputs)
-  return _assemble(tracer, paths, _blocks(graph, tracer, leaf_ids, outputs),
+  tracer = _Tracer(graph, paths, graph.leaf_ids, on_unknown,
+                   collections_level)
+  tracer.run(graph.outputs)
+  return _assemble(tracer, paths,
+                   _blocks(graph, tracer, graph.leaf_ids, graph.outputs),
                    collections_level)
 
 
@@ -799,6 +754,8 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks,
     block_list.append(_groups.Block(
         name or "+".join(sorted(set(module_paths))),
         tuple(paths[leaf] for leaf in leaves)))
+  for leaf, reason in sorted(tracer.opaque.items()):
+    unprunable.append((paths[leaf], reason))
   return _groups.Groups(channels=tuple(channels), blocks=tuple(block_list),
                         unprunable=tuple(unprunable),
                         macs_per_entry=dict(tracer.macs))
