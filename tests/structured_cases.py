@@ -1,4 +1,4 @@
-"""Models the structured-pruning tests share: linen (examples.models) and
+"""Models the structured-pruning tests share: linen (`tests.models`) and
 an NNX residual CNN with batch norm, each with an apply function of
 ``(variables, x)`` in inference mode and a way to rebuild it from widths."""
 
@@ -8,12 +8,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
-# The linen models are the examples' own; outside the source tree (the
-# installed wheel's test run) the tests that use them skip.
-models = pytest.importorskip("examples.models")
+from tests import models
 
 
 class NnxResidualNet(nnx.Module):
@@ -68,20 +65,17 @@ def _with_random_statistics(variables, seed=1):
 
 def linen_case(name: str) -> Case:
   model, shape = {
-      "mlp": (models.LeNet300100(), (2, 784)),
-      "lenet5": (models.LeNet5(), (2, 784)),
-      "resnet": (models.CifarResNet(14), (2, 8, 8, 3)),
+      "mlp": (models.Mlp(), (2, 784)),
+      "lenet5": (models.ConvNet(), (2, 784)),
+      "resnet": (models.ResNet(), (2, 8, 8, 3)),
   }[name]
-  kwargs = {"train": False} if name == "resnet" else {}
   variables = _with_random_statistics(
-      model.init(jax.random.key(0), jnp.ones(shape), **kwargs))
+      model.init(jax.random.key(0), jnp.ones(shape)))
 
   def rebuild(widths):
-    small = model.clone(widths=widths)
-    return lambda v, x: small.apply(v, x, **kwargs)
+    return model.clone(widths=widths).apply
 
-  return Case(variables, lambda v, x: model.apply(v, x, **kwargs), rebuild,
-              shape)
+  return Case(variables, model.apply, rebuild, shape)
 
 
 def nnx_case() -> Case:

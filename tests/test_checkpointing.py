@@ -35,6 +35,7 @@ def make_problem():
   return params, data, tx, step
 
 
+@pytest.mark.slow  # orbax: a real save and restore
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
   params, data, tx, step = make_problem()
   state = tx.init(params)

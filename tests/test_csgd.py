@@ -52,7 +52,6 @@ def _numpy_direction(params, grads, clusters, eps, decay):
   return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_update_matches_numpy(jit):
   _, _, params, _, clusters, loss = _mlp()

@@ -81,6 +81,7 @@ def test_mnist_dense_checkpoint_is_reused_and_checked(tmp_path):
     mnist_gsm.main([*common, "--seed", "1", "--output-dir", str(tmp_path)])
 
 
+@pytest.mark.slow  # the examples' model
 def test_lenet5_pooling_is_flax_max_pool():
   import flax
   import jax

@@ -41,6 +41,7 @@ def _run(scope, steps=30):
   return params, history
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_ends_at_the_ratio_and_pruned_weights_stay_zero(scope):
   params, history = _run(scope)

@@ -358,8 +358,8 @@ class GSMTest(chex.TestCase):
     with pytest.raises(ValueError, match="`freeze_mask_at`"):
       optax_gsm.gsm(COMPRESSION, freeze_mask_at=-1)
 
-  @parameterized.product(param_dtype=["float32", "bfloat16", "float16"],
-                         momentum_dtype=[None, "float32"])
+  @parameterized.parameters(("float32", None), ("bfloat16", None),
+                            ("bfloat16", "float32"), ("float16", "float32"))
   def test_dtypes(self, param_dtype, momentum_dtype):
     params = jax.tree.map(lambda x: x.astype(param_dtype), init_params())
     tx = optax_gsm.gsm_sgd(0.05, COMPRESSION, momentum_dtype=momentum_dtype)
@@ -367,7 +367,7 @@ class GSMTest(chex.TestCase):
         tx, params, batches(3))
     chex.assert_trees_all_equal_dtypes(new_params, params)
     expected_momentum_dtype = momentum_dtype or param_dtype
-    for leaf in jax.tree.leaves(optax.tree_utils.tree_get(state, "momentum")):
+    for leaf in jax.tree.leaves(optax.tree_utils.tree_get(state, "trace")):
       assert leaf.dtype == jnp.dtype(expected_momentum_dtype)
     for mask in masks:
       assert int(mask["conv"]["kernel"].sum() + mask["dense"]["kernel"].sum()
@@ -483,7 +483,6 @@ def traced_gsm_update(grads, params, momentum_in, ratio, passive_weight_decay,
     passive_weight_decay=st.sampled_from([ETA, 0.0, 0.3]),
     seed=st.integers(0, 2**16),
 )
-@pytest.mark.slow
 def test_update_equations_property(shapes, ratio, grad_kind, nesterov,
                                    passive_weight_decay, seed):
   rng = np.random.default_rng(seed)

@@ -107,7 +107,7 @@ def test_round_to_pads_with_zero_channels_and_stays_exact(name):
   keep = structured_cases.random_keep(groups, 5)
   small, widths = optax_gsm.structured.shrink(case.variables, groups, keep, round_to=8)
   # A multiple of 8, or the whole group (LeNet-5's 20, 50 and 500; the
-  # ResNet's 16, 32 and 64), or 0 for a removed block.
+  # test ResNet's 8, 16 and 32), or 0 for a removed block.
   for module, width in widths.items():
     assert width % 8 == 0 or width in (20, 50, 500), (module, width)
   np.testing.assert_allclose(

@@ -205,6 +205,7 @@ def test_groups_without_removes_by_name_and_rejects_unknown_names():
     groups.without(["Dense_9"])
 
 
+@pytest.mark.slow  # traces whole models
 def test_macs_per_entry_for_flops_cost():
   _, groups = _trace("lenet5")
   # Conv_0 output 24 x 24 positions; Conv_1 8 x 8; dense layers once.

@@ -325,7 +325,9 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
     grads: gradients like the params, for "taylor".
 
   Returns:
-    The kept `StructureMask`; `shrink` and `mask_structures` take it.
+    ``(pruned_params, keep)``, as every prune here returns: the params with
+    the entries of removed structures set to zero (`mask_structures`), and
+    the kept `StructureMask` (`shrink` takes it).
   """
   check_cost(cost)
   if saliency == "taylor" and grads is None:
@@ -336,4 +338,6 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
   ratio = compression_ratio
   plan_ = plan(groups, params, cost)
   scores = structure_scores(plan_.resolved, grads, params, saliency)
-  return select(plan_, params, scores, budget(plan_, params, ratio, cost))
+  keep = jax.tree.map(np.asarray, select(
+      plan_, params, scores, budget(plan_, params, ratio, cost)))
+  return _groups.mask_structures(params, groups, keep), keep
