@@ -74,9 +74,10 @@ def fine_tune(setup, small, widths, desc):
 
 
 def lasso_stage(setup, apply, groups, variables, widths, inputs, reduction):
-  small, small_widths, report = optax_gsm.lasso.prune_channels(
+  small, report = optax_gsm.lasso.prune_channels(
       apply, variables, groups, inputs, widths=widths, lasso_tolerance=0.0,
       seed=setup.args.seed, verbose=True)
+  small_widths = report.widths
   print(report.table(), flush=True)
   before, after = optax_gsm.structured.model_cost(groups, variables["params"],
                                            report.keep, "flops")

@@ -122,9 +122,10 @@ def _sparse_consumer(kind):
 def test_end_to_end_recovers_the_subset_exactly(kind):
   model, variables, x = _sparse_consumer(kind)
   groups = optax_gsm.structured.channel_groups(model.apply, variables, x[:1])
-  small, widths, report = optax_gsm.lasso.prune_channels(
+  small, report = optax_gsm.lasso.prune_channels(
       model.apply, variables, groups, x, widths={"layers_0": 3},
       lasso_tolerance=0.0)
+  widths = report.widths
   assert widths == {"layers_0": 3}
   np.testing.assert_array_equal(np.flatnonzero(report.keep.channels[0]),
                                 [1, 3, 4])
@@ -145,7 +146,7 @@ def test_reconstruction_error_falls_with_kept_channels():
   groups = optax_gsm.structured.channel_groups(model.apply, variables, x[:1])
   errors = []
   for width in range(1, 13):
-    _, _, report = optax_gsm.lasso.prune_channels(
+    _, report = optax_gsm.lasso.prune_channels(
         model.apply, variables, groups, x, widths={"layers_0": width},
         lasso_tolerance=0.0)
     errors.append(report.layers[0].relative_error)
@@ -163,8 +164,9 @@ def test_residual_network_everything_kept_is_the_same_model():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (160, 8, 8, 3))
   groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x[:1])
-  small, widths, report = optax_gsm.lasso.prune_channels(
+  small, report = optax_gsm.lasso.prune_channels(
       case.apply, case.variables, groups, x, keep=1.0)
+  widths = report.widths
   assert len(report.layers) == 6  # the inner channels of the 6 blocks
   assert {name for name, _ in report.skipped} == {
       "conv", "stage1_block0/shortcut_conv", "stage2_block0/shortcut_conv"}
@@ -178,8 +180,9 @@ def test_residual_network_reconstruction_beats_removal_alone():
   case = _resnet()
   x = jax.random.normal(jax.random.key(2), (100, 8, 8, 3))
   groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x[:1])
-  small, widths, report = optax_gsm.lasso.prune_channels(
+  small, report = optax_gsm.lasso.prune_channels(
       case.apply, case.variables, groups, x, keep=0.5, lasso_tolerance=0.0)
+  widths = report.widths
   assert all(layer.channels_after == layer.channels_before // 2
              for layer in report.layers)
   reference = case.apply(case.variables, x)
@@ -210,8 +213,9 @@ def test_nnx_model():
   apply = lambda s, x: nnx.merge(graphdef, s)(x)
   x = jax.random.normal(jax.random.key(1), (40, 6, 6, 2))
   groups = optax_gsm.structured.channel_groups(apply, state, x[:1])
-  small, widths, report = optax_gsm.lasso.prune_channels(
+  small, report = optax_gsm.lasso.prune_channels(
       apply, state, groups, x, widths={"conv1": 4}, lasso_tolerance=0.0)
+  widths = report.widths
   assert widths["conv1"] == 4 and report.layers[0].channels_after == 4
   small_model = _NnxNet(4, rngs=nnx.Rngs(0))
   small_model.eval()

@@ -74,10 +74,12 @@ class LassoLayer(NamedTuple):
 class LassoReport(NamedTuple):
   """`prune_channels`'s account: one `LassoLayer` per pruned group, in
   the order they were pruned; ``skipped``: ``(group, reason)`` of the
-  groups left whole; ``keep``: the `StructureMask` that `shrink` applied."""
+  groups left whole; ``keep``: the `StructureMask` that `shrink` applied;
+  ``widths``: the smaller model's widths, as `shrink` returns them."""
   layers: tuple[LassoLayer, ...]
   skipped: tuple[tuple[str, str], ...]
   keep: _groups.StructureMask
+  widths: _shrink.Widths
 
   def table(self) -> str:
     """The report as a Markdown table."""
@@ -372,7 +374,7 @@ def prune_channels(
     groups: _groups.Groups, inputs: Any, *, keep: float | None = None,
     widths: Mapping[str, int] | None = None, samples_per_input: int = 10,
     lasso_tolerance: float = 0.1, seed: int = 0, verbose: bool = False,
-) -> tuple[chex.ArrayTree, _shrink.Widths, LassoReport]:
+) -> tuple[chex.ArrayTree, LassoReport]:
   """Prunes channels by LASSO selection and least-squares reconstruction.
 
   For each prunable channel group in the order the model reads it: sample
@@ -387,10 +389,10 @@ def prune_channels(
   Example::
 
     groups = optax_gsm.structured.channel_groups(apply_fn, variables, x[:1])
-    small, widths, report = optax_gsm.lasso.prune_channels(
+    small, report = optax_gsm.lasso.prune_channels(
         apply_fn, variables, groups, x[:500], keep=0.5)
     print(report.table())
-    small_model = MyNet(widths=widths)   # as for `shrink`
+    small_model = MyNet(widths=report.widths)   # as for `shrink`
 
   Args:
     apply_fn: ``(variables, *inputs) -> outputs`` in inference mode (batch
@@ -411,8 +413,10 @@ def prune_channels(
     verbose: print each layer as it is pruned.
 
   Returns:
-    ``(small_variables, widths, report)``: as `shrink` returns for the
-    kept channels, and a `LassoReport`.
+    ``(small_variables, report)``, as every prune here returns the pruned
+    tree and what it kept: the variables `shrink` returns for the kept
+    channels, and a `LassoReport` (``report.widths`` builds the smaller
+    model, ``report.keep`` is its `StructureMask`).
 
   Raises:
     ValueError: ``keep`` outside (0, 1], both or neither of ``keep`` and
@@ -507,5 +511,5 @@ def prune_channels(
                                     np.ones(len(groups.blocks), bool))
   small, small_widths = _shrink.shrink(treedef.unflatten(leaves), groups,
                                        kept_mask)
-  return small, small_widths, LassoReport(tuple(layers), tuple(skipped),
-                                          kept_mask)
+  return small, LassoReport(tuple(layers), tuple(skipped), kept_mask,
+                            small_widths)
