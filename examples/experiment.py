@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_gsm
-from benchmarks._common import machine_info
+from examples.measure import machine_info
 from examples.mnist_data import load_mnist, normalise
 from examples.models import CifarResNet, LeNet5, LeNet300100, Mlp
 from examples.training import Trainer, predict

@@ -44,8 +44,8 @@ import numpy as np
 import optax
 
 import optax_gsm
-from benchmarks._common import time_call
 from examples import experiment
+from examples.measure import time_call
 from examples.training import predict
 
 RESULTS = experiment.RESULTS / "structured"

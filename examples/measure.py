@@ -1,0 +1,59 @@
+"""What the examples and benchmarks measure with: machine facts and timing.
+
+The benchmarks build on the examples (their models), never the reverse, so
+these live here.
+"""
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+def machine_info() -> dict[str, Any]:
+  """What the figures were measured on."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f
+               if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  device = jax.devices()[0]
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "cpu": cpu,
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "device_count": jax.device_count(),
+  }
+
+
+def time_call(fn: Callable[[], Any], *, min_repeats: int = 3,
+              max_repeats: int = 20, budget_s: float = 2.0,
+              warmup: int = 1) -> float:
+  """Median wall time of ``fn()`` in seconds (after ``warmup`` calls).
+
+  ``fn`` must block until its result is ready.
+  """
+  for _ in range(warmup):
+    fn()
+  times = []
+  start = time.perf_counter()
+  while len(times) < max_repeats and (
+      len(times) < min_repeats or time.perf_counter() - start < budget_s):
+    begin = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - begin)
+  return statistics.median(times)
