@@ -85,11 +85,11 @@ class GSMState(NamedTuple):
       A run-time input of the update, so that XLA compiles the mask of
       equally shaped leaves once rather than once per leaf.
   """
-  count: chex.Array
-  mask: Any
-  num_active: chex.Array
-  n_of_m: chex.Array
-  leaf_ranking: Any
+  count: jax.Array
+  mask: chex.ArrayTree
+  num_active: jax.Array
+  n_of_m: jax.Array
+  leaf_ranking: chex.ArrayTree
 
   def _ranking_entry(self, index: int, dtype) -> Any:
     return jax.tree.map(lambda r: r[index].astype(dtype), self.leaf_ranking)

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl.testing import parameterized
 
 import optax_gsm
 from optax_gsm import _selection
@@ -56,87 +55,85 @@ DISTRIBUTIONS = {
 }
 
 
-class SelectionTest(parameterized.TestCase):
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 1 / 60, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("distribution", sorted(DISTRIBUTIONS))
+def test_matches_numpy_reference(distribution, fraction):
+  rng = np.random.default_rng(0)
+  sizes = [(3, 5), (2, 3, 4, 5), (7,), (400, 30)]
+  total = sum(int(np.prod(s)) for s in sizes)
+  flat = DISTRIBUTIONS[distribution](rng, total).astype(np.float32)
+  leaves, start = [], 0
+  for shape in sizes:
+    leaves.append(flat[start:start + int(np.prod(shape))].reshape(shape))
+    start += int(np.prod(shape))
+  assert_matches_reference(leaves, int(fraction * total))
 
-  @parameterized.product(distribution=sorted(DISTRIBUTIONS),
-                         fraction=[0.0, 0.01, 1 / 60, 0.5, 0.99, 1.0])
-  def test_matches_numpy_reference(self, distribution, fraction):
-    rng = np.random.default_rng(0)
-    sizes = [(3, 5), (2, 3, 4, 5), (7,), (400, 30)]
-    total = sum(int(np.prod(s)) for s in sizes)
-    flat = DISTRIBUTIONS[distribution](rng, total).astype(np.float32)
-    leaves, start = [], 0
-    for shape in sizes:
-      leaves.append(flat[start:start + int(np.prod(shape))].reshape(shape))
-      start += int(np.prod(shape))
-    assert_matches_reference(leaves, int(fraction * total))
+def test_ties_broken_by_leaf_then_position():
+  scores = {"a": jnp.ones((2, 2)), "b": jnp.ones(3)}
+  mask = optax_gsm.top_q_mask(scores, 5)
+  np.testing.assert_array_equal(mask["a"], np.ones((2, 2), bool))
+  np.testing.assert_array_equal(mask["b"], [True, False, False])
 
-  def test_ties_broken_by_leaf_then_position(self):
-    scores = {"a": jnp.ones((2, 2)), "b": jnp.ones(3)}
-    mask = optax_gsm.top_q_mask(scores, 5)
-    np.testing.assert_array_equal(mask["a"], np.ones((2, 2), bool))
-    np.testing.assert_array_equal(mask["b"], [True, False, False])
+def test_ties_across_interleaved_leaves_of_equal_shape():
+  # Leaves of one shape are tie-broken together (one search per shape):
+  # every cut point, in every leaf, must still follow leaf order.
+  rng = np.random.default_rng(3)
+  shapes = [(3, 4), (5,), (3, 4), (2,), (3, 4), (5,)]
+  leaves = [rng.integers(0, 3, s).astype(np.float32) for s in shapes]
+  select = jax.jit(optax_gsm.top_q_mask)
+  for q in range(sum(x.size for x in leaves) + 1):
+    expected = reference_mask(leaves, q)
+    for e, g in zip(expected, select(leaves, q)):
+      np.testing.assert_array_equal(np.asarray(g), e, err_msg=f"q={q}")
 
-  def test_ties_across_interleaved_leaves_of_equal_shape(self):
-    # Leaves of one shape are tie-broken together (one search per shape):
-    # every cut point, in every leaf, must still follow leaf order.
-    rng = np.random.default_rng(3)
-    shapes = [(3, 4), (5,), (3, 4), (2,), (3, 4), (5,)]
-    leaves = [rng.integers(0, 3, s).astype(np.float32) for s in shapes]
-    select = jax.jit(optax_gsm.top_q_mask)
-    for q in range(sum(x.size for x in leaves) + 1):
-      expected = reference_mask(leaves, q)
-      for e, g in zip(expected, select(leaves, q)):
-        np.testing.assert_array_equal(np.asarray(g), e, err_msg=f"q={q}")
+def test_traced_q_and_jit_agree_with_eager():
+  scores = [jnp.asarray(np.random.default_rng(1).uniform(size=(50, 20)))]
+  jitted = jax.jit(optax_gsm.top_q_mask)
+  for q in [0, 1, 17, 999, 1000]:
+    chex.assert_trees_all_equal(jitted(scores, jnp.int32(q)),
+                                optax_gsm.top_q_mask(scores, q))
 
-  def test_traced_q_and_jit_agree_with_eager(self):
-    scores = [jnp.asarray(np.random.default_rng(1).uniform(size=(50, 20)))]
-    jitted = jax.jit(optax_gsm.top_q_mask)
-    for q in [0, 1, 17, 999, 1000]:
-      chex.assert_trees_all_equal(jitted(scores, jnp.int32(q)),
-                                  optax_gsm.top_q_mask(scores, q))
+def test_q_is_clipped():
+  scores = [jnp.arange(10.0)]
+  assert int(optax_gsm.top_q_mask(scores, -3)[0].sum()) == 0
+  assert int(optax_gsm.top_q_mask(scores, 99)[0].sum()) == 10
 
-  def test_q_is_clipped(self):
-    scores = [jnp.arange(10.0)]
-    assert int(optax_gsm.top_q_mask(scores, -3)[0].sum()) == 0
-    assert int(optax_gsm.top_q_mask(scores, 99)[0].sum()) == 10
+def test_kth_largest():
+  rng = np.random.default_rng(2)
+  leaves = [rng.uniform(size=(30, 7)).astype(np.float32),
+            rng.uniform(size=11).astype(np.float32)]
+  flat = np.sort(np.concatenate([x.ravel() for x in leaves]))[::-1]
+  for k in [1, 5, 100, flat.size]:
+    assert float(jax.jit(optax_gsm.kth_largest)(leaves, k)) == flat[k - 1]
+  assert float(optax_gsm.kth_largest(leaves, 0)) == np.inf
 
-  def test_kth_largest(self):
-    rng = np.random.default_rng(2)
-    leaves = [rng.uniform(size=(30, 7)).astype(np.float32),
-              rng.uniform(size=11).astype(np.float32)]
-    flat = np.sort(np.concatenate([x.ravel() for x in leaves]))[::-1]
-    for k in [1, 5, 100, flat.size]:
-      assert float(jax.jit(optax_gsm.kth_largest)(leaves, k)) == flat[k - 1]
-    assert float(optax_gsm.kth_largest(leaves, 0)) == np.inf
+def test_deterministic_across_runs():
+  rng = np.random.default_rng(3)
+  leaves = [rng.integers(0, 3, (64, 64)).astype(np.float32)]
+  first = jax.jit(optax_gsm.top_q_mask)(leaves, 1000)
+  for _ in range(3):
+    chex.assert_trees_all_equal(jax.jit(optax_gsm.top_q_mask)(leaves, 1000),
+                                first)
 
-  def test_deterministic_across_runs(self):
-    rng = np.random.default_rng(3)
-    leaves = [rng.integers(0, 3, (64, 64)).astype(np.float32)]
-    first = jax.jit(optax_gsm.top_q_mask)(leaves, 1000)
-    for _ in range(3):
-      chex.assert_trees_all_equal(jax.jit(optax_gsm.top_q_mask)(leaves, 1000),
-                                  first)
+def test_few_probes_on_smooth_scores():
+  rng = np.random.default_rng(4)
+  scores = [np.abs(rng.normal(size=200_000) * rng.normal(size=200_000))
+            .astype(np.float32)]
+  selection = jax.jit(optax_gsm.select_top)(scores, 200_000 // 60)
+  # Plain bisection over the float bits would need 31 counting passes.
+  assert int(selection.num_passes) <= 8
 
-  def test_few_probes_on_smooth_scores(self):
-    rng = np.random.default_rng(4)
-    scores = [np.abs(rng.normal(size=200_000) * rng.normal(size=200_000))
-              .astype(np.float32)]
-    selection = jax.jit(optax_gsm.select_top)(scores, 200_000 // 60)
-    # Plain bisection over the float bits would need 31 counting passes.
-    assert int(selection.num_passes) <= 8
+def test_ordered_key_is_monotone():
+  values = np.array([-np.inf, -3.0, -1e-45, -0.0, 0.0, 1.4e-45, 2.8e-45, 1e-38,
+                     1.0, 3.4e38], np.float32)
+  keys = np.asarray(_selection._ordered_key(jnp.asarray(values)))
+  assert keys[0] == np.iinfo(np.int32).min  # non-finite lowest
+  assert keys[3] == keys[4]  # -0.0 ranks as +0.0
+  assert np.all(np.diff(np.delete(keys, 3)[1:]) > 0)
 
-  def test_ordered_key_is_monotone(self):
-    values = np.array([-np.inf, -3.0, -1e-45, -0.0, 0.0, 1.4e-45, 2.8e-45, 1e-38,
-                       1.0, 3.4e38], np.float32)
-    keys = np.asarray(_selection._ordered_key(jnp.asarray(values)))
-    assert keys[0] == np.iinfo(np.int32).min  # non-finite lowest
-    assert keys[3] == keys[4]  # -0.0 ranks as +0.0
-    assert np.all(np.diff(np.delete(keys, 3)[1:]) > 0)
-
-  def test_rejects_empty(self):
-    with pytest.raises(ValueError, match="no leaves"):
-      optax_gsm.top_q_mask({}, 1)
+def test_rejects_empty():
+  with pytest.raises(ValueError, match="no leaves"):
+    optax_gsm.top_q_mask({}, 1)
 
 
 # Values are drawn, shapes come from a fixed set: each new shape would compile
@@ -170,7 +167,6 @@ def test_exact_q_property(shapes, q_fraction, palette, seed):
     leaves.append(x.astype(np.float32))
   total = sum(x.size for x in leaves)
   assert_matches_reference(leaves, int(round(q_fraction * total)))
-
 
 
 @pytest.mark.parametrize("q", [1, 777, 38_550, 77_099])

@@ -261,3 +261,18 @@ def test_active_mask_reads_a_structured_state(mlp):
   mask = optax_gsm.active_mask(state, params)
   jax.tree.map(np.testing.assert_array_equal, mask, state[0][0].mask)
   assert not bool(mask["Dense_0"]["kernel"].all())
+
+
+def test_init_under_eval_shape_and_map_params(mlp):
+  groups, params, _ = mlp
+  tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0)
+  state = tx.init(params)
+  abstract = jax.eval_shape(tx.init, params)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state)
+  # What users map over an optimizer state: each params-like tree (the
+  # momentum and the mask, which shard like the params), nothing else.
+  marked = optax.tree.map_params(tx, lambda w: "param", state,
+                                 transform_non_params=lambda _: "other")
+  assert set(jax.tree.leaves(marked[0][1].trace)) == {"param"}
+  assert set(jax.tree.leaves(marked[0][0].mask)) == {"param"}
+  assert marked[0][0].count == "other"

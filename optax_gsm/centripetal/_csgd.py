@@ -193,7 +193,7 @@ def _clustered_positions(member, assignment: np.ndarray) -> np.ndarray:
 
 class CentripetalState(NamedTuple):
   """State of `centripetal`'s centripetal step: the number of updates so far."""
-  count: chex.Array
+  count: jax.Array
 
 
 def _centripetal_gradient(clusters: Clusters, *,

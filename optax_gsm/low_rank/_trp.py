@@ -147,7 +147,7 @@ def truncated(kernel: jax.Array, energy: Any, scheme: str,
 
 class NuclearNormState(NamedTuple):
   """State of `add_nuclear_norm`: the number of updates so far."""
-  count: chex.Array
+  count: jax.Array
 
 
 def add_nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
@@ -235,7 +235,7 @@ def truncate_rank(params: chex.ArrayTree, *, energy: float = 0.9,
 
 class LowRankProjectionState(NamedTuple):
   """State of `low_rank_projection`: the number of updates so far."""
-  count: chex.Array
+  count: jax.Array
 
 
 def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
