@@ -41,11 +41,11 @@ from optax_gsm import _selection
 
 def _gsm_step(kernels, grads, momenta):
   """One GSM step over the kernels; returns (kernels, masks, momenta, keys)."""
-  keys = [_selection._ordered_key(jnp.abs(g * w))
+  keys = [_selection.ordered_key(jnp.abs(g * w))
           for g, w in zip(grads, kernels)]
   q = jnp.int32(optax_gsm.num_active(sum(k.size for k in kernels),
                                      COMPRESSION))
-  masks, _ = _selection._select_keys(
+  masks, _ = _selection.select_keys(
       keys, q, _selection.leaf_positions(len(keys)))
   momenta = [0.9 * z + jnp.where(m, g, 0.0) + 5e-4 * w
              for z, m, g, w in zip(momenta, masks, grads, kernels)]

@@ -94,7 +94,7 @@ def check_feasible(lo: np.ndarray, hi: np.ndarray, q: Any) -> None:
 
 def _clipped_counts(keys, threshold, lo, hi):
   counts = jnp.stack([
-      _selection._count_true([k >= threshold], tuple(range(k.ndim)))[0]
+      _selection.count_true([k >= threshold], tuple(range(k.ndim)))[0]
       for k in keys])
   return jnp.clip(counts, lo, hi)
 
@@ -103,7 +103,7 @@ def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,
                        hi: np.ndarray) -> list[jax.Array]:
   """Masks of exactly ``clip(q, sum lo, sum hi)`` entries within bounds."""
   keys = lax.optimization_barrier(
-      [_selection._ordered_key(jnp.asarray(s)) for s in scores])
+      [_selection.ordered_key(jnp.asarray(s)) for s in scores])
   lo = jnp.asarray(lo, jnp.int32)
   hi = jnp.asarray(hi, jnp.int32)
   q = jnp.clip(jnp.asarray(q, jnp.int32), lo.sum(), hi.sum())
@@ -119,7 +119,7 @@ def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,
 
   low, high = lax.fori_loop(
       0, _KEY_BITS, bisect,
-      (jnp.int32(_selection._MIN_KEY), jnp.int32(_selection._MAX_KEY)))
+      (jnp.int32(_selection.MIN_KEY), jnp.int32(_selection.MAX_KEY)))
   at_low = _clipped_counts(keys, low, lo, hi)
   above = _clipped_counts(keys, high, lo, hi)
   # Entries tied at `low` go to earlier leaves first.
@@ -127,7 +127,7 @@ def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,
   wanted = q - above.sum()
   before = jnp.cumsum(ties) - ties
   counts = above + jnp.clip(wanted - before, 0, ties)
-  # Every finite key is below _MAX_KEY, so total(_MAX_KEY) = sum(lo): when
+  # Every finite key is below MAX_KEY, so total(MAX_KEY) = sum(lo): when
   # q == sum(lo) the bisection never moves `high` and each leaf keeps lo.
   counts = jnp.where(q <= lo.sum(), lo, counts)
   return [_selection.select_top(s, k).mask for s, k in zip(scores, counts)]

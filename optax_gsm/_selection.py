@@ -45,8 +45,8 @@ import numpy as np
 from jax import lax
 
 _INT32 = jnp.int32
-_MIN_KEY = np.iinfo(np.int32).min  # the key of every non-finite score
-_MAX_KEY = np.iinfo(np.int32).max  # above every finite key (0x7F7FFFFF)
+MIN_KEY = np.iinfo(np.int32).min  # the key of every non-finite score
+MAX_KEY = np.iinfo(np.int32).max  # above every finite key (0x7F7FFFFF)
 _EXPONENT_BITS = 0x7F800000
 _MAGNITUDE_BITS = 0x7FFFFFFF
 _MIN_SAMPLE_SIZE = 1 << 10
@@ -76,7 +76,7 @@ _NUDGE_MAX_LOG2 = 30
 _STACK_MAX_ENTRIES = 1 << 18
 
 
-def _ordered_key(score: jax.Array) -> jax.Array:
+def ordered_key(score: jax.Array) -> jax.Array:
   """Maps float scores to int32 keys with the same order (non-finite lowest).
 
   A finite float's key is its magnitude bits, negated for negative floats
@@ -87,17 +87,17 @@ def _ordered_key(score: jax.Array) -> jax.Array:
   bits = lax.bitcast_convert_type(score.astype(jnp.float32), _INT32)
   magnitude = bits & _MAGNITUDE_BITS
   key = jnp.where(bits < 0, -magnitude, magnitude)
-  return jnp.where(magnitude >= _EXPONENT_BITS, _MIN_KEY, key)
+  return jnp.where(magnitude >= _EXPONENT_BITS, MIN_KEY, key)
 
 
 def _key_to_score(key: jax.Array) -> jax.Array:
-  """Inverse of `_ordered_key` on finite keys; the non-finite key gives -inf."""
-  bits = jnp.where(key < 0, -key | _MIN_KEY, key)
+  """Inverse of `ordered_key` on finite keys; the non-finite key gives -inf."""
+  bits = jnp.where(key < 0, -key | MIN_KEY, key)
   score = lax.bitcast_convert_type(bits, jnp.float32)
-  return jnp.where(key == _MIN_KEY, -jnp.inf, score)
+  return jnp.where(key == MIN_KEY, -jnp.inf, score)
 
 
-def _count_true(conditions: list[jax.Array],
+def count_true(conditions: list[jax.Array],
                 axes: tuple[int, ...]) -> list[jax.Array]:
   """``sum(c, axes)`` as int32 for each bool array (of one shape), in one
   variadic reduction.
@@ -123,7 +123,7 @@ def _count_at_least(keys: list[jax.Array], thresholds: jax.Array) -> jax.Array:
   """``#{key >= t}`` for each of the thresholds, in one pass over each leaf."""
   total = jnp.zeros(thresholds.shape[0], _INT32)
   for k in keys:
-    total = total + jnp.stack(_count_true(
+    total = total + jnp.stack(count_true(
         [k >= t for t in thresholds], tuple(range(k.ndim))))
   return total
 
@@ -207,7 +207,7 @@ def _interpolate(search: _Search, counts: jax.Array) -> jax.Array:
   narrow = search.low + offset.astype(_INT32)
   low_f = search.low.astype(jnp.float32)
   wide = low_f + (search.high.astype(jnp.float32) - low_f) * fraction
-  wide = jnp.clip(wide, float(_MIN_KEY), 2.0**31 - 256.0).astype(_INT32)
+  wide = jnp.clip(wide, float(MIN_KEY), 2.0**31 - 256.0).astype(_INT32)
   return jnp.where(key_span > 0, narrow, wide)
 
 
@@ -232,7 +232,7 @@ def _widen(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   off the sample, growing x4 per pass; where the sample has no key there
   (ties), nudges the bounded side by 1, 16, 256, ... keys instead.
   """
-  high_open = search.high == _MAX_KEY
+  high_open = search.high == MAX_KEY
   bounded = jnp.where(high_open, search.low, search.high)
   error = jnp.abs(jnp.where(high_open, search.low_count, search.high_count)
                   - q).astype(jnp.float32)
@@ -249,8 +249,8 @@ def _widen(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   nudge = jnp.left_shift(1, jnp.maximum(shift, 0)).astype(_INT32)
   nudged = jnp.where(
       high_open,
-      jnp.where(bounded > _MAX_KEY - nudge, _MAX_KEY - 1, bounded + nudge),
-      jnp.where(bounded < _MIN_KEY + nudge, _MIN_KEY + 1, bounded - nudge))
+      jnp.where(bounded > MAX_KEY - nudge, MAX_KEY - 1, bounded + nudge),
+      jnp.where(bounded < MIN_KEY + nudge, MIN_KEY + 1, bounded - nudge))
   usable = jnp.where(high_open, from_sample > bounded, from_sample < bounded)
   return jnp.where(usable, from_sample, nudged)
 
@@ -277,7 +277,7 @@ def _next_probes(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
       search, q_f + spread * jnp.asarray(_INTERPOLATION_SPREAD))
   progressed = 4 * entries <= search.previous_entries
   bracketed = jnp.where(progressed, clustered, _thirds(search))
-  unbounded = (search.low == _MIN_KEY) | (search.high == _MAX_KEY)
+  unbounded = (search.low == MIN_KEY) | (search.high == MAX_KEY)
   probes = jnp.where(search.passes == 0, first,
                      jnp.where(unbounded, _widen(search, q, sample),
                                bracketed))
@@ -327,8 +327,8 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
   total = sum(k.size for k in keys)
   sample = _sample(keys)
   start = _Search(
-      low=jnp.asarray(_MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
-      high=jnp.asarray(_MAX_KEY, _INT32), high_count=jnp.asarray(0, _INT32),
+      low=jnp.asarray(MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
+      high=jnp.asarray(MAX_KEY, _INT32), high_count=jnp.asarray(0, _INT32),
       previous_entries=jnp.asarray(total, _INT32),
       passes=jnp.asarray(0, _INT32))
 
@@ -385,7 +385,7 @@ def _cut_end(ties: jax.Array, take: jax.Array) -> jax.Array:
   rest = ties
   for axis_size in ties.shape:
     if rest.ndim > 1:
-      counts = _count_true([rest], tuple(range(1, rest.ndim)))[0]
+      counts = count_true([rest], tuple(range(1, rest.ndim)))[0]
     else:
       counts = rest.astype(_INT32)
     before = jnp.cumsum(counts) - counts
@@ -413,7 +413,7 @@ def _tie_cut(blocks: _Blocks, threshold: jax.Array,
   only the block holding the cut runs).
   """
   num_ties = jnp.concatenate([
-      _count_true([k == threshold], tuple(range(1, k.ndim)))[0]
+      count_true([k == threshold], tuple(range(1, k.ndim)))[0]
       for k in blocks.keys])
   member_order = np.concatenate(blocks.members)
   taken_through = jnp.cumsum(num_ties[np.argsort(member_order)])
@@ -462,11 +462,11 @@ def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
   total = sum(np.size(leaf) for leaf in leaves)
   if total >= np.iinfo(np.int32).max:
     raise ValueError(f"{total} scores; at most 2**31 - 2 are supported.")
-  keys = [_ordered_key(jnp.asarray(leaf)) for leaf in leaves]
+  keys = [ordered_key(jnp.asarray(leaf)) for leaf in leaves]
   return keys, treedef, jnp.clip(jnp.asarray(q).astype(_INT32), 0, total)
 
 
-def _select_keys(keys: list[jax.Array], q: jax.Array,
+def select_keys(keys: list[jax.Array], q: jax.Array,
                  positions: list[jax.Array]):
   """Masks of exactly the ``q`` largest keys, and the passes it took.
 
@@ -486,10 +486,10 @@ def _select_keys(keys: list[jax.Array], q: jax.Array,
   # Exact: every key at `low` is taken, as if the cut came after all leaves.
   cut, end = lax.cond(
       search.low_count == q,
-      lambda: (jnp.asarray(_MAX_KEY, _INT32), jnp.asarray(0, _INT32)),
+      lambda: (jnp.asarray(MAX_KEY, _INT32), jnp.asarray(0, _INT32)),
       lambda: _tie_cut(blocks, search.low, q - search.high_count))
-  # No finite or non-finite key reaches _MAX_KEY: q == 0 selects nothing.
-  low = jnp.where(q > 0, search.low, _MAX_KEY)
+  # No finite or non-finite key reaches MAX_KEY: q == 0 selects nothing.
+  low = jnp.where(q > 0, search.low, MAX_KEY)
   masks = [(k > low) | ((k == low) & (
       (p < cut) | ((p == cut) & (_row_major_index(k.shape) < end))))
            for k, p in zip(keys, positions)]
@@ -513,10 +513,10 @@ def top_q_masks(scores: list[jax.Array], q: chex.Numeric,
 
   Positions that are run-time values (an argument of the caller's jit, such
   as GSM's state) keep the masks of equally shaped leaves one compiled
-  kernel; see `_select_keys`.
+  kernel; see `select_keys`.
   """
   keys, _, q = _keys_and_count(scores, q)
-  masks, num_passes = _select_keys(keys, q, positions)
+  masks, num_passes = select_keys(keys, q, positions)
   return Selection(mask=masks, num_passes=num_passes)
 
 
@@ -558,7 +558,7 @@ def kth_largest(scores: chex.ArrayTree, k: chex.Numeric) -> jax.Array:
   ``k == 0``.
   """
   keys, _, k = _keys_and_count(scores, k)
-  masks, _ = _select_keys(keys, k, leaf_positions(len(keys)))
+  masks, _ = select_keys(keys, k, leaf_positions(len(keys)))
   smallest_selected = jnp.min(jnp.stack(
-      [jnp.min(jnp.where(m, key, _MAX_KEY)) for m, key in zip(masks, keys)]))
+      [jnp.min(jnp.where(m, key, MAX_KEY)) for m, key in zip(masks, keys)]))
   return jnp.where(k > 0, _key_to_score(smallest_selected), jnp.inf)

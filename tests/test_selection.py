@@ -126,7 +126,7 @@ def test_few_probes_on_smooth_scores():
 def test_ordered_key_is_monotone():
   values = np.array([-np.inf, -3.0, -1e-45, -0.0, 0.0, 1.4e-45, 2.8e-45, 1e-38,
                      1.0, 3.4e38], np.float32)
-  keys = np.asarray(_selection._ordered_key(jnp.asarray(values)))
+  keys = np.asarray(_selection.ordered_key(jnp.asarray(values)))
   assert keys[0] == np.iinfo(np.int32).min  # non-finite lowest
   assert keys[3] == keys[4]  # -0.0 ranks as +0.0
   assert np.all(np.diff(np.delete(keys, 3)[1:]) > 0)
