@@ -206,3 +206,22 @@ def test_fixed_ranks_project_to_exactly_those_ranks():
                                 params["conv"]["kernel"])
   with pytest.raises(ValueError, match="names no prunable kernel"):
     optax_gsm.low_rank.truncate_rank(params, ranks={"head/kernel": 2})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optax_gsm.low_rank.add_nuclear_norm(1e-2, every=100),
+    lambda: optax_gsm.low_rank.low_rank_projection(every=100)])
+def test_every_m_runs_the_svd_only_on_its_steps(make):
+  # Regression: `jnp.where` computed the SVD on every step, whatever m was.
+  tx = make()
+  params = _params()
+  jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params)
+  top_level = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+  assert "svd" not in top_level and "cond" in top_level
+  # Step 0 adds the term, step 1 adds nothing.
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  state = tx.init(params)
+  first, state = tx.update(zeros, state, params)
+  second, _ = tx.update(zeros, state, params)
+  assert any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(first))
+  assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(second))

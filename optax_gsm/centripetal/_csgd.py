@@ -14,8 +14,8 @@ slice, bias, normalisation scale and shift) moves by
   g'_j = \\frac{1}{|H|}\\sum_{i \\in H} g_i + \\eta W_j
     + \\epsilon \\Big(W_j - \\frac{1}{|H|}\\sum_{i \\in H} W_i\\Big)
 
-inside momentum SGD (`centripetal`): the gradient is shared and the centripetal
-term pulls the cluster's filters together until they are identical. Vector
+inside momentum SGD (`centripetal`): the gradient is shared and the
+centripetal term pulls the cluster's filters together until they are identical. Vector
 members (bias, normalisation) get no decay and ``0.1 * eps`` (the official
 code's choice); singleton clusters and everything outside the groups get
 plain momentum SGD with decay. Once the filters of a cluster are identical
@@ -198,9 +198,9 @@ class CentripetalState(NamedTuple):
 
 def _centripetal_gradient(clusters: Clusters, *,
                           centripetal_strength: optax.ScalarOrSchedule = 3e-3,
-                weight_decay: float = 1e-4,
-                vector_factor: float = _VECTOR_EPS_FACTOR
-                ) -> optax.GradientTransformation:
+                          weight_decay: float = 1e-4,
+                          vector_factor: float = _VECTOR_EPS_FACTOR
+                          ) -> optax.GradientTransformation:
   """The C-SGD direction ``g'`` (before momentum); see the module."""
   if not callable(centripetal_strength):
     _validation.check_range("centripetal_strength", centripetal_strength,
@@ -234,8 +234,8 @@ def _centripetal_gradient(clusters: Clusters, *,
         strength = eps * (vector_factor if vector else 1.0)
         pulled = (_cluster_means(g, m, assignment, count) + decay * w
                   + strength * (w - _cluster_means(w, m, assignment, count)))
-        where = _groups.expand_along(_clustered_positions(m, assignment), m.axis,
-                        np.ndim(w))
+        where = _groups.expand_along(_clustered_positions(m, assignment),
+                                     m.axis, np.ndim(w))
         directions[m.leaf] = jnp.where(where, pulled.astype(g.dtype),
                                        directions[m.leaf])
     return treedef.unflatten(directions), CentripetalState(

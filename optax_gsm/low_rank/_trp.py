@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 from optax_gsm import _prunable, _validation
 
@@ -117,10 +118,12 @@ def _added_every(name, every, prunable, state_type, term):
     if params is None:
       raise ValueError(f"{name} needs the params: call "
                        "`update(grads, opt_state, params)`.")
-    active = state.count % every == 0
-    updates = jax.tree.map(
-        lambda u, t: u + jnp.where(active, t, 0).astype(u.dtype), updates,
-        term(params))
+    add = lambda u: jax.tree.map(lambda ui, ti: ui + ti.astype(ui.dtype), u,
+                                 term(params))
+    if isinstance(every, int) and every == 1:
+      updates = add(updates)
+    else:  # a branch, so the SVDs run only on the steps that use them
+      updates = lax.cond(state.count % every == 0, add, lambda u: u, updates)
     return updates, state_type(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)

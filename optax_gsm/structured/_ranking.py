@@ -311,7 +311,7 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
                      ) -> _groups.StructureMask:
   """One-shot structured pruning: the structures GSM's rule keeps now.
 
-  The same budgeted ranking as ``gsm(groups=...)`` (saliency per unit
+  The same budgeted ranking as `structured_gsm` (saliency per unit
   cost, a prefix of the ranking within ``sum(costs) / C``, each group's
   best channel kept), applied once to ``params``: by default by magnitude
   (the L2 norm of each structure), with ``grads`` by Taylor saliency.
