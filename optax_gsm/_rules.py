@@ -67,11 +67,13 @@ def check_shape(shape: tuple[int, ...], m: int, name: str = "a kernel"):
 
 def n_of_m_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
   """True at the ``n`` largest of every ``m`` consecutive entries along
-  axis -2 (ties to the earlier entry; NaN lowest)."""
+  axis -2 (ties to the earlier entry; NaN and +-inf lowest, as in the
+  global ranking)."""
   check_shape(scores.shape, m)
   moved = jnp.moveaxis(scores.astype(jnp.float32), -2, -1)
   grouped = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
-  grouped = jnp.where(jnp.isnan(grouped), -jnp.inf, grouped)
+  # Every non-finite score ranks lowest, as in the global ranking.
+  grouped = jnp.where(jnp.isfinite(grouped), grouped, -jnp.inf)
   order = jnp.argsort(-grouped, axis=-1, stable=True)
   rank = jnp.argsort(order, axis=-1, stable=True)
   kept = (rank < n).reshape(moved.shape)

@@ -103,3 +103,14 @@ def test_bad_n_of_m_is_a_clear_error():
     optax_gsm.n_of_m_gsm(2)
   with pytest.raises(ValueError, match="multiple of 8"):
     optax_gsm.prune(params, n_of_m=(2, 8))
+
+
+def test_non_finite_scores_rank_lowest_as_in_the_global_ranking():
+  # Regression: N:M ranked +inf highest while the global top-Q ranks every
+  # non-finite score lowest.
+  scores = jnp.asarray([[jnp.inf], [1.0], [jnp.nan], [2.0]])
+  np.testing.assert_array_equal(_rules.n_of_m_mask(scores, 2, 4)[:, 0],
+                                [False, True, False, True])
+  flat = {"w": scores}
+  np.testing.assert_array_equal(optax_gsm.top_q_mask(flat, 2)["w"][:, 0],
+                                [False, True, False, True])
