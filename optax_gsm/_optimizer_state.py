@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_gsm import _gsm, _rules
+from optax_gsm import _gsm, _prunable, _rules
 from optax_gsm.structured import _structured_gsm
 
 
@@ -82,11 +82,28 @@ def _aligned_leaves(tree: Any, params: chex.ArrayTree) -> list[Any]:
   return [box.value for box in jax.tree.leaves(boxes)]
 
 
+def _aligned_masks(state: Any, params: chex.ArrayTree) -> list[Any]:
+  """The mask leaves of a GSM state per leaf of ``params``, each checked to
+  have the shape of its leaf: a state of other params with the same tree
+  would otherwise rank them with its own Q."""
+  masks = _aligned_leaves(state.mask, params)
+  for path_and_leaf, mask in zip(
+      jax.tree_util.tree_leaves_with_path(params), masks):
+    path, leaf = path_and_leaf
+    if mask is not None and np.shape(mask) != np.shape(leaf):
+      raise ValueError(
+          "`opt_state` was not made for these `params`: leaf "
+          f"'{_prunable.path_string(path)}' has shape {np.shape(leaf)}, the "
+          f"optimizer state's {np.shape(mask)}.")
+  return masks
+
+
 def state_rankings(opt_state: chex.ArrayTree,
                    params: chex.ArrayTree) -> list[Ranking]:
   """The ranking of every GSM transformation in ``opt_state``."""
   rankings = []
   for state in gsm_states(opt_state):
+    _aligned_masks(state, params)
     flags = [value is not None and bool(value)
              for value in _aligned_leaves(state.prunable, params)]
     rankings.append(Ranking(flags=flags, num_active=int(state.num_active),
@@ -130,12 +147,12 @@ def active_mask(opt_state: chex.ArrayTree,
   merged = [None] * len(leaves)
   structured = _structured_gsm.structured_states(opt_state)
   for state in structured:  # every leaf it masks is in its mask
-    for i, mask in enumerate(_aligned_leaves(state.mask, params)):
+    for i, mask in enumerate(_aligned_masks(state, params)):
       if mask is not None:
         merged[i] = jnp.asarray(mask)
   for state in gsm_states(opt_state) if not structured else []:
     for i, (mask, flag) in enumerate(zip(
-        _aligned_leaves(state.mask, params),
+        _aligned_masks(state, params),
         _aligned_leaves(state.prunable, params))):
       if mask is not None and flag is not None and bool(flag):
         merged[i] = jnp.asarray(mask)

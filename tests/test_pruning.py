@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import optax_gsm
 
@@ -39,3 +40,16 @@ def test_prune_under_jit():
   pruned, _ = jax.jit(lambda p: optax_gsm.prune(p, 4.0))(params)
   assert int(jnp.count_nonzero(pruned["w"])) == 25
   assert float(pruned["w"].min()) == 0.0 and float(pruned["w"][7, 5]) == 75.0
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (5, 4)])
+def test_a_state_of_other_shapes_is_an_error_naming_the_leaf(shape):
+  # Regression: same tree, other shapes: the old Q was used silently.
+  tx = optax_gsm.gsm(2.0)
+  state = tx.init({"layer": {"kernel": jnp.ones((4, 5))}})
+  other = {"layer": {"kernel": jnp.ones(shape)}}
+  for call in (lambda: optax_gsm.prune(other, opt_state=state),
+               lambda: optax_gsm.active_mask(state, other),
+               lambda: optax_gsm.prune_readiness(other, opt_state=state)):
+    with pytest.raises(ValueError, match=r"'layer/kernel' has shape"):
+      call()
