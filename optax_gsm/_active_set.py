@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from optax_gsm import _lossless, _validation
+from optax_gsm import _lossless, _prunable, _validation
 
 
 class Decays(NamedTuple):
@@ -106,6 +106,24 @@ def masked_gradient(grads: chex.ArrayTree, params: chex.ArrayTree,
       treedef.flatten_up_to(masks), ranked, active_decays)])
 
 
+def check_like_params(grads: chex.ArrayTree, params: chex.ArrayTree) -> None:
+  """Raises a ValueError naming the first leaf where ``grads`` (the updates
+  given to ``update``) differ from ``params`` in structure or shape."""
+  try:
+    leaves = jax.tree.structure(params).flatten_up_to(grads)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        "`updates` must have the structure of `params`; got "
+        f"{jax.tree.structure(grads)}, params are "
+        f"{jax.tree.structure(params)}.") from error
+  for path, g, w in zip(_prunable.leaf_paths(params), leaves,
+                        jax.tree.leaves(params)):
+    if jnp.shape(g) != jnp.shape(w):
+      raise ValueError(
+          f"`updates` leaf '{path}' has shape {jnp.shape(g)}, its param "
+          f"{jnp.shape(w)}.")
+
+
 def with_momentum(direction: optax.GradientTransformation,
                   momentum: jax.typing.ArrayLike, nesterov: bool,
                   momentum_dtype: Any) -> optax.GradientTransformation:
@@ -158,7 +176,10 @@ def all_true_like(params: chex.ArrayTree) -> chex.ArrayTree:
   return jax.tree.map(lambda w: jnp.ones_like(w, dtype=bool), params)
 
 
-def needs_params(name: str, params: Any) -> None:
+def check_update_args(name: str, updates: chex.ArrayTree,
+                      params: chex.ArrayTree | None) -> None:
+  """``update`` needs the params, and updates like them."""
   if params is None:
     raise ValueError(
         f"{name} needs the params: call `update(grads, opt_state, params)`.")
+  check_like_params(updates, params)

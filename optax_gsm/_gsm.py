@@ -211,7 +211,7 @@ def ranked_active_set(
         leaf_ranking=_leaf_ranking(params, flags, rule))
 
   def update_fn(updates, state, params=None):
-    _active_set.needs_params(name, params)
+    _active_set.check_update_args(name, updates, params)
     flags, q, rule = ranking(params, state.count)
     masks, num_active = _active_masks(
         saliency_fn, updates, params, state, flags, q, rule,

@@ -89,3 +89,16 @@ def test_report_refuses_jit_and_reports_trees_without_kernels():
                                       "bias": jnp.zeros(2)})
   assert report.prunable_size == 0 and report.nonzero == 3
   assert "no prunable parameters" in str(report)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optax_gsm.gsm(2.0), lambda: optax_gsm.n_of_m_gsm((1, 2))])
+def test_updates_unlike_the_params_are_an_error_naming_the_leaf(make):
+  # Regression: a raw broadcast error from inside the saliency.
+  tx = make()
+  params = {"layer": {"kernel": jnp.ones((4, 6))}}
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"'layer/kernel' has shape \(6, 4\)"):
+    tx.update({"layer": {"kernel": jnp.ones((6, 4))}}, state, params)
+  with pytest.raises(ValueError, match="structure of `params`"):
+    tx.update({"other": jnp.ones((4, 6))}, state, params)

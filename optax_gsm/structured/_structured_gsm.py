@@ -50,7 +50,7 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
         kept=_groups.all_kept(groups))
 
   def update_fn(updates, state, params=None):
-    _active_set.needs_params("structured_gsm", params)
+    _active_set.check_update_args("structured_gsm", updates, params)
     plan = _ranking.plan(groups, params, cost)
     limit = _ranking.budget(plan, params, ratio_at(state.count), cost)
 
