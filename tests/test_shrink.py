@@ -116,3 +116,23 @@ def test_round_to_pads_with_zero_channels_and_stays_exact(name):
       atol=1e-5)
   with pytest.raises(ValueError, match="round_to"):
     optax_gsm.structured.shrink(case.variables, groups, keep, round_to=0)
+
+
+def test_groups_of_another_model_and_an_empty_group_are_errors():
+  # Regression: shrink returned {} and mask_structures did nothing.
+  case = structured_cases.case("mlp")
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables,
+                                               jnp.ones(case.input_shape))
+  keep = structured_cases.random_keep(groups)
+  other = {"params": {"conv": {"kernel": jnp.ones((3, 3, 1, 4))}}}
+  with pytest.raises(ValueError, match="not of these variables"):
+    optax_gsm.structured.shrink(other, groups, keep)
+  with pytest.raises(ValueError, match="not of these variables"):
+    optax_gsm.structured.mask_structures(other, groups, keep)
+  with pytest.raises(ValueError, match="not of these variables"):
+    optax_gsm.structured.structured_gsm(groups, 2.0).init(other["params"])
+  # Regression: a group keeping nothing gave width 0 with no error.
+  empty = keep._replace(channels=(np.zeros(groups.channels[0].size, bool),)
+                        + keep.channels[1:])
+  with pytest.raises(ValueError, match="keeps no channel"):
+    optax_gsm.structured.shrink(case.variables, groups, empty)

@@ -250,7 +250,7 @@ def test_bad_arguments_are_clear_errors(mlp):
     optax_gsm.structured.structured_gsm(groups, 2.0, cost="latency")
   with pytest.raises(ValueError, match="`saliency` of structures"):
     optax_gsm.structured.structured_gsm(groups, 2.0, saliency="random")
-  with pytest.raises(ValueError, match="no member in these params"):
+  with pytest.raises(ValueError, match="not of these variables"):
     optax_gsm.structured.structured_gsm(groups, 2.0).init({"other": jnp.ones((3, 3))})
 
 

@@ -175,6 +175,11 @@ def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
       members.append(ResolvedMember(index, member.axis,
                                     np.asarray(member.channel_of, np.int32),
                                     member.role))
+    if group.members and not members:
+      raise ValueError(
+          f"`groups` are not of these variables: no member of group "
+          f"{group.name!r} (e.g. {group.members[0].path!r}) is among their "
+          "leaves. Were the groups traced from another model?")
     channels.append(tuple(members))
   blocks = tuple(
       tuple(i for i in (find_leaf(table, p) for p in block.paths)

@@ -51,6 +51,11 @@ def _check_keep(groups: _groups.Groups, keep: _groups.StructureMask) -> None:
       raise ValueError(f"`keep` for group {group.name!r} has shape "
                        f"{np.shape(kept)}; the group has {group.size} "
                        "channels.")
+    if not np.any(kept):
+      raise ValueError(
+          f"`keep` for group {group.name!r} keeps no channel: a layer of "
+          "width 0 would cut the network (remove a residual block instead, "
+          "or keep one channel).")
 
 
 class ChannelMap(NamedTuple):
