@@ -68,14 +68,16 @@ def _rescaled(params, unit, c):
   return params
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("factor", [10.0, 1e-3])
 @pytest.mark.parametrize("jit", [False, True])
-def test_update_is_invariant_to_rescaling_a_unit_and_sgd_is_not(jit):
+def test_update_is_invariant_to_rescaling_a_unit_and_sgd_is_not(jit, factor):
+  # Regression (factor 1e-3): the old default eps=1e-6 was as large as the
+  # rescaled unit's kappa and broke the invariance.
   params = _params(1)
   x = jax.random.normal(jax.random.key(0), (16, 3))
   y = jax.random.normal(jax.random.key(1), (16, 2))
   loss = lambda p: jnp.mean((_mlp(p, x) - y) ** 2)
-  scaled = _rescaled(params, 2, 10.0)
+  scaled = _rescaled(params, 2, factor)
   np.testing.assert_allclose(_mlp(scaled, x), _mlp(params, x), rtol=1e-5,
                              atol=1e-5)
 
@@ -141,7 +143,7 @@ def test_batch_norm_is_a_clear_error_and_kappa_fn_is_the_way_out():
       0.1, kappa_fn=lambda p: jax.tree.map(lambda w: jnp.full_like(w, 2.0), p))
   updates, _ = custom.update(grads, custom.init(params), params)
   np.testing.assert_allclose(updates["Dense_0"]["kernel"],
-                             -0.1 / (2.0 + 1e-6), rtol=1e-6)
+                             -0.1 / 2.0, rtol=1e-6)
 
 
 def test_bad_arguments_are_clear_errors():
@@ -174,3 +176,16 @@ def test_kappa_of_a_scan_stack_is_that_of_its_unrolled_layers():
     np.testing.assert_allclose(
         kappa[k], np.stack([expected[f"{k}{i}"] for i in range(3)]),
         rtol=1e-5)
+
+
+def test_float64_params_keep_their_dtype():
+  # Regression: path_kappa cast the params to float32 and failed on float64.
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda w: jnp.asarray(w, jnp.float64), _params())
+    x = jnp.ones((2, 3), jnp.float64)
+    kappa = optax_gsm.path_norm.path_kappa(_mlp, x)(params)
+    expected = optax_gsm.path_norm.path_kappa(_mlp, x.astype(jnp.float32))(
+        jax.tree.map(lambda w: w.astype(jnp.float32), params))
+    for k in params:
+      assert kappa[k].dtype == jnp.float64
+      np.testing.assert_allclose(kappa[k], expected[k], rtol=1e-5)

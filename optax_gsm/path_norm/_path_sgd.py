@@ -102,6 +102,10 @@ def _evaluate(graph: _graph.Graph, inputs: list[_Value]) -> list[_Value]:
   return [env[i] for i in graph.outputs]
 
 
+def _eps(eps: float | None, kappa: jax.Array) -> Any:
+  return jnp.finfo(jnp.result_type(kappa)).tiny if eps is None else eps
+
+
 def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
                example_input: jax.Array) -> KappaFn:
   """``kappa(params)``: Path-SGD's per-weight normaliser, from the model.
@@ -137,7 +141,7 @@ def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
       outs = _evaluate(graph, inputs)
       return sum(jnp.sum(o.value) for o in outs)
 
-    squared = [jnp.square(w.astype(jnp.float32)) for w in leaves]
+    squared = [jnp.square(w) for w in leaves]  # in the params' own dtype
     return treedef.unflatten(jax.grad(total)(squared))
 
   return kappa
@@ -146,7 +150,7 @@ def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
 def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
                        apply_fn: Callable[..., Any] | None = None,
                        example_input: jax.Array | None = None,
-                       eps: float = 1e-6) -> optax.GradientTransformation:
+                       eps: float | None = None) -> optax.GradientTransformation:
   r"""Divides each gradient by its path normaliser: ``g / (kappa(w) + eps)``.
 
   Chain with ``optax.scale_by_learning_rate`` (or use `path_sgd`).
@@ -156,12 +160,16 @@ def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
       from ``apply_fn`` and ``example_input`` with `path_kappa`.
     apply_fn: ``(params, x) -> outputs``, when ``kappa_fn`` is None.
     example_input: an input batch, when ``kappa_fn`` is None.
-    eps: > 0, added to ``kappa`` (a unit with no path gets ``g / eps``).
+    eps: None (the default: the dtype's smallest normal number, which only
+      keeps ``0 / 0`` out), or a float > 0 added to ``kappa``. A larger
+      ``eps`` breaks the rescaling invariance wherever ``kappa`` is as small
+      as it (a unit scaled by 0.01 has ``kappa`` near 1e-6).
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params``.
   """
-  _validation.check_range("eps", eps, low=0.0, low_inclusive=False)
+  if eps is not None:
+    _validation.check_range("eps", eps, low=0.0, low_inclusive=False)
   if kappa_fn is None:
     if apply_fn is None or example_input is None:
       raise ValueError("Give `kappa_fn`, or `apply_fn` and `example_input` "
@@ -180,7 +188,8 @@ def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
     if jax.tree.structure(kappa) != jax.tree.structure(params):
       raise ValueError("`kappa_fn` must return a tree like the params.")
     return jax.tree.map(
-        lambda g, k: (g / (k + eps)).astype(g.dtype), updates, kappa), state
+        lambda g, k: (g / (k + _eps(eps, k))).astype(g.dtype), updates,
+        kappa), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -189,7 +198,7 @@ def path_sgd(learning_rate: optax.ScalarOrSchedule, *,
              kappa_fn: KappaFn | None = None,
              apply_fn: Callable[..., Any] | None = None,
              example_input: jax.Array | None = None,
-             eps: float = 1e-6) -> optax.GradientTransformation:
+             eps: float | None = None) -> optax.GradientTransformation:
   r"""Path-SGD: ``w <- w - lr * g / kappa(w)`` (Neyshabur et al., 2015).
 
   `scale_by_path_norm` chained with ``optax.scale_by_learning_rate``.
