@@ -7,6 +7,9 @@ import pytest
 import optax_gsm
 
 pytest.importorskip("examples.models")
+# The examples' extra (`pip install -e '.[examples]'`): the training loop's
+# progress bars.
+pytest.importorskip("tqdm")
 
 
 @pytest.mark.slow
