@@ -1,5 +1,9 @@
 """save_sparse / load_sparse: bit-exact round trips, real sizes, clear errors."""
 
+import json
+import struct
+import zlib
+
 import flax.linen as nn
 import flax.serialization
 import hypothesis
@@ -125,3 +129,87 @@ def test_unsupported_input_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="`values_dtype` must be a float"):
     optax_gsm.export.save_sparse(tmp_path / "x", {"w": np.ones(3)},
                           values_dtype=jnp.int8)
+
+
+def _with_header(data: bytes, edit) -> bytes:
+  """``data`` with its JSON header changed by ``edit`` and the checksum
+  made valid again: what a crafted file looks like."""
+  magic_end = len(b"OPTAXGSM-SPARSE\n")
+  (size,) = struct.unpack("<Q", data[magic_end:magic_end + 8])
+  header = json.loads(data[magic_end + 8:magic_end + 8 + size])
+  header = edit(header)
+  deep = ('{"type":"list","items":[' * 5000 + '{"type":"leaf","index":0}'
+          + "]}" * 5000)
+  encoded = json.dumps(header).replace('"DEEP"', deep).encode()
+  body = (data[:magic_end] + struct.pack("<Q", len(encoded)) + encoded
+          + data[magic_end + 8 + size:-4])
+  return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _sample_file(tmp_path) -> bytes:
+  rng = np.random.default_rng(0)
+  tree = {"dense": np.arange(6, dtype=np.float32).reshape(2, 3),
+          "bitmap": np.where(rng.random(64) < 0.3, 1.0, 0.0).astype(
+              np.float32),
+          "offsets": np.where(np.arange(5000) % 997 == 3, 2.0,
+                              0.0).astype(np.float32),
+          "nested": [{"a": np.ones(2, np.int32)}, None]}
+  path = tmp_path / "sample.gsm"
+  optax_gsm.export.save_sparse(path, tree)
+  return path.read_bytes()
+
+
+def test_crafted_headers_with_a_valid_checksum_are_value_errors(tmp_path):
+  # Regression: IndexError, RecursionError, MemoryError, or a shape [-1]
+  # loading as (1,), or a few hundred bytes allocating gigabytes.
+  data = _sample_file(tmp_path)
+  path = tmp_path / "crafted.gsm"
+
+  def set_field(index, key, value):
+    def edit(header):
+      header["leaves"][index][key] = value
+      return header
+    return edit
+
+  def deep(header):  # nesting JSON itself cannot write back
+    header["structure"] = "DEEP"
+    return header
+
+  edits = [set_field(i, key, value) for i in range(4)
+           for key, value in [("shape", [-1]), ("shape", [10**9]),
+                              ("shape", [2**40, 2**40]), ("shape", "x"),
+                              ("dtype", "object"), ("dtype", "nonsense"),
+                              ("encoding", "zip"), ("bits", 40),
+                              ("codes", 10**9), ("nonzero", -3),
+                              ("tail", 10**6), ("values_dtype", "str")]]
+  edits += [deep,
+            lambda h: {**h, "structure": {"type": "leaf", "index": 99}},
+            lambda h: {**h, "structure": {"type": "dict", "items": [1]}}]
+  (tmp_path / "original.gsm").write_bytes(data)
+  original = optax_gsm.export.load_sparse(tmp_path / "original.gsm")
+  for edit in edits:
+    path.write_bytes(_with_header(data, edit))
+    # A field the leaf's encoding does not read may change; anything else
+    # is a ValueError, never another tree.
+    try:
+      loaded = optax_gsm.export.load_sparse(path)
+    except ValueError:
+      continue
+    jax.tree.map(np.testing.assert_array_equal, loaded, original)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(st.data())
+def test_mutated_files_load_or_raise_value_error(tmp_path_factory, data):
+  original = _sample_file(tmp_path_factory.mktemp("fuzz"))
+  body = bytearray(original[:-4])
+  for _ in range(data.draw(st.integers(1, 8))):
+    body[data.draw(st.integers(0, len(body) - 1))] = data.draw(
+        st.integers(0, 255))
+  mutated = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+  path = tmp_path_factory.mktemp("fuzz") / "m.gsm"
+  path.write_bytes(mutated)
+  try:
+    optax_gsm.export.load_sparse(path)
+  except ValueError:
+    pass

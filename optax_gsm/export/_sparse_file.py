@@ -8,7 +8,8 @@ whichever of two index codes is smaller for that leaf:
 - relative offsets, as in Deep Compression (Han et al., ICLR 2016): the gap
   ``d`` of zeros before each value in ``b`` bits, ``b`` chosen per leaf;
   a gap of ``2**b - 1`` or more is written as escape codes ``2**b - 1``
-  (skip that many entries, no value) followed by the remainder.
+  (skip that many entries, no value) followed by the remainder; the zeros
+  after the last value are escapes too, plus a ``tail`` below ``2**b - 1``.
 
 A leaf is stored dense when that is smaller. "Zero" is the all-zero bit
 pattern (``+0.0``), so ``-0.0`` and NaN payloads are kept as values and the
@@ -17,7 +18,11 @@ round trip is bit-exact. Lossy value storage (``values_dtype``) is opt-in.
 The file: magic, a JSON header (tree structure, per-leaf dtype, shape,
 encoding, byte ranges), the blobs, and a CRC-32 of everything before it; a
 file that was cut short or altered fails with a clear error, never loads as
-a wrong tree. Only the standard library and NumPy are used.
+a wrong tree. Every header field is validated before use and every array it
+allocates is bounded by the bytes that encode it (a dense leaf by its bytes,
+a bitmap by its bits, offsets by the entries their codes can span), so a
+crafted file with a valid checksum is a ValueError too, never an allocation
+the file does not pay for. Only the standard library and NumPy are used.
 """
 
 import json
@@ -32,8 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 _MAGIC = b"OPTAXGSM-SPARSE\n"
-_VERSION = 1
+_VERSION = 2
 _MAX_OFFSET_BITS = 16
+_MAX_RANK = 64
+_MAX_NESTING = 64
 
 
 def _unsigned_view(array: np.ndarray) -> np.ndarray:
@@ -58,16 +65,20 @@ def _unpack_codes(data: bytes, bits: int, count: int) -> np.ndarray:
   return stream.reshape(count, bits).astype(np.int64) @ weights
 
 
-def _offset_codes(positions: np.ndarray, bits: int) -> np.ndarray:
-  """Deep Compression's relative indices with escapes (module docstring)."""
+def _offset_codes(positions: np.ndarray, bits: int,
+                  size: int) -> tuple[np.ndarray, int]:
+  """Deep Compression's relative indices with escapes (module docstring),
+  and the tail: the zeros after the last value the escapes leave."""
   escape = (1 << bits) - 1
   gaps = np.diff(positions, prepend=-1) - 1
   escapes = gaps // escape
-  codes = np.full(int(escapes.sum()) + gaps.size, escape, np.int64)
+  trailing = size - 1 - (int(positions[-1]) if positions.size else -1)
+  codes = np.full(int(escapes.sum()) + gaps.size + trailing // escape, escape,
+                  np.int64)
   # Each gap's own code comes after its escapes.
   ends = np.cumsum(escapes + 1) - 1
   codes[ends] = gaps - escapes * escape
-  return codes
+  return codes, trailing % escape
 
 
 def _positions_from_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -78,12 +89,14 @@ def _positions_from_codes(codes: np.ndarray, bits: int) -> np.ndarray:
   return advance[is_value]
 
 
-def _best_offset_bits(positions: np.ndarray) -> tuple[int, int]:
+def _best_offset_bits(positions: np.ndarray, size: int) -> tuple[int, int]:
   """(bits, number of codes) of the smallest relative-offset stream."""
   gaps = np.diff(positions, prepend=-1) - 1
+  trailing = size - 1 - (int(positions[-1]) if positions.size else -1)
   best = None
   for bits in range(1, _MAX_OFFSET_BITS + 1):
-    count = gaps.size + int((gaps // ((1 << bits) - 1)).sum())
+    escape = (1 << bits) - 1
+    count = gaps.size + int((gaps // escape).sum()) + trailing // escape
     size = -(-count * bits // 8)
     if best is None or size < best[0]:
       best = (size, bits, count)
@@ -104,7 +117,7 @@ def _encode_leaf(array: np.ndarray, values_dtype: Any) -> tuple[dict, list]:
     entry["values_dtype"] = jnp.dtype(values_dtype).name
   values_blob = values.tobytes()
   bitmap = np.packbits(bits_view != 0).tobytes()
-  bits, count = _best_offset_bits(positions)
+  bits, count = _best_offset_bits(positions, array.size)
   offsets_size = -(-count * bits // 8)
   sparse_size = len(values_blob) + min(len(bitmap), offsets_size)
   if sparse_size >= len(dense[0]):
@@ -113,27 +126,80 @@ def _encode_leaf(array: np.ndarray, values_dtype: Any) -> tuple[dict, list]:
   entry["nonzero"] = int(positions.size)
   if len(bitmap) <= offsets_size:
     return {**entry, "encoding": "bitmap"}, [values_blob, bitmap]
-  return ({**entry, "encoding": "offsets", "bits": bits, "codes": count},
-          [values_blob, _pack_codes(_offset_codes(positions, bits), bits)])
+  codes, tail = _offset_codes(positions, bits, array.size)
+  return ({**entry, "encoding": "offsets", "bits": bits, "codes": count,
+           "tail": tail}, [values_blob, _pack_codes(codes, bits)])
 
 
-def _decode_leaf(entry: dict, blobs: list[bytes]) -> np.ndarray:
-  dtype = jnp.dtype(entry["dtype"])
-  shape = tuple(entry["shape"])
-  size = int(np.prod(shape, dtype=np.int64))
-  if entry["encoding"] == "dense":
+class _CorruptFileError(ValueError):
+  """A header field that is not what `save_sparse` writes."""
+
+
+def _int(entry: dict, key: str, low: int, high: int | None = None) -> int:
+  value = entry.get(key)
+  if type(value) is not int or value < low or (
+      high is not None and value > high):
+    raise _CorruptFileError(f"leaf field {key!r} is {value!r}")
+  return value
+
+
+def _dtype(name: Any) -> np.dtype:
+  try:
+    dtype = jnp.dtype(name) if isinstance(name, str) else None
+  except TypeError:
+    dtype = None
+  if dtype is None or not (dtype == np.bool_ or jnp.issubdtype(dtype,
+                                                               jnp.number)):
+    raise _CorruptFileError(f"leaf dtype {name!r}")
+  return dtype
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+  if not isinstance(value, list) or len(value) > _MAX_RANK or not all(
+      type(d) is int and d >= 0 for d in value):
+    raise _CorruptFileError(f"leaf shape {value!r}")
+  return tuple(value)
+
+
+def _decode_leaf(entry: Any, blobs: list[bytes]) -> np.ndarray:
+  """One leaf, every field checked and every allocation bounded by the
+  blobs' bytes before it is made."""
+  if not isinstance(entry, dict):
+    raise _CorruptFileError("a leaf entry is not an object")
+  dtype, shape = _dtype(entry.get("dtype")), _shape(entry.get("shape"))
+  size = int(np.prod(shape, dtype=object))  # Python ints: no overflow
+  encoding = entry.get("encoding")
+  if encoding == "dense":
+    if len(blobs) != 1 or len(blobs[0]) != size * dtype.itemsize:
+      raise _CorruptFileError("dense leaf size")
     return np.frombuffer(blobs[0], dtype).reshape(shape).copy()
-  values = np.frombuffer(blobs[0], jnp.dtype(entry.get("values_dtype",
-                                                       entry["dtype"])))
-  if entry["encoding"] == "bitmap":
+  if encoding not in ("bitmap", "offsets") or len(blobs) != 2:
+    raise _CorruptFileError(f"leaf encoding {encoding!r}")
+  values_dtype = _dtype(entry.get("values_dtype", entry.get("dtype")))
+  nonzero = _int(entry, "nonzero", 0)
+  if len(blobs[0]) != nonzero * values_dtype.itemsize:
+    raise _CorruptFileError("sparse leaf values")
+  values = np.frombuffer(blobs[0], values_dtype)
+  if encoding == "bitmap":
+    if len(blobs[1]) != -(-size // 8):
+      raise _CorruptFileError("bitmap length")
     positions = np.flatnonzero(np.unpackbits(
         np.frombuffer(blobs[1], np.uint8))[:size])
   else:
-    positions = _positions_from_codes(
-        _unpack_codes(blobs[1], entry["bits"], entry["codes"]), entry["bits"])
-  if values.size != entry["nonzero"] or positions.size != entry["nonzero"] or (
-      positions.size and positions[-1] >= size):
-    raise ValueError("sparse leaf does not match its header")
+    bits = _int(entry, "bits", 1, _MAX_OFFSET_BITS)
+    codes = _int(entry, "codes", 0)
+    tail = _int(entry, "tail", 0, (1 << bits) - 2)
+    if len(blobs[1]) != -(-codes * bits // 8):
+      raise _CorruptFileError("offset codes length")
+    decoded = _unpack_codes(blobs[1], bits, codes)
+    # The codes and the tail span exactly the leaf: this bounds its size by
+    # the bytes of the codes.
+    is_value = decoded != (1 << bits) - 1
+    if int(decoded.sum()) + int(is_value.sum()) + tail != size:
+      raise _CorruptFileError("offset codes do not span the leaf")
+    positions = _positions_from_codes(decoded, bits)
+  if values.size != nonzero or positions.size != nonzero:
+    raise _CorruptFileError("sparse leaf does not match its header")
   flat = np.zeros(size, dtype)
   flat[positions] = values.astype(dtype)
   return flat.reshape(shape)
@@ -171,16 +237,26 @@ def _mapping_type(node: Any) -> str:
       type(node).__name__, "dict")
 
 
-def _rebuild(spec: dict, leaves: list) -> Any:
-  kind = spec["type"]
+def _rebuild(spec: Any, leaves: list, depth: int = 0) -> Any:
+  if not isinstance(spec, dict) or depth > _MAX_NESTING:
+    raise _CorruptFileError("tree structure")
+  kind = spec.get("type")
   if kind == "leaf":
-    return leaves[spec["index"]]
+    index = spec.get("index")
+    if type(index) is not int or not 0 <= index < len(leaves):
+      raise _CorruptFileError(f"leaf index {index!r}")
+    return leaves[index]
   if kind == "none":
     return None
+  items = spec.get("items")
   if kind in ("list", "tuple"):
-    items = [_rebuild(x, leaves) for x in spec["items"]]
+    if not isinstance(items, list):
+      raise _CorruptFileError("tree structure")
+    items = [_rebuild(x, leaves, depth + 1) for x in items]
     return items if kind == "list" else tuple(items)
-  items = {k: _rebuild(v, leaves) for k, v in spec["items"].items()}
+  if not isinstance(items, dict):
+    raise _CorruptFileError("tree structure")
+  items = {k: _rebuild(v, leaves, depth + 1) for k, v in items.items()}
   if kind == "frozendict":
     from flax.core import FrozenDict  # only files written from Flax need it
     return FrozenDict(items)
@@ -189,7 +265,7 @@ def _rebuild(spec: dict, leaves: list) -> Any:
     return nnx.State(items)
   if kind == "dict":
     return items
-  raise ValueError(f"unknown node type {kind!r} in the file")
+  raise _CorruptFileError(f"node type {kind!r}")
 
 
 def _encode_tree(tree: chex.ArrayTree, values_dtype: Any) -> tuple[dict, list]:
@@ -258,9 +334,12 @@ def load_sparse(path: str | os.PathLike) -> chex.ArrayTree:
   start = len(_MAGIC) + 8
   try:
     header = json.loads(body[start:start + header_size])
-    expected = start + header_size + sum(
-        size for entry in header["leaves"] for size in entry["blobs"])
-  except (ValueError, KeyError, TypeError) as error:
+    sizes = [entry["blobs"] for entry in header["leaves"]]
+    if not all(isinstance(s, list) and all(type(b) is int and b >= 0
+                                           for b in s) for s in sizes):
+      raise TypeError("blob sizes")
+    expected = start + header_size + sum(sum(s) for s in sizes)
+  except (ValueError, KeyError, TypeError, RecursionError) as error:
     raise ValueError(f"{os.fspath(path)!r} is truncated or corrupted: its "
                      "header does not parse.") from error
   if len(body) != expected:
@@ -273,10 +352,13 @@ def load_sparse(path: str | os.PathLike) -> chex.ArrayTree:
                      f"{header.get('version')!r}; this reads {_VERSION}.")
   offset = start + header_size
   leaves = []
-  for entry in header["leaves"]:
-    blobs = []
-    for size in entry["blobs"]:
-      blobs.append(body[offset:offset + size])
-      offset += size
-    leaves.append(_decode_leaf(entry, blobs))
-  return _rebuild(header["structure"], leaves)
+  try:
+    for entry, entry_sizes in zip(header["leaves"], sizes):
+      blobs = []
+      for size in entry_sizes:
+        blobs.append(body[offset:offset + size])
+        offset += size
+      leaves.append(_decode_leaf(entry, blobs))
+    return _rebuild(header.get("structure"), leaves)
+  except _CorruptFileError as error:
+    raise ValueError(f"{os.fspath(path)!r} is corrupted: {error}.") from None
