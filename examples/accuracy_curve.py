@@ -23,7 +23,8 @@ import re
 
 import numpy as np
 
-from examples import experiment, mnist_gsm
+from examples import mnist_gsm
+from examples.measure import RESULTS, HelpFormatter
 
 # Ding et al. 2019, Table 1 (test accuracy after pruning, compression).
 PAPER_POINTS = {
@@ -192,10 +193,11 @@ def _paper_points(model: str) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=HelpFormatter)
   parser.add_argument("--model", default="lenet300")
   parser.add_argument("--records", type=pathlib.Path,
-                      default=experiment.RESULTS / "gradual")
+                      default=RESULTS / "gradual")
   args = parser.parse_args(argv)
   rows = collect(args.records, args.model)
   if not rows:

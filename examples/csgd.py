@@ -24,7 +24,7 @@ of epochs; here clusters must meet within one budget).
         --epochs 10 --steps-per-epoch 50 --vector-factor 1
     python -m examples.csgd --quick            # as the tests run it
 
-Writes ``benchmarks/results/csgd/mnist_<model>.{json,md}``.
+Writes (to ``--out``) ``results/csgd/mnist_<model>.{json,md}``.
 """
 
 import math
@@ -34,8 +34,9 @@ import numpy as np
 
 import optax_gsm
 from examples import experiment, structured_gsm
+from examples.measure import RESULTS
 
-RESULTS = experiment.RESULTS / "csgd"
+OUT = RESULTS / "csgd"
 
 
 def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
@@ -105,7 +106,7 @@ def main(argv=None):
   parser.add_argument("--vector-factor", type=float, default=0.1,
                       help="share of the centripetal strength for bias and "
                       "norm parameters (official: 0.1)")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
   if args.quick:

@@ -15,12 +15,11 @@ import jax.numpy as jnp
 import optax
 
 import optax_gsm
-from examples.measure import machine_info
+from examples.measure import HelpFormatter, machine_info
 from examples.mnist_data import load_mnist, normalise
 from examples.models import CifarResNet, LeNet5, LeNet300100, Mlp
 from examples.training import Trainer, predict
 
-RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 # Peak learning rates (warm-up, cosine decay); LeNet-5 without batch norm
 # diverges at 0.05.
 LEARNING_RATES = {"lenet5": 0.02, "lenet300": 0.02, "resnet20": 0.05,
@@ -39,8 +38,7 @@ def parser(doc: str, **defaults) -> argparse.ArgumentParser:
   """A script's parser: its docstring's first paragraph as the description,
   the rest as the epilog, and `add_arguments` with ``defaults``."""
   result = argparse.ArgumentParser(
-      description=doc.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description=doc.split("\n\n")[0], formatter_class=HelpFormatter,
       epilog="\n\n".join(doc.split("\n\n")[1:]))
   add_arguments(result, **defaults)
   return result

@@ -98,3 +98,10 @@ def gradual_magnitude_pruning(
     return masked, GradualMagnitudeState(optax.safe_increment(step), mask)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+if __name__ == "__main__":
+  raise SystemExit("examples.gradual_magnitude is a module, not a script: "
+                   "the gradual magnitude pruning baseline, which "
+                   "`examples.mnist_gsm` and `examples.resnet_unstructured` "
+                   "run.")

@@ -24,7 +24,7 @@ shortcuts), at each FLOPs reduction asked for:
         --epochs 10 --steps-per-epoch 100
     python -m examples.lasso_channel --quick      # as the tests run it
 
-Writes ``benchmarks/results/lasso/mnist_<model>.{json,md}``.
+Writes (to ``--out``) ``results/lasso/mnist_<model>.{json,md}``.
 """
 
 import pathlib
@@ -35,8 +35,9 @@ import optax
 
 import optax_gsm
 from examples import experiment, structured_gsm
+from examples.measure import RESULTS
 
-RESULTS = experiment.RESULTS / "lasso"
+OUT = RESULTS / "lasso"
 
 
 def widths_for(groups, params, prunable, reduction):
@@ -147,7 +148,7 @@ def main(argv=None):
   parser.add_argument("--fine-tune-steps", type=int, default=300)
   parser.add_argument("--with-gsm", action="store_true",
                       help="also structured GSM to the same FLOPs")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
   if args.quick:

@@ -17,7 +17,7 @@ For LeNet-300-100 or LeNet-5 (every kernel but the classifier):
     python -m examples.low_rank --model lenet5
     python -m examples.low_rank --quick      # as the tests run it
 
-Writes ``benchmarks/results/low_rank/mnist_<model>.{json,md}``.
+Writes (to ``--out``) ``results/low_rank/mnist_<model>.{json,md}``.
 """
 
 import pathlib
@@ -29,8 +29,9 @@ import optax
 import optax_gsm
 from examples import experiment
 from examples.low_rank_inference import apply_low_rank, factorised_params
+from examples.measure import RESULTS
 
-RESULTS = experiment.RESULTS / "low_rank"
+OUT = RESULTS / "low_rank"
 # Every kernel but the classifier, as in the paper.
 DECOMPOSED = {"lenet300": ["Dense_0/kernel", "Dense_1/kernel"],
               "lenet5": ["Conv_0/kernel", "Conv_1/kernel", "Dense_0/kernel"]}
@@ -85,7 +86,7 @@ def main(argv=None):
                       help="energy kept by the projection and sub-gradient")
   parser.add_argument("--strength", type=float, default=STRENGTH,
                       help="nuclear-norm lambda")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
   if args.model not in DECOMPOSED:

@@ -63,3 +63,8 @@ def apply_low_rank(model: nn.Module, variables, *args, **kwargs):
   """``model.apply`` with factor pairs in place of kernels."""
   with nn.intercept_methods(_low_rank_layer):
     return model.apply(variables, *args, **kwargs)
+
+
+if __name__ == "__main__":
+  raise SystemExit("examples.low_rank_inference is a module, not a script: "
+                   "linen inference on factor pairs, which `examples.low_rank` runs.")

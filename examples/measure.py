@@ -1,11 +1,14 @@
-"""What the examples and benchmarks measure with: machine facts and timing.
+"""What every script shares outside training: machine facts, timing, where
+outputs go and how help reads.
 
 The benchmarks build on the examples (their models), never the reverse, so
 these live here.
 """
 
+import argparse
 import datetime
 import os
+import pathlib
 import platform
 import statistics
 import time
@@ -13,6 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+
+# Where the examples write, relative to the working directory (git ignores
+# it); the records kept in git came from the same commands with
+# `--out benchmarks/results/<method>`.
+RESULTS = pathlib.Path("results")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+  """Keeps the docstring's examples on their own lines; shows defaults."""
 
 
 def machine_info() -> dict[str, Any]:

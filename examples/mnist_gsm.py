@@ -41,7 +41,7 @@ as ``<stem>_<variant>.gsm`` (a few KB) beside the records.
 
 Budgets are counted in optimizer steps: an epoch is 60000 / 256 = 234 steps
 whatever the training-set size. ``--epoch-scale`` shortens every schedule
-proportionally. Writes ``benchmarks/results/mnist_<model>_<ratio>x.json``,
+proportionally. Writes (to ``--output-dir``) ``results/mnist_<model>_<ratio>x.json``,
 a Markdown table beside it and a PNG of the per-layer density GSM chose.
 
     python -m examples.mnist_gsm --model lenet300 --ratios 60
@@ -77,11 +77,11 @@ import optax
 
 import optax_gsm
 from examples.gradual_magnitude import gradual_magnitude_pruning
+from examples.measure import RESULTS, HelpFormatter
 from examples.mnist_data import load_mnist, normalise
 from examples.models import MNIST_MODELS
 from examples.training import Trainer
 
-RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 BATCH = 256
 OFFICIAL_STEPS_PER_EPOCH = 60000 // BATCH  # 234
 DENSE = dict(lr=3e-2, epochs=200, milestones=(40, 80, 120, 160), momentum=0.9)
@@ -362,7 +362,7 @@ def save_record(record, directory, stem):
 def main(argv=None):
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
+      formatter_class=HelpFormatter,
       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
   parser.add_argument("--model", choices=list(MNIST_MODELS), default="lenet300")
   parser.add_argument("--ratios", type=float, nargs="+", default=[60.0])
@@ -399,7 +399,8 @@ def main(argv=None):
                       help="file for the trained dense model: loaded when it "
                       "exists (and was trained with the same settings), "
                       "else written after dense training")
-  parser.add_argument("--output-dir", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--output-dir", type=pathlib.Path, default=RESULTS,
+                      help="where the records, plots and models go")
   parser.add_argument("--quick", action="store_true",
                       help="10-step epochs, scale 0.05: a smoke test")
   parser.add_argument("--max-train", type=int, default=None,

@@ -11,7 +11,7 @@ test error at the end and the largest gap between its two curves.
     python -m examples.path_sgd
     python -m examples.path_sgd --quick       # as the tests run it
 
-Writes ``benchmarks/results/path_sgd/mnist_mlp.{json,md,png}``.
+Writes (to ``--out``) ``results/path_sgd/mnist_mlp.{json,md,png}``.
 """
 
 import pathlib
@@ -22,9 +22,10 @@ import optax
 
 import optax_gsm
 from examples import experiment
+from examples.measure import RESULTS
 from examples.models import Mlp
 
-RESULTS = experiment.RESULTS / "path_sgd"
+OUT = RESULTS / "path_sgd"
 SCALE = 10.0
 # Constant step sizes: Path-SGD as in the paper (no momentum), SGD with
 # momentum 0.9, Adam's default.
@@ -92,7 +93,7 @@ def main(argv=None):
                            steps_per_epoch=100)
   parser.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000])
   parser.add_argument("--scale", type=float, default=SCALE)
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
   if args.quick:

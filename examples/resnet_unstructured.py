@@ -22,7 +22,7 @@ Batch-norm scales and biases are not pruned by either method (the library's
         --epochs 10 --steps-per-epoch 100
     python -m examples.resnet_unstructured --quick      # as the tests run it
 
-Writes ``benchmarks/results/gradual/resnet/mnist_<model>.{json,md,png}``.
+Writes (to ``--out``) ``results/gradual/resnet/mnist_<model>.{json,md,png}``.
 """
 
 import pathlib
@@ -32,9 +32,10 @@ import optax
 import optax_gsm
 from examples import experiment
 from examples.gradual_magnitude import gradual_magnitude_pruning
+from examples.measure import RESULTS
 from examples.mnist_gsm import layer_densities
 
-RESULTS = experiment.RESULTS / "gradual" / "resnet"
+OUT = RESULTS / "gradual" / "resnet"
 DENSITY_FLOOR = 1e-4
 
 
@@ -129,7 +130,7 @@ def plot_densities(record, path: pathlib.Path) -> None:
 def main(argv=None):
   parser = experiment.parser(__doc__, model="resnet20", batch=64)
   parser.add_argument("--ratios", type=float, nargs="+", default=[10, 20])
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   if args.model != "resnet20":
     parser.error("--model: this comparison is for the ResNet (resnet20)")

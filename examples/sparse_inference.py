@@ -32,3 +32,9 @@ def apply_with_bcoo(model: nn.Module, variables, *args, **kwargs):
   """``model.apply(variables, *args, **kwargs)`` with BCOO Dense kernels."""
   with nn.intercept_methods(_sparse_dense):
     return model.apply(variables, *args, **kwargs)
+
+
+if __name__ == "__main__":
+  raise SystemExit("examples.sparse_inference is a module, not a script: "
+                   "linen inference on BCOO kernels, which "
+                   "`benchmarks.inference` runs.")

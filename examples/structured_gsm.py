@@ -31,7 +31,7 @@ dense model plus fine-tuning with the pattern fixed, on the same budget.
     python -m examples.structured_gsm --n-of-m 2 4
     python -m examples.structured_gsm --quick     # as the tests run it
 
-Writes ``benchmarks/results/structured/mnist_<model>.json``, a Markdown
+Writes (to ``--out``) ``results/structured/mnist_<model>.json``, a Markdown
 table and a PNG of the channels each method kept beside it.
 """
 
@@ -45,10 +45,10 @@ import optax
 
 import optax_gsm
 from examples import experiment
-from examples.measure import time_call
+from examples.measure import RESULTS, time_call
 from examples.training import predict
 
-RESULTS = experiment.RESULTS / "structured"
+OUT = RESULTS / "structured"
 CALIBRATION_STEPS = 30  # bisection steps of the baseline's uniform share
 
 
@@ -292,7 +292,7 @@ def main(argv=None):
   parser.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
   parser.add_argument("--n-of-m", type=int, nargs=2, default=None,
                       help="2:4 GSM on LeNet-300-100 instead")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
   if args.quick:

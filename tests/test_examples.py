@@ -249,3 +249,23 @@ def test_resnet_unstructured_example_quick_mode(tmp_path):
   assert run["gradual_magnitude"]["nonzero"] == target
   for suffix in (".json", ".md", "_density.png"):
     assert (tmp_path / f"mnist_resnet8_quick{suffix}").exists()
+
+
+def test_examples_write_under_the_working_directory_by_default():
+  # Regression: the default output was the source tree's benchmarks/results.
+  from examples import measure
+  assert not measure.RESULTS.is_absolute()
+  for name in ("csgd", "lasso_channel", "low_rank", "path_sgd",
+               "resnet_unstructured", "structured_gsm"):
+    module = __import__(f"examples.{name}", fromlist=["OUT"])
+    assert module.OUT.parts[0] == "results", name
+
+
+@pytest.mark.parametrize("name", ["gradual_magnitude", "sparse_inference",
+                                  "low_rank_inference"])
+def test_library_modules_refuse_to_run_as_scripts(name):
+  import subprocess
+  import sys
+  done = subprocess.run([sys.executable, "-m", f"examples.{name}"],
+                        capture_output=True, text=True, check=False)
+  assert done.returncode != 0 and "is a module, not a script" in done.stderr
