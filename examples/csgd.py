@@ -69,8 +69,8 @@ def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
       "accuracy_before_merge": trainer.accuracy(trained, stats),
       "accuracy_merged": merged.accuracy(small["params"],
                                          small.get("batch_stats")),
-      "largest_spread": max(optax_gsm.centripetal.cluster_spread(trained,
-                                                     clusters).values()),
+      "largest_spread": max(optax_gsm.centripetal.cluster_spread(
+          setup.variables(trained, stats), clusters).values()),
       "flops_reduction": before / after, "widths": widths, **timing}
   print(f"C-SGD 1/{ratio:g}: {record['accuracy_before_merge']:.4f} -> "
         f"merged {record['accuracy_merged']:.4f} at "

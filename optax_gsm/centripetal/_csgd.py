@@ -312,13 +312,38 @@ def centripetal_sgd(learning_rate: optax.ScalarOrSchedule,
       optax.scale_by_learning_rate(learning_rate))
 
 
-def cluster_spread(params: chex.ArrayTree, clusters: Clusters
+def cluster_spread(variables: chex.ArrayTree, clusters: Clusters
                    ) -> dict[str, float]:
-  """Per group: the largest distance of a channel's producing parameters
-  from its cluster's mean (0 when every cluster is identical: the merge is
-  then exact)."""
-  resolved = _check_clusters(clusters, params)
-  leaves = jax.tree.leaves(params)
+  """Per group: the largest distance of a channel's producing entries from
+  its cluster's mean: everything `merge_clusters` assumes equal within a
+  cluster (kernel slice, bias, normalisation parameters and batch
+  statistics). 0 when every cluster is identical: the merge is then exact.
+
+  With batch norm, the running statistics of a cluster's channels differ
+  even once their filters agree (they average activations from earlier in
+  training): recompute them on the final model first
+  (`optax_gsm.structured.recalibrate_batch_stats`), then measure and merge.
+
+  Args:
+    variables: the variables the groups were traced from (with their batch
+      statistics; params alone are refused when the groups have
+      statistics, which the spread must measure).
+    clusters: from `cluster_channels`.
+
+  Returns:
+    ``{group name: spread}``.
+  """
+  resolved = _check_clusters(clusters, variables)
+  table = set(_prunable.leaf_paths(variables))
+  missing = [m.path for g in clusters.groups.channels for m in g.members
+             if m.role == "out" and m.path not in table
+             and m.path.partition("/")[2] not in table]
+  if missing:
+    raise ValueError(
+        f"`variables` lack members of the groups ({missing[0]!r}): pass the "
+        "variables the groups were traced from, batch statistics included; "
+        "the merge assumes those equal within a cluster too.")
+  leaves = jax.tree.leaves(variables)
   spread = {}
   for group, members, assignment in zip(clusters.groups.channels,
                                         resolved.channels,
@@ -338,8 +363,10 @@ def merge_clusters(variables: chex.ArrayTree, groups: _groups.Groups,
   Keeps each cluster's first channel (its kernel slice, bias, normalisation
   parameters and statistics) and sums the input slices of the cluster's
   channels in every consumer (after a flatten, block by block; across
-  residual adds, in every branch). Exact when the filters of each cluster
-  are identical (`cluster_spread` 0); `shrink`'s machinery.
+  residual adds, in every branch). Exact when every cluster is identical
+  (`cluster_spread` 0, batch statistics included: with batch norm,
+  `optax_gsm.structured.recalibrate_batch_stats` first); `shrink`'s
+  machinery.
 
   Args:
     variables: the trained variables.
