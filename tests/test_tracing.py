@@ -306,3 +306,25 @@ def test_control_flow_is_an_error_naming_it_or_unprunable(model, primitive):
   assert ("first", f"op `{primitive}`") in groups.unprunable
   if primitive == "while":
     assert ("params/loop", "used inside `while`") in groups.unprunable
+
+
+class _DropoutNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.relu(nn.Dense(8, name="first")(x))
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return nn.Dense(2, name="head")(x)
+
+
+def test_dropout_in_training_mode_is_named_as_the_reason():
+  # Regression: reported as "a constant with its own values per channel".
+  model, x = _DropoutNet(), jnp.ones((2, 4))
+  variables = model.init(jax.random.key(0), x, train=False)
+  apply = lambda v, x: model.apply(v, x, train=True,
+                                   rngs={"dropout": jax.random.key(1)})
+  groups = optax_gsm.structured.channel_groups(apply, variables, x)
+  (reason,) = [r for name, r in groups.unprunable if name == "first"]
+  assert "dropout in training mode" in reason
+  inference = optax_gsm.structured.channel_groups(
+      lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert [g.name for g in inference.channels] == ["first"]

@@ -67,6 +67,8 @@ _WINDOWED = frozenset(
     "reduce_window_max reduce_window_min reduce_window_sum "
     "reduce_window".split())
 _CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
+_RANDOM = frozenset(
+    "random_bits threefry2x32 rng_bit_generator rng_uniform".split())
 
 
 @dataclasses.dataclass
@@ -215,7 +217,12 @@ class _Tracer:
   # -- the pass -------------------------------------------------------------
 
   def run(self, outputs: list[int]) -> None:
+    random: set[int] = set()  # values drawn from a PRNG, and what they make
     for eqn in self.graph.eqns:
+      self.random_operand = any(i in random for i in eqn.inputs)
+      if eqn.name in _RANDOM or (self.random_operand and all(
+          self.value(i).kind != "act" or i in random for i in eqn.inputs)):
+        random.update(eqn.outputs)
       ins = [self.value(i) for i in eqn.inputs]
       labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
       handler = _HANDLERS.get(eqn.name)
@@ -264,7 +271,11 @@ class _Tracer:
             if not self.member(first, source, axis, "out"):
               self.fix(first, "a parameter with its own values per channel")
         elif v.kind != "param" and full and v.axis != axis:
-          what = "a constant" if v.kind == "const" else "an input"
+          if self.random_operand:
+            what = ("random values (dropout in training mode? trace with "
+                    "train=False or deterministic=True)")
+          else:
+            what = "a constant" if v.kind == "const" else "an input"
           self.fix(first, f"{what} with its own values per channel")
     self.values[eqn.outputs[0]] = out
 
