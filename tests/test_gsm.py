@@ -418,6 +418,8 @@ def test_linen_training_loop():
   pruned, _ = optax_gsm.prune(params, 8.0)
   assert optax_gsm.sparsity_report(pruned).prunable_nonzero == 120
 
+
+@pytest.mark.slow  # trains an NNX model
 def test_nnx_optimizer():
   class MLP(nnx.Module):
     def __init__(self, rngs):
@@ -470,7 +472,7 @@ def traced_gsm_update(grads, params, momentum_in, ratio, passive_weight_decay,
   return tx.update(grads, state, params)
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(
     shapes=st.sampled_from(SHAPE_SETS),
     ratio=st.sampled_from([1.0, 2.0, 3.7, 10.0, 19.5]),
