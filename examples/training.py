@@ -110,8 +110,12 @@ class Trainer:
     # which stages ran before it (say, a dense model loaded from a file).
     rng = np.random.default_rng([self.seed, zlib.crc32(desc.encode())])
     start = first = time.perf_counter()
+    # A line a stage, as well as the bar: the bar is off when the output is
+    # not a terminal, and the first epoch's compilation can take minutes.
+    print(f"{desc}: {epochs} epochs of {self.steps_per_epoch} steps "
+          "(the first compiles the step)", flush=True)
     bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False,
-               disable=None)  # no bar when output is not a terminal
+               disable=None)
     for i in bar:
       batches = self._epoch_batches(rng)
       # Steps driven from Python rather than a lax.scan over the epoch:
@@ -123,12 +127,15 @@ class Trainer:
       jax.block_until_ready(state.params)
       if i == 0:
         start = time.perf_counter()  # excludes compilation
+        print(f"{desc}: first epoch done in {start - first:.1f} s",
+              flush=True)
       if (i + 1) % max(epochs // evaluations, 1) == 0 or i + 1 == epochs:
         accuracy = self.accuracy(state.params, state.batch_stats)
         bar.set_postfix(test_acc=f"{accuracy:.4f}")
         if on_evaluate is not None:
           on_evaluate(state.params, state.opt_state)
     end = time.perf_counter()
+    print(f"{desc}: {epochs} epochs in {end - first:.1f} s", flush=True)
     self.batch_stats = state.batch_stats
     steps = max(epochs - 1, 1) * self.steps_per_epoch
     return state.params, state.opt_state, {
