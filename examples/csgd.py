@@ -1,4 +1,4 @@
-"""Centripetal SGD on MNIST: merge clusters of identical filters, lossless,
+r"""Centripetal SGD on MNIST: merge clusters of identical filters, lossless,
 against structured GSM and L1-norm filter pruning at the same FLOPs.
 
 For LeNet-5 or the ResNet-20-style network (batch norm, projection
@@ -52,6 +52,8 @@ def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
                                      batch_stats=batch_stats,
                                      desc=f"C-SGD 1/{ratio:g}")
   stats = trainer.batch_stats
+  if stats is not None:  # the merge assumes the statistics of the final model
+    stats = trainer.recalibrated_batch_stats(trained, stats)
   full = setup.variables(trained, stats)
   small, widths = optax_gsm.centripetal.merge_clusters(full, groups, clusters)
   merged = setup.trainer(setup.model(widths))

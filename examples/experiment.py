@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, model: str,
   parser.add_argument("--steps-per-epoch", type=int, default=steps_per_epoch)
   parser.add_argument("--batch", type=int, default=batch)
   parser.add_argument("--lr", type=float, default=None,
-                      help="peak learning rate (default: per model)")
+                      help="peak learning rate; None: each model's own")
   parser.add_argument("--max-train", type=int, default=None)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true",

@@ -1,4 +1,4 @@
-"""GSM on real MNIST, end to end: dense training, GSM, the final prune,
+r"""GSM on real MNIST, end to end: dense training, GSM, the final prune,
 magnitude-pruning baselines and lottery tickets (Ding et al., 2019, Sec. 4).
 
 For one model and one or more compression ratios:
