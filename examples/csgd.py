@@ -6,7 +6,7 @@ shortcuts), at each channel ratio asked for (2: half the channels of every
 group, 4: a quarter):
 
 1. train the dense model;
-2. C-SGD from it (``cluster_channels`` by k-means, ``csgd_sgd``), then
+2. C-SGD from it (``cluster_channels`` by k-means, ``centripetal_sgd``), then
    ``merge_clusters``: accuracy before and after the merge (lossless when
    the clusters have converged: ``cluster_spread``), and the FLOPs the
    merged model saves;

@@ -8,7 +8,7 @@ shortcuts), at each FLOPs reduction asked for:
 2. the widths: one share of the channels kept in every group LASSO pruning
    can remove (`optax_gsm.lasso.prunable_groups`: not the residual streams), found
    by bisection to reach the reduction;
-3. ``lasso_channel_prune`` on ``--samples`` unlabeled training images (10
+3. ``lasso.prune_channels`` on ``--samples`` unlabeled training images (10
    positions each): accuracy with no fine-tuning, then after
    ``--fine-tune-steps`` of momentum SGD (cosine from a tenth of the peak
    learning rate);

@@ -1,4 +1,4 @@
-"""Sparsity stays: fine-tuning with keep_mask, and GSM never regrows zeros."""
+"""Sparsity stays: fine-tuning with freeze_pruned, and GSM never regrows zeros."""
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ def fine_tune(tx, params, loss, steps=20):
 
 
 @pytest.mark.slow
-def test_keep_mask_keeps_pruned_entries_exactly_zero_under_adamw():
+def test_freeze_pruned_keeps_pruned_entries_exactly_zero_under_adamw():
   params, loss = problem()
   pruned, mask = optax_gsm.prune(params, 8.0)
   tuned = fine_tune(optax.chain(optax.adamw(1e-2, weight_decay=1e-2),
@@ -74,7 +74,7 @@ def test_fresh_gsm_on_a_pruned_model_keeps_its_zeros_inactive():
                       & ~np.asarray(mask[name]["kernel"]))
 
 
-def test_keep_mask_structure_mismatch_is_a_clear_error():
+def test_freeze_pruned_structure_mismatch_is_a_clear_error():
   tx = optax_gsm.freeze_pruned({"w": jnp.ones(3, bool)})
   with pytest.raises(ValueError, match="`mask` must have the structure"):
     tx.update({"v": jnp.ones(3)}, tx.init(None))

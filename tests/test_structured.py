@@ -52,7 +52,7 @@ def test_structure_scores_match_numpy(mlp, kind):
                              rtol=1e-5, atol=1e-7)
 
 
-def test_structure_costs_count_member_entries(mlp):
+def test_cost_per_structure_counts_member_entries(mlp):
   groups, params, _ = mlp
   costs = optax_gsm.structured.cost_per_structure(groups, params)
   # Dense_0 channel: 784 kernel + 1 bias + 100 next-layer weights.
