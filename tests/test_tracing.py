@@ -46,6 +46,7 @@ def test_mlp_groups_are_the_hand_written_ones():
   assert [g.size for g in groups.channels] == [300, 100]
 
 
+@pytest.mark.slow  # traces a whole LeNet-5
 def test_lenet5_flatten_maps_rows_to_channels_in_nhwc_order():
   _, groups = _trace("lenet5")
   members, maps = _summary(groups)
