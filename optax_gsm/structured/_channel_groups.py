@@ -614,11 +614,9 @@ def _closure(graph: _graph.Graph, producer: dict[int, int], start: int) -> set[i
 def _blocks(graph: _graph.Graph, tracer: _Tracer, leaf_ids: list[int],
             outputs: list[int]) -> list[tuple[int, ...]]:
   """Leaves of every residual branch ``x + f(x)`` that can be removed."""
-  producer = {o: i for i, e in enumerate(graph.eqns) for o in e.outputs}
-  consumers = collections.defaultdict(set)
-  for i, eqn in enumerate(graph.eqns):
-    for index in eqn.inputs:
-      consumers[index].add(i)
+  producer = graph.producers()
+  consumers = collections.defaultdict(set, {
+      index: set(users) for index, users in graph.consumers().items()})
   leaf_of = {index: leaf for leaf, index in enumerate(leaf_ids)}
   found = []
   for add_index, eqn in enumerate(graph.eqns):
