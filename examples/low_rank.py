@@ -63,11 +63,14 @@ def counts(factors, positions) -> dict:
 
 def markdown(record) -> str:
   c = record["counts"]
+  # The first records were written before the settings were: their defaults.
+  energy = record.get("energy", ENERGY)
+  strength = record.get("strength", STRENGTH)
   lines = [f"# Trained Rank Pruning on MNIST: {record['model']}", "",
            f"Dense: {record['dense']['accuracy']:.4f} "
            f"({record['dense']['steps']} steps); every method then "
-           f"{record['steps']} steps; TRP energy {record['energy']}, lambda "
-           f"{record['strength']}. Ranks {record['ranks']}: decomposed "
+           f"{record['steps']} steps; TRP energy {energy}, lambda "
+           f"{strength}. Ranks {record['ranks']}: decomposed "
            f"kernels {c['params_before']} -> {c['params_after']} params "
            f"({c['params_before'] / c['params_after']:.2f}x), "
            f"{c['macs_before']:.0f} -> {c['macs_after']:.0f} multiply-adds "

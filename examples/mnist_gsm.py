@@ -265,16 +265,18 @@ def run_ticket(trainer, init_params, mask, epoch_scale, desc):
 def markdown(record):
   """The record as a Markdown table; partial records give partial tables."""
   def row(run, stage, before="", after=""):
-    timing = (f"{stage['seconds_per_step']:.4f} | {stage['wall_seconds']:.0f}"
-              if stage else " | ")
-    steps = stage["steps"] if stage else 0
+    # Records written before wall times were kept have none.
+    wall = f"{stage['wall_seconds']:.0f}" if stage and "wall_seconds" in stage else ""
+    timing = f"{stage['seconds_per_step']:.4f} | {wall}" if stage else " | "
+    steps = stage.get("steps", "") if stage else ""
     return f"| {run} | {steps} | {before} | {after} | {timing} |"
 
   ratio = record["compression_ratio"]
   dense = record["dense"]
   lines = [f"### {record['model']} at {ratio:g}x ({record['data_source']}, "
            f"{record['train_size']}/{record['test_size']}, epoch scale "
-           f"{record['epoch_scale']:g}, GSM {record['gsm_epoch_scale']:g})",
+           f"{record['epoch_scale']:g}, GSM "
+           f"{record.get('gsm_epoch_scale', record['epoch_scale']):g})",
            "",
            "| run | steps | top-1 before prune | top-1 after prune | s/step "
            "| wall s |", "|---|---|---|---|---|---|",

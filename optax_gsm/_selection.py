@@ -104,8 +104,8 @@ def count_true(conditions: list[jax.Array],
 
   XLA's CPU backend fuses the bool-to-int conversion into a reduction of
   two or more operands, but not into a reduction of one: that materialises
-  an int32 copy of the operand (4 bytes an entry) and runs ~20x slower
-  (measured: 48 ms vs 2.6 ms for 10M entries), and an unused output is
+  an int32 copy of the operand (4 bytes an entry) and runs an order of
+  magnitude slower (benchmarks/update_time.py), and an unused output is
   dropped first. So a lone condition is counted twice in one reduction and
   both counts are used.
   """

@@ -1,4 +1,4 @@
-"""The public API: README's tables list exactly each module's `__all__`."""
+"""The public API: the API reference documents exactly each module's `__all__`."""
 
 import importlib
 import pathlib
@@ -8,34 +8,31 @@ import pytest
 
 import optax_gsm
 
-README = pathlib.Path(__file__).parent.parent / "README.md"
+API_PAGES = pathlib.Path(__file__).parent.parent / "docs" / "api"
 SUBPACKAGES = ("structured", "centripetal", "low_rank", "path_norm", "lasso",
                "export")
 
 
-def _readme_tables():
-  """{module: [names]} from README's ``### `module` `` API tables."""
-  tables, module = {}, None
-  for line in README.read_text().splitlines():
-    heading = re.fullmatch(r"### `(optax_gsm[\w.]*)`", line)
-    if heading:
-      module = heading.group(1)
-      tables[module] = []
-    elif module and line.startswith("| `"):
-      tables[module].append(re.match(r"\| `(\w+)`", line).group(1))
-    elif module and tables[module] and not line.startswith("|"):
-      module = None
-  return tables
+def _documented(module: str) -> tuple[list[str], list[str]]:
+  """The names of a module's API page: its summary table, and those with
+  an ``autoclass`` or ``autofunction`` entry."""
+  page = API_PAGES / f"{module.split('.')[1] if '.' in module else 'core'}.md"
+  text = page.read_text()
+  summary = re.search(r"\.\. autosummary::\n\n((?:   \w+\n)+)", text).group(1)
+  entries = re.findall(r"^\.\. auto(?:class|function):: (\w+)$", text, re.MULTILINE)
+  return summary.split(), entries
 
 
-@pytest.mark.skipif(not README.exists(), reason="outside the source tree")
+@pytest.mark.skipif(not API_PAGES.exists(), reason="outside the source tree")
 @pytest.mark.parametrize("module", ("optax_gsm",) + tuple(
     f"optax_gsm.{name}" for name in SUBPACKAGES))
-def test_readme_api_table_is_the_modules_all(module):
+def test_every_public_name_is_in_the_api_reference(module):
   names = list(importlib.import_module(module).__all__)
   if module == "optax_gsm":
     names = [n for n in names if n not in SUBPACKAGES]
-  assert _readme_tables()[module] == names
+  summary, entries = _documented(module)
+  assert sorted(summary) == sorted(names)
+  assert sorted(entries) == sorted(names)
 
 
 @pytest.mark.parametrize("module", ("optax_gsm",) + tuple(

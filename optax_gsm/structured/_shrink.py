@@ -183,10 +183,9 @@ def shrink(variables: chex.ArrayTree, groups: _groups.Groups,
     round_to: int >= 1: round every group's width up to a multiple of this
       (or its full size) with zero channels: removed channels whose entries
       are all set to zero, so the model still computes exactly what the
-      masked one computes. Hardware likes round widths: on a 2-core CPU
-      LeNet-5 with convs of 11 and 38 filters ran 1.5x slower at batch 256
-      than the dense 20 and 50, and as fast with 12 and 40
-      (``python -m benchmarks.width_rounding``).
+      masked one computes. Hardware likes round widths: odd widths can run
+      slower than the dense model (``python -m benchmarks.width_rounding``
+      measures both).
 
   Returns:
     ``(small_variables, widths)``: the variables with removed channels

@@ -1,0 +1,1 @@
+"""The documentation: Sphinx sources and the results-page generator."""
