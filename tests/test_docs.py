@@ -12,8 +12,9 @@ pytestmark = pytest.mark.skipif(not (ROOT / "docs").exists(),
 
 @pytest.fixture(scope="module")
 def results():
-  # The renderers are the examples' own (their `markdown`), which import Flax.
+  # The renderers are the examples' own (their `markdown`): the examples extra.
   pytest.importorskip("flax")
+  pytest.importorskip("tqdm")
   from docs import results
   return results
 
