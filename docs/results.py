@@ -70,6 +70,8 @@ class Section:
 SECTIONS = (
     Section("unstructured", "Unstructured GSM: the paper's MNIST runs",
             ("mnist_*.json", "lossless/*.json"), _example_markdown("mnist_gsm")),
+    Section("lossless_budget", "The lossless default across step budgets",
+            ("lossless_budget/*.json",), _example_markdown("lossless_budget")),
     Section("curves", "Unstructured GSM against gradual magnitude pruning",
             ("gradual/mnist_lenet300_curve.json",
              "gradual/lenet5/mnist_lenet5_curve.json"), _curve),

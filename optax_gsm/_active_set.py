@@ -144,10 +144,11 @@ def with_learning_rate(
     make_direction: Callable[..., optax.GradientTransformation],
     learning_rate: optax.ScalarOrSchedule, total_steps: int | None, *,
     momentum: Any, weight_decay: Any, freeze_mask_at: Any,
-    passive_weight_decay: Any, **kwargs: Any) -> optax.GradientTransformation:
-  """``make_direction(...)`` chained with the learning rate; with
-  ``total_steps``, the lossless ``freeze_mask_at`` and
-  ``passive_weight_decay`` of `lossless_settings` fill those not given."""
+    passive_weight_decay: Any, zero_passive_at: Any,
+    **kwargs: Any) -> optax.GradientTransformation:
+  """``make_direction(...)`` chained with the learning rate, then, with
+  ``zero_passive_at``, the shrink of passive weights to zero; with
+  ``total_steps``, `lossless_settings` fills the three settings not given."""
   if not callable(learning_rate):
     _validation.check_range("learning_rate", learning_rate, low=0.0)
   if isinstance(total_steps, jax.core.Tracer):
@@ -163,11 +164,49 @@ def with_learning_rate(
       freeze_mask_at = derived.freeze_mask_at
     if passive_weight_decay is None:
       passive_weight_decay = derived.passive_weight_decay
-  return optax.chain(
+    if zero_passive_at is None:
+      zero_passive_at = max(derived.zero_passive_at, freeze_mask_at + 1)
+  inner = optax.chain(
       make_direction(momentum=momentum, weight_decay=weight_decay,
                      freeze_mask_at=freeze_mask_at,
                      passive_weight_decay=passive_weight_decay, **kwargs),
       optax.scale_by_learning_rate(learning_rate))
+  if zero_passive_at is None:
+    return inner
+  return _zeroing_passive(inner, freeze_mask_at, zero_passive_at)
+
+
+def _zeroing_passive(inner: optax.GradientTransformation, freeze_mask_at: Any,
+                     zero_passive_at: Any) -> optax.GradientTransformation:
+  """``inner``'s updates, with each passive weight scaled by
+  `_lossless.passive_scale` on top of its update: exactly zero from
+  ``zero_passive_at`` on. The passive set is the ranking's mask, read from
+  ``inner``'s state, so the state is ``inner``'s."""
+  if freeze_mask_at is None:
+    raise ValueError(
+        "`zero_passive_at` needs `freeze_mask_at`: passive weights are shrunk "
+        "to zero only once the active set is fixed.")
+  zero_passive_at = _validation.check_int("zero_passive_at", zero_passive_at,
+                                          low=1)
+  if (not isinstance(freeze_mask_at, jax.core.Tracer)
+      and not isinstance(zero_passive_at, jax.core.Tracer)
+      and zero_passive_at <= freeze_mask_at):
+    raise ValueError(
+        f"`zero_passive_at` must be after `freeze_mask_at` ({freeze_mask_at}); "
+        f"got {zero_passive_at}.")
+
+  def update_fn(updates, state, params=None):
+    updates, state = inner.update(updates, state, params)
+    ranking = state[0][0]
+    scale = _lossless.passive_scale(ranking.count - 1, freeze_mask_at,
+                                    zero_passive_at)
+    updates = jax.tree.map(
+        lambda u, w, active: jnp.where(
+            active, u, (scale * (w + u) - w).astype(u.dtype)),
+        updates, params, ranking.mask)
+    return updates, state
+
+  return optax.GradientTransformation(inner.init, update_fn)
 
 
 def all_true_like(params: chex.ArrayTree) -> chex.ArrayTree:

@@ -375,6 +375,7 @@ def gsm_sgd(
     prunable: _prunable.Prunable = None,
     mask_update_every: int = 1,
     freeze_mask_at: int | None = None,
+    zero_passive_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
     min_density: _density_bounds.Density = None,
     max_density: _density_bounds.Density = None,
@@ -387,10 +388,13 @@ def gsm_sgd(
 
   the paper's update (Eq. 6), ``B_t`` the global top-Q of ``|g * w|``
   (see `gsm`). Give ``total_steps`` (the number of steps you will train
-  with GSM) for a final prune that loses nothing: ``freeze_mask_at`` and
-  ``passive_weight_decay`` are then derived from the budget and the learning
-  rate by `lossless_settings` (an explicit value of either wins). Leave it
-  out for the paper's exact recipe.
+  with GSM) for a final prune that changes nothing, at every budget:
+  ``freeze_mask_at``, ``passive_weight_decay`` and ``zero_passive_at`` are
+  then derived from the budget and the learning rate by `lossless_settings`
+  (an explicit value of any wins): the active set is fixed at 20% of the
+  steps and the passive weights are exactly zero from 60% on, so the active
+  ones have the last 40% to make up for them. Leave it out for the paper's
+  exact recipe.
 
   Every argument is explicit so that ``optax.inject_hyperparams(gsm_sgd)``
   sees it.
@@ -431,6 +435,13 @@ def gsm_sgd(
     prunable: see `gsm`.
     mask_update_every: see `gsm`.
     freeze_mask_at: see `gsm`.
+    zero_passive_at: None, or the int step after ``freeze_mask_at`` from
+      which passive weights are exactly zero: from the freeze on they are
+      scaled down by a cubic ramp on top of their update, whatever the
+      learning rate and momentum (`lossless_settings`). Derived from
+      ``total_steps`` (halfway from the freeze to the end: 60% of it) when
+      that is given; None otherwise (the
+      paper's recipe: passive weights only decay).
     momentum_dtype: see `gsm`.
     min_density: see `gsm`.
     max_density: see `gsm`.
@@ -442,6 +453,7 @@ def gsm_sgd(
       gsm, learning_rate, total_steps, momentum=momentum,
       weight_decay=weight_decay, freeze_mask_at=freeze_mask_at,
       passive_weight_decay=passive_weight_decay,
+      zero_passive_at=zero_passive_at,
       compression_ratio=compression_ratio, sparsity=sparsity,
       nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
       saliency=saliency, prunable=prunable,

@@ -119,6 +119,7 @@ def n_of_m_gsm_sgd(
     prunable: _prunable.Prunable = None,
     mask_update_every: int = 1,
     freeze_mask_at: int | None = None,
+    zero_passive_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
 ) -> optax.GradientTransformation:
   r"""`n_of_m_gsm` chained with ``optax.scale_by_learning_rate``.
@@ -142,6 +143,7 @@ def n_of_m_gsm_sgd(
     prunable: see `gsm`.
     mask_update_every: see `gsm`.
     freeze_mask_at: see `gsm`.
+    zero_passive_at: see `gsm_sgd`.
     momentum_dtype: see `gsm`.
 
   Returns:
@@ -150,7 +152,8 @@ def n_of_m_gsm_sgd(
   return _active_set.with_learning_rate(
       n_of_m_gsm, learning_rate, total_steps, momentum=momentum,
       weight_decay=weight_decay, freeze_mask_at=freeze_mask_at,
-      passive_weight_decay=passive_weight_decay, n_of_m=n_of_m,
+      passive_weight_decay=passive_weight_decay,
+      zero_passive_at=zero_passive_at, n_of_m=n_of_m,
       nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
       saliency=saliency, prunable=prunable,
       mask_update_every=mask_update_every, momentum_dtype=momentum_dtype)

@@ -15,7 +15,14 @@ import chex
 import jax
 import numpy as np
 
-from optax_gsm import _compression_ratio, _optimizer_state, _prunable, _pruning, _report
+from optax_gsm import (
+    _compression_ratio,
+    _optimizer_state,
+    _prunable,
+    _pruning,
+    _report,
+    _validation,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,14 @@ class PruneReadiness:
     total = sum(leaf.total_mass for leaf in self.leaves)
     return sum(leaf.removed_mass for leaf in self.leaves) / total if total else 0.0
 
+  def lossless(self, tolerance: float = 1e-3) -> bool:
+    """Pass/fail for a training loop: True when the prune removes at most
+    ``tolerance`` of ``sum |w|`` (the `gsm_sgd` family's default removes
+    exact zeros: 0; a removed share of 8% cost 0.02 points on MNIST, 66% cost
+    4)."""
+    _validation.check_range("tolerance", tolerance, low=0.0, high=1.0)
+    return self.removed_mass_fraction <= tolerance
+
   @property
   def kept_active_fraction(self) -> float | None:
     """Kept weights that were active at the last step (None: no state)."""
@@ -84,7 +99,11 @@ class PruneReadiness:
                  f"{self.largest_removed:.3g}", f"{self.smallest_kept:.3g}",
                  f"{self.removed_mass_fraction:.2%}",
                  "-" if fraction is None else f"{fraction:.1%}"))
-    return "\n".join(_report.format_table(header, rows, left_columns=1))
+    verdict = ("lossless: the prune removes at most 0.1% of sum |w|"
+               if self.lossless() else
+               "NOT lossless: the prune removes more than 0.1% of sum |w|")
+    return "\n".join([*_report.format_table(header, rows, left_columns=1),
+                      verdict])
 
 
 def prune_readiness(
@@ -97,7 +116,8 @@ def prune_readiness(
 ) -> PruneReadiness:
   """What `prune` with the same arguments would remove, leaf by leaf.
 
-  A prune is lossless in practice when the removed share of ``sum |w|``
+  ``readiness.lossless()`` is the pass/fail a training loop can check. A
+  prune is lossless in practice when the removed share of ``sum |w|``
   (``removed_mass_fraction``) is near 0 and ``largest_removed`` is far below
   the typical kept weight (MNIST LeNet-300-100 at 60x, a tenth of the
   official budget: 1.4e-5 and 0.00% for the lossless default, 0.1 and tens of

@@ -149,6 +149,19 @@ def test_path_sgd_example_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_lossless_budget_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import lossless_budget
+  record = lossless_budget.main(["--quick", "--out", str(tmp_path)])
+  assert [r["variant"] for r in record["runs"]] == ["zero", "decay"]
+  zero = record["runs"][0]
+  # The default removes exact zeros: the prune changes nothing.
+  assert zero["removed_mass_fraction"] == 0.0
+  assert zero["accuracy_after_prune"] == zero["accuracy_before_prune"]
+  assert (tmp_path / "mnist_lenet300_60x_quick.png").exists()
+
+
+@pytest.mark.slow
 def test_low_rank_example_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import low_rank

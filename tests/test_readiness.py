@@ -4,6 +4,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import optax_gsm
 
@@ -42,3 +43,22 @@ def test_kept_active_counts_the_last_active_set():
   _, state = tx.update({"w": jnp.ones((4, 4))}, state, params)
   assert optax_gsm.prune_readiness(
       params, opt_state=state).kept_active_fraction == 1.0
+
+
+def test_lossless_is_a_pass_fail_on_the_removed_share():
+  w = np.zeros((10, 10), np.float32)
+  w[0] = np.arange(1, 11)             # the 10 weights a 10x prune keeps
+  params = {"w": jnp.asarray(w)}
+  ready = optax_gsm.prune_readiness(params, 10.0)
+  assert ready.lossless() and ready.lossless(tolerance=0.0)
+  assert "lossless: the prune removes at most" in str(ready)
+  w[1, 0] = 0.11                       # 0.11 of 55.11 removed: 0.2%
+  ready = optax_gsm.prune_readiness({"w": jnp.asarray(w)}, 10.0)
+  assert not ready.lossless() and ready.lossless(tolerance=0.01)
+  assert "NOT lossless" in str(ready)
+
+
+def test_lossless_tolerance_is_checked():
+  ready = optax_gsm.prune_readiness({"w": jnp.ones((4, 4))}, 2.0)
+  with pytest.raises(ValueError, match="`tolerance`"):
+    ready.lossless(tolerance=-1.0)

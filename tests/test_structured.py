@@ -213,6 +213,17 @@ def test_freeze_keeps_the_magnitude_choice(mlp):
     jax.tree.map(np.testing.assert_array_equal, state[0][0].kept, magnitude)
 
 
+def test_total_steps_leaves_removed_structures_exactly_zero(mlp):
+  groups, params, loss = mlp
+  tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0, total_steps=10)
+  trained, state = _steps(tx, params, loss, 10, jit=True)
+  keep = optax_gsm.structured.kept_structures(state)
+  assert not all(np.all(k) for k in keep.channels)
+  # The masked model is the trained one: shrinking it loses nothing.
+  masked = optax_gsm.structured.mask_structures({"params": trained}, groups, keep)
+  jax.tree.map(np.testing.assert_array_equal, masked["params"], trained)
+
+
 def test_inject_hyperparams_traces_the_ratio(mlp):
   groups, params, loss = mlp
   tx = optax.inject_hyperparams(optax_gsm.structured.structured_gsm_sgd)(

@@ -181,6 +181,7 @@ def structured_gsm_sgd(
     saliency: str | _ranking.StructureSaliency = "taylor",
     mask_update_every: int = 1,
     freeze_mask_at: int | None = None,
+    zero_passive_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
 ) -> optax.GradientTransformation:
   r"""`structured_gsm` chained with ``optax.scale_by_learning_rate``.
@@ -206,6 +207,7 @@ def structured_gsm_sgd(
     saliency: see `structured_gsm`.
     mask_update_every: see `optax_gsm.gsm`.
     freeze_mask_at: see `optax_gsm.gsm`.
+    zero_passive_at: see `optax_gsm.gsm_sgd`.
     momentum_dtype: see `optax_gsm.gsm`.
 
   Returns:
@@ -214,7 +216,8 @@ def structured_gsm_sgd(
   return _active_set.with_learning_rate(
       structured_gsm, learning_rate, total_steps, momentum=momentum,
       weight_decay=weight_decay, freeze_mask_at=freeze_mask_at,
-      passive_weight_decay=passive_weight_decay, groups=groups,
+      passive_weight_decay=passive_weight_decay,
+      zero_passive_at=zero_passive_at, groups=groups,
       compression_ratio=compression_ratio, sparsity=sparsity, cost=cost,
       nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
       saliency=saliency, mask_update_every=mask_update_every,
