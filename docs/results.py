@@ -8,6 +8,7 @@ checks that both are current.
 """
 
 import dataclasses
+import importlib
 import json
 import pathlib
 import re
@@ -26,7 +27,6 @@ HEADLINE_END = "<!-- end of headline results -->"
 def _example_markdown(module: str) -> Callable[[dict, pathlib.Path], str]:
   def render(record, path):
     del path
-    import importlib
     return importlib.import_module(f"examples.{module}").markdown(record)
   return render
 

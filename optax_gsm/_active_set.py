@@ -165,7 +165,10 @@ def with_learning_rate(
     if passive_weight_decay is None:
       passive_weight_decay = derived.passive_weight_decay
     if zero_passive_at is None:
-      zero_passive_at = max(derived.zero_passive_at, freeze_mask_at + 1)
+      zero_passive_at = derived.zero_passive_at
+      if not isinstance(freeze_mask_at, jax.core.Tracer):
+        # An explicit freeze after the derived zero step: zero just after it.
+        zero_passive_at = max(zero_passive_at, freeze_mask_at + 1)
   inner = optax.chain(
       make_direction(momentum=momentum, weight_decay=weight_decay,
                      freeze_mask_at=freeze_mask_at,

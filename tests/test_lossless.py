@@ -230,3 +230,19 @@ def test_a_schedule_that_is_zero_after_the_freeze_is_an_error():
   with pytest.raises(ValueError, match="`learning_rate` must be positive"):
     optax_gsm.lossless_settings(optax.linear_schedule(1e-2, 0.0, 10), 100,
                                 momentum=0.9)
+
+
+def test_a_traced_freeze_with_total_steps_derives_zero_passive_at():
+  # inject_hyperparams traces an explicit freeze_mask_at; the derived
+  # zero_passive_at must not compare it on the host.
+  params = {"k": jnp.arange(1.0, 17.0).reshape(4, 4)}
+  tx = optax.inject_hyperparams(optax_gsm.gsm_sgd, static_args=(
+      "total_steps", "learning_rate", "momentum", "weight_decay"))(
+          learning_rate=0.1, compression_ratio=4.0, total_steps=20,
+          freeze_mask_at=3)
+  state, update = tx.init(params), jax.jit(tx.update)
+  for _ in range(20):
+    updates, state = update(params, state, params)
+    params = optax.apply_updates(params, updates)
+  # Zero from step 12 (60% of 20): the 12 passive entries are exact zeros.
+  assert int(jnp.sum(params["k"] != 0)) == 4
