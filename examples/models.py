@@ -1,5 +1,6 @@
 """The examples' and benchmarks' networks as Flax linen modules: the paper's
-MNIST networks and a CIFAR-style ResNet with batch norm.
+MNIST networks, a CIFAR-style ResNet with batch norm and a small pre-LN
+vision transformer.
 
 Every layer's width can be overridden through ``widths`` (module path ->
 features, as `optax_gsm.structured.shrink` returns them), so that the same class
@@ -123,6 +124,45 @@ class CifarResNet(nn.Module):
         x = ResidualBlock(inner.get("conv2", channels), stride, inner,
                           name=name)(x, train)
     return nn.Dense(10, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+class EncoderLayer(nn.Module):
+  """A pre-LN transformer layer: ``x + attention(LN(x))``, then
+  ``x + MLP(LN(x))`` (GELU)."""
+  heads: int
+  mlp_width: int
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(name="attention_norm")(x)
+    x = x + nn.MultiHeadDotProductAttention(self.heads, name="attention")(y)
+    y = nn.LayerNorm(name="mlp_norm")(x)
+    y = nn.gelu(nn.Dense(self.mlp_width, name="mlp_in")(y))
+    return x + nn.Dense(x.shape[-1], name="mlp_out")(y)
+
+
+class VisionTransformer(nn.Module):
+  """A small ViT (Dosovitskiy et al. 2021) for 28x28x1 images: 4x4 patches
+  (49 tokens), a learned position embedding, ``depth`` pre-LN layers, mean
+  pooling and a linear head."""
+  width: int = 64
+  depth: int = 4
+  heads: int = 4
+  mlp_width: int = 128
+  patch: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], 28, 28, 1)
+    x = nn.Conv(self.width, (self.patch, self.patch), self.patch,
+                padding="VALID", name="patch_embed")(x)
+    x = x.reshape(x.shape[0], -1, self.width)
+    x = x + self.param("position", nn.initializers.normal(0.02),
+                       x.shape[1:])
+    for layer in range(self.depth):
+      x = EncoderLayer(self.heads, self.mlp_width, name=f"layer{layer}")(x)
+    x = nn.LayerNorm(name="final_norm")(x)
+    return nn.Dense(10, name="head")(x.mean(axis=1))
 
 
 MNIST_MODELS = {"lenet300": LeNet300100, "lenet5": LeNet5}

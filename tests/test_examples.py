@@ -109,6 +109,17 @@ def test_benchmarks_quick_mode(module):
 
 
 @pytest.mark.slow
+def test_family_step_benchmark_times_every_method_or_says_why_not():
+  pytest.importorskip("benchmarks._common")
+  from benchmarks import family_step
+  (record,) = family_step.main(["--quick"])
+  methods = record["methods"]
+  assert set(methods) == set(family_step.TARGETS) | {"momentum_sgd"}
+  for result in methods.values():  # the MLP: Path-SGD applies too
+    assert result["step_ratio"] > 0 and result["state_bytes"] >= 0
+
+
+@pytest.mark.slow
 def test_structured_example_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_gsm

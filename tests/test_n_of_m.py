@@ -31,7 +31,9 @@ def _numpy_n_of_m(scores, n, m):
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_mask_matches_numpy_with_ties(data):
-  n, m = data.draw(st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4), (4, 8)]))
+  # m = 40: the sort, past the pairwise ranking's 32.
+  n, m = data.draw(st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4), (4, 8),
+                                    (5, 40)]))
   shape = (data.draw(st.integers(1, 2)), m * data.draw(st.integers(1, 3)),
            data.draw(st.integers(1, 3)))
   values = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0]),
@@ -40,6 +42,18 @@ def test_mask_matches_numpy_with_ties(data):
   scores = np.asarray(values, np.float32).reshape(shape)
   np.testing.assert_array_equal(_rules.n_of_m_mask(jnp.asarray(scores), n, m),
                                 _numpy_n_of_m(scores, n, m))
+
+
+@pytest.mark.parametrize("n_of_m", [(2, 4), (3, 8), (7, 40)])
+def test_mask_matches_numpy_on_a_conv_kernel_with_ties(n_of_m):
+  # Both rankings: pairwise (m <= 32) and sorted (m = 40), on a 4-D kernel.
+  n, m = n_of_m
+  rng = np.random.default_rng(m)
+  scores = rng.integers(0, 3, (3, 2, 2 * m, 5)).astype(np.float32)
+  np.testing.assert_array_equal(
+      jax.jit(_rules.n_of_m_mask, static_argnums=(1, 2))(
+          jnp.asarray(scores), n, m),
+      _numpy_n_of_m(scores, n, m))
 
 
 def _model():

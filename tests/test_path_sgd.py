@@ -95,6 +95,40 @@ def test_update_is_invariant_to_rescaling_a_unit_and_sgd_is_not(factor):
   assert difference > 1e-2
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_kappa_every_refreshes_on_its_steps_and_keeps_the_invariance(jit):
+  params = _params(1)
+  x = jax.random.normal(jax.random.key(0), (16, 3))
+  y = jax.random.normal(jax.random.key(1), (16, 2))
+  loss = lambda p: jnp.mean((_mlp(p, x) - y) ** 2)
+  kappa_fn = optax_gsm.path_norm.path_kappa(_mlp, x)
+  maybe_jit = jax.jit if jit else lambda f: f
+
+  def run(p, kappa_every, steps=5):
+    tx = optax_gsm.path_norm.path_sgd(0.05, apply_fn=_mlp, example_input=x,
+                                      kappa_every=kappa_every)
+    state, update = tx.init(p), maybe_jit(tx.update)
+    for _ in range(steps):
+      updates, state = update(jax.grad(loss)(p), state, p)
+      p = optax.apply_updates(p, updates)
+    return p
+
+  # The reference: kappa from steps 0 and 3, in plain Python.
+  p = params
+  for step in range(5):
+    if step % 3 == 0:
+      kappa = kappa_fn(p)
+    p = jax.tree.map(lambda w, g, k: w - 0.05 * g / k, p,
+                     jax.grad(loss)(p), kappa)
+  every3 = run(params, 3)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                       atol=1e-6), every3, p)
+  assert not np.allclose(every3["w1"], run(params, 1)["w1"])
+  probe = jax.random.normal(jax.random.key(2), (32, 3))
+  np.testing.assert_allclose(_mlp(run(_rescaled(params, 2, 10.0), 3), probe),
+                             _mlp(every3, probe), rtol=1e-4, atol=1e-5)
+
+
 def test_conv_weight_sharing_sums_over_positions():
   class Net(nn.Module):
     @nn.compact
@@ -136,7 +170,7 @@ def test_batch_norm_is_a_clear_error_and_kappa_fn_is_the_way_out():
   params = variables["params"]
   grads = jax.tree.map(jnp.ones_like, params)
   with pytest.raises(NotImplementedError, match="`sub` breaks path"):
-    tx.update(grads, tx.init(params), params)
+    tx.init(params)  # before any training step
   custom = optax_gsm.path_norm.path_sgd(
       0.1, kappa_fn=lambda p: jax.tree.map(lambda w: jnp.full_like(w, 2.0), p))
   updates, _ = custom.update(grads, custom.init(params), params)
@@ -149,6 +183,8 @@ def test_bad_arguments_are_clear_errors():
     optax_gsm.path_norm.path_sgd(0.1)
   with pytest.raises(ValueError, match="`eps` must be in"):
     optax_gsm.path_norm.scale_by_path_norm(lambda p: p, eps=0.0)
+  with pytest.raises(ValueError, match="`kappa_every`"):
+    optax_gsm.path_norm.path_sgd(0.1, kappa_fn=lambda p: p, kappa_every=0)
 
 
 def test_kappa_of_a_scan_stack_is_that_of_its_unrolled_layers():

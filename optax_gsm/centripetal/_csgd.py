@@ -68,27 +68,43 @@ def _renumbered(assignment: np.ndarray) -> np.ndarray:
   return order[np.searchsorted(np.unique(assignment), assignment)]
 
 
+def _squared_distances(features: np.ndarray, centres: np.ndarray
+                       ) -> np.ndarray:
+  """``|x_i - c_j|^2`` for all pairs, through one matrix product (the
+  difference tensor would be n x k x d)."""
+  distance = ((features ** 2).sum(1)[:, None] - 2 * features @ centres.T
+              + (centres ** 2).sum(1)[None])
+  return np.maximum(distance, 0.0)
+
+
 def _kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
-  """k-means++ seeding, then Lloyd iterations; no empty cluster."""
+  """k-means++ seeding, then Lloyd iterations; no empty cluster.
+
+  O(k n d) a pass: the seeding keeps each point's distance to its nearest
+  centre so far, the means come from one scatter-add.
+  """
   rng = np.random.default_rng(seed)
   n = features.shape[0]
-  centres = [features[rng.integers(n)]]
+  chosen = [rng.integers(n)]
+  nearest = np.sum((features - features[chosen[0]]) ** 2, axis=1)
   for _ in range(1, k):
-    distance = np.min([np.sum((features - c) ** 2, axis=1) for c in centres],
-                      axis=0)
-    total = distance.sum()
-    choice = rng.choice(n, p=distance / total) if total > 0 else (
+    total = nearest.sum()
+    choice = rng.choice(n, p=nearest / total) if total > 0 else (
         rng.integers(n))
-    centres.append(features[choice])
-  centres = np.stack(centres)
+    chosen.append(choice)
+    nearest = np.minimum(nearest,
+                         np.sum((features - features[choice]) ** 2, axis=1))
+  centres = features[chosen]
   for _ in range(_KMEANS_ITERATIONS):
-    distance = ((features[:, None, :] - centres[None]) ** 2).sum(-1)
+    distance = _squared_distances(features, centres)
     assignment = np.argmin(distance, axis=1)
-    for cluster in range(k):
-      if not np.any(assignment == cluster):  # refill from the farthest
-        far = np.argmax(distance[np.arange(n), assignment])
-        assignment[far] = cluster
-    new = np.stack([features[assignment == c].mean(0) for c in range(k)])
+    for cluster in np.flatnonzero(np.bincount(assignment, minlength=k) == 0):
+      far = np.argmax(distance[np.arange(n), assignment])  # refill from it
+      assignment[far] = cluster
+    sums = np.zeros_like(centres)
+    np.add.at(sums, assignment, features)
+    counts = np.bincount(assignment, minlength=k)[:, None]
+    new = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
     if np.allclose(new, centres):
       break
     centres = new

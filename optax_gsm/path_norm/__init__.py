@@ -4,6 +4,12 @@
 `scale_by_path_norm` divides the gradient by it; `path_sgd` is the optimizer.
 """
 
-from optax_gsm.path_norm._path_sgd import path_kappa, path_sgd, scale_by_path_norm
+from optax_gsm.path_norm._path_sgd import (
+  ScaleByPathNormState,
+  path_kappa,
+  path_sgd,
+  scale_by_path_norm,
+)
 
-__all__ = ("path_kappa", "path_sgd", "scale_by_path_norm")
+__all__ = ("ScaleByPathNormState", "path_kappa", "path_sgd",
+           "scale_by_path_norm")

@@ -32,6 +32,7 @@ normalisation, max pooling, products of activations, other nonlinearities)
 are an error naming the op: pass your own ``kappa_fn`` for such models.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -39,6 +40,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from optax_gsm import _graph, _validation
 
@@ -147,13 +149,41 @@ def path_kappa(apply_fn: Callable[[chex.ArrayTree, jax.Array], Any],
   return kappa
 
 
+class ScaleByPathNormState(NamedTuple):
+  """State of `scale_by_path_norm` with ``kappa_every > 1``.
+
+  Attributes:
+    count: int32, the number of updates so far.
+    kappa: the normaliser of the last refresh, like the params.
+  """
+  count: jax.Array
+  kappa: chex.ArrayTree
+
+
+def _checked_kappa(kappa_fn: KappaFn, params: chex.ArrayTree
+                   ) -> chex.ArrayTree:
+  kappa = kappa_fn(params)
+  if jax.tree.structure(kappa) != jax.tree.structure(params):
+    raise ValueError("`kappa_fn` must return a tree like the params.")
+  return kappa
+
+
 def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
                        apply_fn: Callable[..., Any] | None = None,
                        example_input: jax.Array | None = None,
-                       eps: float | None = None) -> optax.GradientTransformation:
+                       eps: float | None = None,
+                       kappa_every: int = 1) -> optax.GradientTransformation:
   r"""Divides each gradient by its path normaliser: ``g / (kappa(w) + eps)``.
 
   Chain with ``optax.scale_by_learning_rate`` (or use `path_sgd`).
+
+  ``kappa`` is a forward and a backward pass through a second network, as
+  dear as a training step of a small model. ``kappa_every = k > 1`` computes
+  it on steps ``0, k, 2k, ...`` and keeps it in the state between them
+  (``+1`` float a parameter). The update stays exactly invariant to
+  rescaling: two rescaled copies of a network have rescaled ``kappa`` at
+  every refresh, so their steps stay rescaled copies in between; only the
+  geometry is ``k - 1`` steps old.
 
   Args:
     kappa_fn: ``params -> kappa`` (same structure); or None to derive it
@@ -164,12 +194,17 @@ def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
       keeps ``0 / 0`` out), or a float > 0 added to ``kappa``. A larger
       ``eps`` breaks the rescaling invariance wherever ``kappa`` is as small
       as it (a unit scaled by 0.01 has ``kappa`` near 1e-6).
+    kappa_every: k >= 1, refresh ``kappa`` every k steps (1: every step,
+      as in the paper).
 
   Returns:
-    An ``optax.GradientTransformation`` that needs ``params``.
+    An ``optax.GradientTransformation`` that needs ``params``. Its ``init``
+    traces ``kappa``, so a model with no path-norm form fails there, naming
+    the op.
   """
   if eps is not None:
     _validation.check_range("eps", eps, low=0.0, low_inclusive=False)
+  kappa_every = _validation.check_int("kappa_every", kappa_every, low=1)
   if kappa_fn is None:
     if apply_fn is None or example_input is None:
       raise ValueError("Give `kappa_fn`, or `apply_fn` and `example_input` "
@@ -177,16 +212,23 @@ def scale_by_path_norm(kappa_fn: KappaFn | None = None, *,
     kappa_fn = path_kappa(apply_fn, example_input)
 
   def init_fn(params):
-    del params
-    return optax.EmptyState()
+    if kappa_every == 1:
+      jax.eval_shape(functools.partial(_checked_kappa, kappa_fn), params)
+      return optax.EmptyState()
+    return ScaleByPathNormState(count=jnp.zeros([], jnp.int32),
+                                kappa=_checked_kappa(kappa_fn, params))
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("scale_by_path_norm needs the params: call "
                        "`update(grads, opt_state, params)`.")
-    kappa = kappa_fn(params)
-    if jax.tree.structure(kappa) != jax.tree.structure(params):
-      raise ValueError("`kappa_fn` must return a tree like the params.")
+    if kappa_every == 1:
+      kappa = _checked_kappa(kappa_fn, params)
+    else:
+      kappa = lax.cond(state.count % kappa_every == 0,
+                       functools.partial(_checked_kappa, kappa_fn),
+                       lambda _: state.kappa, params)
+      state = ScaleByPathNormState(optax.safe_increment(state.count), kappa)
     return jax.tree.map(
         lambda g, k: (g / (k + _eps(eps, k))).astype(g.dtype), updates,
         kappa), state
@@ -198,7 +240,8 @@ def path_sgd(learning_rate: optax.ScalarOrSchedule, *,
              kappa_fn: KappaFn | None = None,
              apply_fn: Callable[..., Any] | None = None,
              example_input: jax.Array | None = None,
-             eps: float | None = None) -> optax.GradientTransformation:
+             eps: float | None = None,
+             kappa_every: int = 1) -> optax.GradientTransformation:
   r"""Path-SGD: ``w <- w - lr * g / kappa(w)`` (Neyshabur et al., 2015).
 
   `scale_by_path_norm` chained with ``optax.scale_by_learning_rate``.
@@ -209,11 +252,13 @@ def path_sgd(learning_rate: optax.ScalarOrSchedule, *,
     apply_fn: see `scale_by_path_norm`.
     example_input: see `scale_by_path_norm`.
     eps: see `scale_by_path_norm`.
+    kappa_every: see `scale_by_path_norm`.
 
   Returns:
     An ``optax.GradientTransformation``.
   """
   return optax.chain(
       scale_by_path_norm(kappa_fn, apply_fn=apply_fn,
-                         example_input=example_input, eps=eps),
+                         example_input=example_input, eps=eps,
+                         kappa_every=kappa_every),
       optax.scale_by_learning_rate(learning_rate))
