@@ -206,6 +206,64 @@ def test_groups_without_removes_by_name_and_rejects_unknown_names():
     groups.without(["Dense_9"])
 
 
+class _PreLayerNormLayer(nn.Module):
+  """A pre-LN transformer layer: two residual branches in one module."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(name="attention_norm")(x)
+    x = x + nn.MultiHeadDotProductAttention(2, name="attention")(y)
+    y = nn.gelu(nn.Dense(12, name="mlp_in")(nn.LayerNorm(name="mlp_norm")(x)))
+    return x + nn.Dense(x.shape[-1], name="mlp_out")(y)
+
+
+class _Transformer(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(8, name="embed")(x)
+    for i in range(2):
+      x = _PreLayerNormLayer(name=f"layer{i}")(x)
+    return nn.Dense(3, name="head")(x.mean(1))
+
+
+def _transformer_groups():
+  model = _Transformer()
+  x = jnp.ones((2, 5, 4))
+  variables = model.init(jax.random.key(0), x)
+  return variables, optax_gsm.structured.channel_groups(model.apply,
+                                                        variables, x)
+
+
+def test_each_residual_branch_of_a_layer_is_its_own_named_block():
+  _, groups = _transformer_groups()
+  names = [b.name for b in groups.blocks]
+  assert names == ["layer0/attention+attention_norm",
+                   "layer0/mlp_in+mlp_norm+mlp_out",
+                   "layer1/attention+attention_norm",
+                   "layer1/mlp_in+mlp_norm+mlp_out"]
+  fewer = groups.without(["layer0/attention+attention_norm"])
+  assert [b.name for b in fewer.blocks] == names[1:]
+  assert all(p.startswith("params/layer0/mlp")
+             for p in groups.blocks[1].paths)
+
+
+def test_every_kernel_is_in_a_group_or_unprunable_with_a_reason():
+  # Attention's projections are DenseGeneral kernels over (heads, head_dim):
+  # listed with the reason, not silently left out.
+  variables, groups = _transformer_groups()
+  in_group = {m.path for g in groups.channels for m in g.members}
+  reasons = dict(groups.unprunable)
+  for path in optax_gsm._prunable.leaf_paths(variables):
+    if not path.endswith("/kernel"):
+      continue
+    module = path.removeprefix("params/").removesuffix("/kernel")
+    assert path in in_group or path in reasons or module in reasons, path
+  assert "several output axes" in reasons[
+      "params/layer0/attention/query/kernel"]
+  assert "contracting several axes" in reasons[
+      "params/layer1/attention/out/kernel"]
+
+
 @pytest.mark.slow  # traces whole models
 def test_macs_per_entry_for_flops_cost():
   _, groups = _trace("lenet5")

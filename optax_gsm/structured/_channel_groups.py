@@ -205,6 +205,13 @@ class _Tracer:
     for v in labelled:
       self.fix(v, reason)
 
+  def not_followed(self, values: list[_Value], reason: str) -> None:
+    """Parameter leaves whose channels no group follows, and why."""
+    for v in values:
+      if v.kind == "param":
+        for leaf, _ in v.sources:
+          self.opaque.setdefault(leaf, reason)
+
   def default_outputs(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     kind = ("act" if any(v.kind == "act" for v in ins)
             else "param" if any(v.kind == "param" for v in ins) else "const")
@@ -477,10 +484,15 @@ class _Tracer:
       labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
       if labelled:
         self.unknown(eqn, labelled)
+      if any(v.kind == "act" for v in ins):
+        self.not_followed(ins, "a kernel contracting several axes "
+                          "(DenseGeneral, attention's output projection)")
       self.default_outputs(eqn, ins)
       return
     self.consume(act, act_axis, param, param_axis, eqn)
     if len(param_free) != 1:
+      self.not_followed([param], "a kernel with several output axes "
+                        "(DenseGeneral, attention's query, key, value)")
       self.values[eqn.outputs[0]] = _Value("act", shape)
       return
     free = param_free[0]
@@ -679,7 +691,9 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
 
   Channels that reach the model's output (the logits), that LayerNorm or
   GroupNorm mix, or that are combined with per-channel inputs or constants
-  are not prunable; `Groups.unprunable` lists them with the reason.
+  are not prunable; `Groups.unprunable` lists them with the reason, and
+  the kernels whose channels it does not follow (DenseGeneral over several
+  axes: attention's query, key, value and output projections) by path.
 
   Trace in inference mode (``train=False``, batch norm on running
   averages): dropout's random mask makes every channel it meets unprunable.
@@ -730,6 +744,27 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
                    collections_level)
 
 
+def _named_blocks(paths: list[str], blocks, collections_level: bool
+                  ) -> list[_groups.Block]:
+  """Each distinct block, named by the modules it holds: their common path,
+  or where two blocks share it (a transformer layer's attention and MLP
+  branches), that path and the names of its sub-modules in the block."""
+  unique = list(dict.fromkeys(blocks))
+  modules = [sorted({_prunable.module_path(paths[leaf], collections_level)
+                     for leaf in leaves}) for leaves in unique]
+  common = [os.path.commonpath(m) if all(m) else "" for m in modules]
+  names = []
+  for prefix, module_paths in zip(common, modules):
+    if prefix and common.count(prefix) == 1:
+      names.append(prefix)
+      continue
+    parts = sorted({os.path.relpath(m, prefix).split(os.sep)[0]
+                    for m in module_paths} if prefix else set(module_paths))
+    names.append(os.path.join(prefix, "+".join(parts)))
+  return [_groups.Block(name, tuple(paths[leaf] for leaf in leaves))
+          for name, leaves in zip(names, unique)]
+
+
 def _assemble(tracer: _Tracer, paths: list[str], blocks,
               collections_level: bool) -> _groups.Groups:
   found = tracer.groups
@@ -752,17 +787,7 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks,
         _groups.Member(paths[leaf], axis, np.asarray(c, np.int32), role)
         for (leaf, axis), (c, role) in sorted(merged.items()))
     channels.append(_groups.ChannelGroup(name, found.size[group], members))
-  block_list, seen = [], set()
-  for leaves in blocks:
-    if leaves in seen:
-      continue
-    seen.add(leaves)
-    module_paths = [_prunable.module_path(paths[leaf], collections_level)
-                    for leaf in leaves]
-    name = os.path.commonpath(module_paths) if all(module_paths) else ""
-    block_list.append(_groups.Block(
-        name or "+".join(sorted(set(module_paths))),
-        tuple(paths[leaf] for leaf in leaves)))
+  block_list = _named_blocks(paths, blocks, collections_level)
   for leaf, reason in sorted(tracer.opaque.items()):
     unprunable.append((paths[leaf], reason))
   return _groups.Groups(channels=tuple(channels), blocks=tuple(block_list),

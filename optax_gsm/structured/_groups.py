@@ -70,7 +70,10 @@ class Block:
   """A residual branch with an identity shortcut: removed as a whole.
 
   Attributes:
-    name: the module path common to its leaves (e.g. ``"stage1_block0"``).
+    name: the module path common to its leaves (e.g. ``"stage1_block0"``);
+      where two blocks share it (the attention and MLP branches of one
+      transformer layer), that path and the block's sub-modules joined by
+      ``+`` (``"layer0/mlp_in+mlp_norm+mlp_out"``).
     paths: every leaf of the branch (params and statistics).
   """
   name: str
