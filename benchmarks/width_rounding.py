@@ -5,8 +5,10 @@ For the widths structured GSM chose on MNIST
 ``examples.structured_gsm``), CPU inference time at batch 1 and 256 of the
 dense model and of the shrunk model as it comes, and with every width
 rounded up to a multiple of 4 and of 8 (what ``optax_gsm.structured.shrink(...,
-round_to=k)`` gives), jitted, in one run, as ratios to the dense model.
-Timing needs only the shapes: the params are a fresh initialisation.
+round_to=k)`` gives), jitted, in one run, as ratios to the dense model: every
+model is timed once a round, in interleaved rounds, and a ratio is the median
+over rounds of the two times of one round. Timing needs only the shapes: the
+params are a fresh initialisation.
 
     python -m benchmarks.width_rounding
     python -m benchmarks.width_rounding --quick   # LeNet-5 only, no JSON
@@ -18,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks._common import RESULTS, print_table, time_call, write_record
 from examples.models import CifarResNet, LeNet5
@@ -46,16 +49,19 @@ def full_widths(variables) -> dict:
   return out
 
 
-def timed(build, shape, kwargs, widths, batch_sizes, budget):
+def timer(build, shape, kwargs, widths, batch_sizes, budget):
+  """The model's variables, and a function timing it at each batch size."""
   model = build(widths)
   variables = model.init(jax.random.key(0), jnp.ones((1, *shape)), **kwargs)
   apply = jax.jit(lambda v, x: model.apply(v, x, **kwargs))
-  times = {}
-  for batch in batch_sizes:
-    x = jnp.ones((batch, *shape))
-    times[batch] = time_call(
+  inputs = {batch: jnp.ones((batch, *shape)) for batch in batch_sizes}
+
+  def times():
+    return {batch: time_call(
         lambda x=x: jax.block_until_ready(apply(variables, x)),
-        budget_s=budget)
+        budget_s=budget) for batch, x in inputs.items()}
+
+  times()  # compile
   return variables, times
 
 
@@ -64,30 +70,46 @@ def main(argv=None):
       description=__doc__.splitlines()[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+  parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--quick", action="store_true")
   args = parser.parse_args(argv)
   names = ["lenet5"] if args.quick else list(MODELS)
-  budget = 0.2 if args.quick else 2.0
+  budget, rounds = (0.2, 1) if args.quick else (1.0, args.rounds)
   rows, records = [], []
   for name in names:
     build, shape, kwargs = MODELS[name]
     path = RESULTS / "structured" / f"mnist_{name}.json"
     runs = json.loads(path.read_text())["runs"]
-    dense_variables, dense = timed(build, shape, kwargs, {}, (1, 256),
-                                   budget)
+    dense_variables, dense_timer = timer(build, shape, kwargs, {}, (1, 256),
+                                         budget)
     full = full_widths(dense_variables)
-    for run in runs:
-      for multiple in ROUNDINGS:
-        widths = rounded(run["gsm"]["widths"], full, multiple)
-        _, times = timed(build, shape, kwargs, widths, (1, 256), budget)
-        records.append({"model": name, "reduction": run["reduction"],
-                        "round_to": multiple, "widths": widths,
-                        "dense_seconds": dense, "shrunk_seconds": times})
-        rows.append([name, f"{run['reduction']:g}x", multiple,
-                     f"{dense[1] * 1e3:.3f} / {times[1] * 1e3:.3f}",
-                     f"{dense[1] / times[1]:.2f}x",
-                     f"{dense[256] * 1e3:.2f} / {times[256] * 1e3:.2f}",
-                     f"{dense[256] / times[256]:.2f}x"])
+    variants = [(run["reduction"], multiple,
+                 rounded(run["gsm"]["widths"], full, multiple))
+                for run in runs for multiple in ROUNDINGS]
+    timers = [timer(build, shape, kwargs, widths, (1, 256), budget)[1]
+              for _, _, widths in variants]
+    dense, shrunk = [], [[] for _ in variants]
+    for _ in range(rounds):
+      dense.append(dense_timer())
+      for times, variant_timer in zip(shrunk, timers):
+        times.append(variant_timer())
+    for (reduction, multiple, widths), times in zip(variants, shrunk):
+      speedup = {batch: float(np.median([d[batch] / t[batch]
+                                         for d, t in zip(dense, times)]))
+                 for batch in (1, 256)}
+      median = lambda runs, batch: float(np.median([r[batch] for r in runs]))
+      records.append({
+          "model": name, "reduction": reduction, "round_to": multiple,
+          "widths": widths, "rounds": rounds,
+          "dense_seconds": {b: median(dense, b) for b in (1, 256)},
+          "shrunk_seconds": {b: median(times, b) for b in (1, 256)},
+          "speedup": speedup})
+      rows.append([name, f"{reduction:g}x", multiple,
+                   f"{median(dense, 1) * 1e3:.3f} / {median(times, 1) * 1e3:.3f}",
+                   f"{speedup[1]:.2f}x",
+                   f"{median(dense, 256) * 1e3:.2f} / "
+                   f"{median(times, 256) * 1e3:.2f}",
+                   f"{speedup[256]:.2f}x"])
   print_table(["model", "FLOPs target", "round_to", "b=1 ms dense / shrunk",
                "speed-up", "b=256 ms dense / shrunk", "speed-up"], rows)
   if not args.quick:
