@@ -21,6 +21,7 @@ from optax_gsm import centripetal, export, lasso, low_rank, path_norm, structure
 from optax_gsm._compression_ratio import compression_schedule, num_active
 from optax_gsm._fine_tuning import freeze_pruned
 from optax_gsm._gsm import GSMState, gsm, gsm_sgd
+from optax_gsm._gsm_adamw import gsm_adamw, scale_by_gsm_adam
 from optax_gsm._lossless import LosslessSettings, lossless_settings
 from optax_gsm._n_of_m import n_of_m_gsm, n_of_m_gsm_sgd
 from optax_gsm._optimizer_state import active_mask
@@ -51,6 +52,7 @@ __all__ = (
     "export",
     "freeze_pruned",
     "gsm",
+    "gsm_adamw",
     "gsm_sgd",
     "kth_largest",
     "lasso",
@@ -65,6 +67,7 @@ __all__ = (
     "prunable_size",
     "prune",
     "prune_readiness",
+    "scale_by_gsm_adam",
     "select_top",
     "sparsity_report",
     "structured",

@@ -140,17 +140,13 @@ def with_momentum(direction: optax.GradientTransformation,
   return optax.chain(*parts)
 
 
-def with_learning_rate(
-    make_direction: Callable[..., optax.GradientTransformation],
-    learning_rate: optax.ScalarOrSchedule, total_steps: int | None, *,
-    momentum: Any, weight_decay: Any, freeze_mask_at: Any,
-    passive_weight_decay: Any, zero_passive_at: Any,
-    **kwargs: Any) -> optax.GradientTransformation:
-  """``make_direction(...)`` chained with the learning rate, then, with
-  ``zero_passive_at``, the shrink of passive weights to zero; with
-  ``total_steps``, `lossless_settings` fills the three settings not given."""
-  if not callable(learning_rate):
-    _validation.check_range("learning_rate", learning_rate, low=0.0)
+def lossless_defaults(learning_rate: optax.ScalarOrSchedule,
+                      total_steps: int | None, *, momentum: Any,
+                      weight_decay: Any, freeze_mask_at: Any,
+                      passive_weight_decay: Any, zero_passive_at: Any
+                      ) -> tuple[Any, Any, Any]:
+  """``(freeze_mask_at, passive_weight_decay, zero_passive_at)``: with
+  ``total_steps``, `lossless_settings` fills those not given."""
   if isinstance(total_steps, jax.core.Tracer):
     raise TypeError(
         "`total_steps` must be a concrete int: the lossless settings are "
@@ -169,6 +165,25 @@ def with_learning_rate(
       if not isinstance(freeze_mask_at, jax.core.Tracer):
         # An explicit freeze after the derived zero step: zero just after it.
         zero_passive_at = max(zero_passive_at, freeze_mask_at + 1)
+  return freeze_mask_at, passive_weight_decay, zero_passive_at
+
+
+def with_learning_rate(
+    make_direction: Callable[..., optax.GradientTransformation],
+    learning_rate: optax.ScalarOrSchedule, total_steps: int | None, *,
+    momentum: Any, weight_decay: Any, freeze_mask_at: Any,
+    passive_weight_decay: Any, zero_passive_at: Any,
+    **kwargs: Any) -> optax.GradientTransformation:
+  """``make_direction(...)`` chained with the learning rate, then, with
+  ``zero_passive_at``, the shrink of passive weights to zero; with
+  ``total_steps``, `lossless_settings` fills the three settings not given."""
+  if not callable(learning_rate):
+    _validation.check_range("learning_rate", learning_rate, low=0.0)
+  freeze_mask_at, passive_weight_decay, zero_passive_at = lossless_defaults(
+      learning_rate, total_steps, momentum=momentum,
+      weight_decay=weight_decay, freeze_mask_at=freeze_mask_at,
+      passive_weight_decay=passive_weight_decay,
+      zero_passive_at=zero_passive_at)
   inner = optax.chain(
       make_direction(momentum=momentum, weight_decay=weight_decay,
                      freeze_mask_at=freeze_mask_at,
@@ -176,15 +191,16 @@ def with_learning_rate(
       optax.scale_by_learning_rate(learning_rate))
   if zero_passive_at is None:
     return inner
-  return _zeroing_passive(inner, freeze_mask_at, zero_passive_at)
+  return zeroing_passive(inner, freeze_mask_at, zero_passive_at)
 
 
-def _zeroing_passive(inner: optax.GradientTransformation, freeze_mask_at: Any,
+def zeroing_passive(inner: optax.GradientTransformation, freeze_mask_at: Any,
                      zero_passive_at: Any) -> optax.GradientTransformation:
   """``inner``'s updates, with each passive weight scaled by
   `_lossless.passive_scale` on top of its update: exactly zero from
   ``zero_passive_at`` on. The passive set is the ranking's mask, read from
-  ``inner``'s state, so the state is ``inner``'s."""
+  ``inner``'s state (``state[0][0]``: the ranking leads ``inner``'s chain),
+  so the state is ``inner``'s."""
   if freeze_mask_at is None:
     raise ValueError(
         "`zero_passive_at` needs `freeze_mask_at`: passive weights are shrunk "

@@ -225,7 +225,7 @@ def ranked_active_set(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _global_ranking(compression_ratio, sparsity, prunable, min_density,
+def global_ranking(compression_ratio, sparsity, prunable, min_density,
                     max_density) -> Ranking:
   """The paper's ranking: the global top-Q, optionally within per-leaf
   density bounds."""
@@ -352,7 +352,7 @@ def gsm(
   """
   decays = _active_set.check_decays(weight_decay, passive_weight_decay,
                                     unprunable_weight_decay)
-  ranking = _global_ranking(compression_ratio, sparsity, prunable,
+  ranking = global_ranking(compression_ratio, sparsity, prunable,
                             min_density, max_density)
   return _active_set.with_momentum(
       ranked_active_set("gsm", ranking, saliency, decays, mask_update_every,

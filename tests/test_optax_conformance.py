@@ -30,6 +30,12 @@ _OPTIMIZERS = {
     "gsm_sgd_lossless": (optax_gsm.gsm_sgd, {
         "learning_rate": 1e-3, "compression_ratio": 1.0, "prunable": "*",
         "total_steps": 100}),
+    "gsm_adamw": (optax_gsm.gsm_adamw, {
+        "learning_rate": 1e-3, "compression_ratio": 1.0, "prunable": "*",
+        "weight_decay": 0.0}),
+    "gsm_adamw_lossless": (optax_gsm.gsm_adamw, {
+        "learning_rate": 1e-3, "compression_ratio": 1.0, "prunable": "*",
+        "total_steps": 100}),
     "n_of_m_gsm_sgd": (optax_gsm.n_of_m_gsm_sgd, {
         "learning_rate": 1e-3, "n_of_m": (1, 1)}),
     "centripetal_sgd": (optax_gsm.centripetal.centripetal_sgd, {
@@ -64,8 +70,9 @@ def _call(test_name, name, **kwargs):
 # N:M ranks kernels (rank >= 2); these harness targets are vectors. The
 # lossless variant differs from gsm_sgd only after its freeze step: it runs
 # where steps are many (convergence) and where init is (map_params).
+_LOSSLESS = ("gsm_sgd_lossless", "gsm_adamw_lossless")
 _VECTOR_CASES = [pytest.param(name, id=name) for name in _OPTIMIZERS
-                 if name not in ("n_of_m_gsm_sgd", "gsm_sgd_lossless")]
+                 if name not in ("n_of_m_gsm_sgd", *_LOSSLESS)]
 
 
 @pytest.mark.parametrize("name", _VECTOR_CASES)
@@ -85,7 +92,7 @@ def test_converges_and_maps_params(name, target):
 
 
 @pytest.mark.parametrize("name", [n for n in _CASES
-                                  if n.values[0] != "gsm_sgd_lossless"])
+                                  if n.values[0] not in _LOSSLESS])
 def test_inject_hyperparams_gives_the_same_updates(name):
   if name == "path_sgd":
     pytest.skip("kappa_fn is a callable, which inject_hyperparams reads as "
