@@ -81,6 +81,8 @@ SECTIONS = (
              "gradual/lenet5/mnist_lenet5_curve.json"), _curve),
     Section("resnet_unstructured", "Unstructured GSM on a ResNet-20",
             ("gradual/resnet/*.json",), _example_markdown("resnet_unstructured")),
+    Section("adamw", "GSM with AdamW and with momentum",
+            ("adamw/*.json",), _example_markdown("adamw_gsm")),
     Section("structured", "Structured GSM and N:M",
             ("structured/*.json", "structured_short/*.json"),
             _example_markdown("structured_gsm")),

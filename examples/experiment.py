@@ -17,13 +17,19 @@ import optax
 import optax_gsm
 from examples.measure import HelpFormatter, machine_info
 from examples.mnist_data import load_mnist, normalise
-from examples.models import CifarResNet, LeNet5, LeNet300100, Mlp
+from examples.models import (
+  CifarResNet,
+  LeNet5,
+  LeNet300100,
+  Mlp,
+  VisionTransformer,
+)
 from examples.training import Trainer, predict
 
 # Peak learning rates (warm-up, cosine decay); LeNet-5 without batch norm
 # diverges at 0.05.
 LEARNING_RATES = {"lenet5": 0.02, "lenet300": 0.02, "resnet20": 0.05,
-                  "mlp": 0.02}
+                  "mlp": 0.02, "vit": 0.05}
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 MODELS = {
@@ -31,6 +37,7 @@ MODELS = {
     "resnet20": lambda depth, widths: CifarResNet(depth, widths=widths),
     "lenet300": lambda depth, widths: LeNet300100(widths=widths),
     "mlp": lambda depth, widths: Mlp(),
+    "vit": lambda depth, widths: VisionTransformer(),
 }
 
 

@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 import optax_gsm
 
+_EVAL_CHUNK = 2000
+
 
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus the batch statistics (None without batch norm)."""
@@ -80,13 +82,19 @@ class Trainer:
     self.steps_per_epoch = steps_per_epoch
     self.batch_size = batch_size
     self.seed = seed
-    self._accuracy = jax.jit(lambda params, batch_stats, x, y: jnp.mean(
+    self._correct = jax.jit(lambda params, batch_stats, x, y: jnp.sum(
         jnp.argmax(predict(model.apply, params, batch_stats, x), -1) == y))
     self.batch_stats = None  # of the model last trained, if it has BN
 
   def accuracy(self, params, batch_stats=None) -> float:
-    return float(self._accuracy(params, batch_stats, self.test_x,
-                                self.test_y))
+    # In chunks: a transformer's attention over the whole test set at once
+    # takes gigabytes.
+    n = self.test_y.shape[0]
+    correct = sum(int(self._correct(params, batch_stats,
+                                    self.test_x[i:i + _EVAL_CHUNK],
+                                    self.test_y[i:i + _EVAL_CHUNK]))
+                  for i in range(0, n, _EVAL_CHUNK))
+    return correct / n
 
   def recalibrated_batch_stats(self, params, batch_stats, *,
                                num_batches: int = 20):

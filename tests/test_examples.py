@@ -277,11 +277,24 @@ def test_resnet_unstructured_example_quick_mode(tmp_path):
     assert (tmp_path / f"mnist_resnet8_quick{suffix}").exists()
 
 
+@pytest.mark.slow
+def test_adamw_example_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import adamw_gsm
+  record = adamw_gsm.main(["--quick", "--out", str(tmp_path)])
+  runs = {r["optimizer"]: r for r in record["runs"]}
+  assert set(runs) == {"AdamW", "GSM AdamW", "momentum SGD", "GSM momentum"}
+  for name in ("GSM AdamW", "GSM momentum"):  # the lossless default holds
+    assert runs[name]["accuracy_after_prune"] == runs[name]["accuracy"]
+    assert runs[name]["largest_removed"] == 0.0
+  assert (tmp_path / "mnist_vit_quick.md").exists()
+
+
 def test_examples_write_under_the_working_directory_by_default():
   # Regression: the default output was the source tree's benchmarks/results.
   from examples import measure
   assert not measure.RESULTS.is_absolute()
-  for name in ("csgd", "lasso_channel", "low_rank", "path_sgd",
+  for name in ("adamw_gsm", "csgd", "lasso_channel", "low_rank", "path_sgd",
                "resnet_unstructured", "structured_gsm"):
     module = __import__(f"examples.{name}", fromlist=["OUT"])
     assert module.OUT.parts[0] == "results", name
