@@ -7,12 +7,39 @@ import resource
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
 from examples.measure import machine_info, time_call
 
-__all__ = ["RESULTS", "count_minor_faults", "glibc_record_suffix",
-           "machine_info", "print_table", "time_call", "write_record"]
+__all__ = ["RESULTS", "classification_loss", "count_minor_faults",
+           "glibc_record_suffix", "machine_info", "print_table",
+           "synthetic_batch", "time_call", "write_record"]
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def synthetic_batch(input_shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+  """Normal images of ``input_shape`` and labels in 0-9 (speed does not
+  depend on the pixels)."""
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.standard_normal(input_shape), jnp.float32),
+          jnp.asarray(rng.integers(0, 10, input_shape[0])))
+
+
+def classification_loss(model, extra: dict, images: jax.Array,
+                        labels: jax.Array) -> Callable[[Any], Any]:
+  """``params -> (mean cross-entropy, updated extra collections)``; models
+  with batch norm (``extra``) take ``train`` and update their statistics."""
+  def loss(params):
+    logits, new_extra = model.apply(
+        {"params": params, **extra}, images, mutable=list(extra),
+        **({"train": True} if extra else {}))
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            .mean(), new_extra)
+  return loss
 
 
 def count_minor_faults(fn: Callable[[], Any]

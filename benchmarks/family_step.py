@@ -31,7 +31,14 @@ import numpy as np
 import optax
 
 import optax_gsm
-from benchmarks._common import RESULTS, print_table, time_call, write_record
+from benchmarks._common import (
+  RESULTS,
+  classification_loss,
+  print_table,
+  synthetic_batch,
+  time_call,
+  write_record,
+)
 from examples.models import CifarResNet, Mlp, VisionTransformer
 
 LR = 0.01
@@ -107,22 +114,6 @@ def optimizers(model, variables, images
   return methods
 
 
-def _batch(input_shape):
-  rng = np.random.default_rng(0)
-  return (jnp.asarray(rng.standard_normal(input_shape), jnp.float32),
-          jnp.asarray(rng.integers(0, 10, input_shape[0])))
-
-
-def _loss_fn(model, extra, images, labels):
-  def loss(params):
-    logits, new_extra = model.apply(
-        {"params": params, **extra}, images, mutable=list(extra),
-        **({"train": True} if extra else {}))
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return loss.mean(), new_extra
-  return loss
-
-
 def step_timer(model, variables, batch, tx, steps_per_call: int
                ) -> tuple[Callable[[], float], float, int]:
   """A timer of ``steps_per_call`` donated training steps with ``tx`` (it
@@ -133,7 +124,7 @@ def step_timer(model, variables, batch, tx, steps_per_call: int
   extra = {k: v for k, v in variables.items() if k != "params"}
 
   def step(params, extra, opt_state):
-    grads, new_extra = jax.grad(_loss_fn(model, extra, images, labels),
+    grads, new_extra = jax.grad(classification_loss(model, extra, images, labels),
                                 has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), new_extra, opt_state
@@ -179,7 +170,7 @@ def update_seconds(params, tx) -> float:
 def measure(name: str, rounds: int, steps_per_call: int) -> dict:
   build, input_shape = MODELS[name]
   model = build()
-  batch = _batch(input_shape)
+  batch = synthetic_batch(input_shape)
   variables = model.init(jax.random.PRNGKey(0), batch[0])
   methods = optimizers(model, variables, batch[0])
   runnable = {m: tx for m, tx in methods.items() if not isinstance(tx, str)}

@@ -28,8 +28,10 @@ import optax
 
 import optax_gsm
 from benchmarks._common import (
+  classification_loss,
   glibc_record_suffix,
   print_table,
+  synthetic_batch,
   time_call,
   write_record,
 )
@@ -52,16 +54,10 @@ def optimizers(compression_ratio):
   }
 
 
-def _batch(input_shape):
-  rng = np.random.default_rng(0)
-  return (jnp.asarray(rng.standard_normal(input_shape), jnp.float32),
-          jnp.asarray(rng.integers(0, 10, input_shape[0])))
-
-
 def step_timer(model, input_shape, tx):
   """A timer of one jitted training step with ``tx``, and the seconds it
   took to lower and compile the step."""
-  images, labels = _batch(input_shape)
+  images, labels = synthetic_batch(input_shape)
   variables = model.init(jax.random.PRNGKey(0), images)
   params = variables["params"]
   extra = {k: v for k, v in variables.items() if k != "params"}
@@ -69,14 +65,9 @@ def step_timer(model, input_shape, tx):
 
   @jax.jit
   def step(params, extra, opt_state):
-    def loss_fn(params):
-      # Models with BatchNorm take `train` and update their statistics.
-      logits, new_extra = model.apply(
-          {"params": params, **extra}, images, mutable=list(extra),
-          **({"train": True} if extra else {}))
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return loss.mean(), new_extra
-    grads, new_extra = jax.grad(loss_fn, has_aux=True)(params)
+    grads, new_extra = jax.grad(
+        classification_loss(model, extra, images, labels), has_aux=True)(
+            params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), new_extra, opt_state
 
@@ -90,7 +81,7 @@ def step_timer(model, input_shape, tx):
 
 def update_seconds(model, input_shape, tx) -> float:
   """One jitted ``update + apply_updates`` alone on the model's params."""
-  images, _ = _batch(input_shape)
+  images, _ = synthetic_batch(input_shape)
   params = model.init(jax.random.PRNGKey(0), images)["params"]
   grads = jax.tree.map(lambda w: jnp.full_like(w, 1e-3), params)
   opt_state = tx.init(params)
