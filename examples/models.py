@@ -1,6 +1,6 @@
 """The examples' and benchmarks' networks as Flax linen modules: the paper's
-MNIST networks, a CIFAR-style ResNet with batch norm and a small pre-LN
-vision transformer.
+MNIST networks, a CIFAR-style ResNet with batch norm, a small pre-LN
+vision transformer and a GPT-style character model with scan-stacked layers.
 
 Every layer's width can be overridden through ``widths`` (module path ->
 features, as `optax_gsm.structured.shrink` returns them), so that the same class
@@ -128,28 +128,53 @@ class CifarResNet(nn.Module):
 
 class EncoderLayer(nn.Module):
   """A pre-LN transformer layer: ``x + attention(LN(x))``, then
-  ``x + MLP(LN(x))`` (GELU)."""
+  ``x + MLP(LN(x))`` (GELU); causal attention for a language model.
+
+  ``widths["attention/query"]`` is its number of heads (of ``width //
+  heads`` features each), ``widths["mlp_in"]`` its MLP width, and a branch
+  named in ``widths`` with 0 (``"attention+attention_norm"``,
+  ``"mlp_in+mlp_norm+mlp_out"``) is removed: only its shortcut is left.
+  """
   heads: int
   mlp_width: int
+  causal: bool = False
+  widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, x):
-    y = nn.LayerNorm(name="attention_norm")(x)
-    x = x + nn.MultiHeadDotProductAttention(self.heads, name="attention")(y)
-    y = nn.LayerNorm(name="mlp_norm")(x)
-    y = nn.gelu(nn.Dense(self.mlp_width, name="mlp_in")(y))
-    return x + nn.Dense(x.shape[-1], name="mlp_out")(y)
+    head_dim = x.shape[-1] // self.heads
+    if self.widths.get("attention+attention_norm") != 0:
+      heads = self.widths.get("attention/query", self.heads)
+      mask = nn.make_causal_mask(x[..., 0]) if self.causal else None
+      y = nn.LayerNorm(name="attention_norm")(x)
+      x = x + nn.MultiHeadDotProductAttention(
+          heads, qkv_features=heads * head_dim, out_features=x.shape[-1],
+          name="attention")(y, mask=mask)
+    if self.widths.get("mlp_in+mlp_norm+mlp_out") != 0:
+      y = nn.LayerNorm(name="mlp_norm")(x)
+      y = nn.gelu(nn.Dense(self.widths.get("mlp_in", self.mlp_width),
+                           name="mlp_in")(y))
+      x = x + nn.Dense(x.shape[-1], name="mlp_out")(y)
+    return x
+
+
+class StackedEncoderLayer(EncoderLayer):
+  """`EncoderLayer` as the step of an ``nn.scan`` over layers."""
+
+  def __call__(self, x, _):
+    return super().__call__(x), None
 
 
 class VisionTransformer(nn.Module):
   """A small ViT (Dosovitskiy et al. 2021) for 28x28x1 images: 4x4 patches
-  (49 tokens), a learned position embedding, ``depth`` pre-LN layers, mean
-  pooling and a linear head."""
+  (49 tokens), a learned position embedding, ``depth`` pre-LN layers
+  (``layer{i}``), mean pooling and a linear head."""
   width: int = 64
   depth: int = 4
   heads: int = 4
   mlp_width: int = 128
   patch: int = 4
+  widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, x):
@@ -160,9 +185,38 @@ class VisionTransformer(nn.Module):
     x = x + self.param("position", nn.initializers.normal(0.02),
                        x.shape[1:])
     for layer in range(self.depth):
-      x = EncoderLayer(self.heads, self.mlp_width, name=f"layer{layer}")(x)
+      name = f"layer{layer}"
+      x = EncoderLayer(self.heads, self.mlp_width,
+                       widths=sub_widths(self.widths, name), name=name)(x)
     x = nn.LayerNorm(name="final_norm")(x)
     return nn.Dense(10, name="head")(x.mean(axis=1))
+
+
+class CharTransformer(nn.Module):
+  """A GPT-style character language model: token and position embeddings,
+  ``depth`` causal pre-LN layers stacked by ``nn.scan`` (one compiled
+  layer; parameters ``layers/...`` with a leading layer axis), a final
+  LayerNorm and a linear head over the vocabulary. Every layer of the
+  stack has the same widths (``widths["layers/attention/query"]``, ...)."""
+  vocab: int
+  width: int = 128
+  depth: int = 4
+  heads: int = 4
+  mlp_width: int = 512
+  context: int = 128
+  widths: Widths = nn.FrozenDict()
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab, self.width, name="embed")(tokens)
+    x = x + self.param("position", nn.initializers.normal(0.02),
+                       (self.context, self.width))[:tokens.shape[1]]
+    stack = nn.scan(StackedEncoderLayer, variable_axes={"params": 0},
+                    split_rngs={"params": True}, length=self.depth)
+    x, _ = stack(self.heads, self.mlp_width, True,
+                 sub_widths(self.widths, "layers"), name="layers")(x, None)
+    x = nn.LayerNorm(name="final_norm")(x)
+    return nn.Dense(self.vocab, name="head")(x)
 
 
 MNIST_MODELS = {"lenet300": LeNet300100, "lenet5": LeNet5}

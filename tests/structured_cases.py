@@ -1,6 +1,8 @@
-"""Models the structured-pruning tests share: linen (`tests.models`) and
-an NNX residual CNN with batch norm, each with an apply function of
-``(variables, x)`` in inference mode and a way to rebuild it from widths."""
+"""Models the structured-pruning tests share: linen (`tests.models`, the
+examples' ViT and scan-stacked character transformer) and NNX (a residual
+CNN with batch norm, a transformer with ``nnx.MultiHeadAttention``), each
+with an apply function of ``(variables, x)`` in inference mode and a way to
+rebuild it from widths."""
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -8,6 +10,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from tests import models
@@ -37,11 +40,75 @@ class NnxResidualNet(nnx.Module):
     return self.head(x.mean((1, 2)))
 
 
+class NnxEncoderLayer(nnx.Module):
+  """A pre-LN transformer layer; ``widths`` as `examples.models`'s (a
+  branch of width 0 is left out)."""
+
+  def __init__(self, width, heads, mlp_width, widths, *, rngs: nnx.Rngs):
+    self.has_attention = widths.get("attention+attention_norm") != 0
+    self.has_mlp = widths.get("mlp_in+mlp_norm+mlp_out") != 0
+    if self.has_attention:
+      kept_heads = widths.get("attention/query", heads)
+      self.attention_norm = nnx.LayerNorm(width, rngs=rngs)
+      self.attention = nnx.MultiHeadAttention(
+          kept_heads, width, kept_heads * (width // heads), width,
+          decode=False, rngs=rngs)
+    if self.has_mlp:
+      hidden = widths.get("mlp_in", mlp_width)
+      self.mlp_norm = nnx.LayerNorm(width, rngs=rngs)
+      self.mlp_in = nnx.Linear(width, hidden, rngs=rngs)
+      self.mlp_out = nnx.Linear(hidden, width, rngs=rngs)
+
+  def __call__(self, x):
+    if self.has_attention:
+      x = x + self.attention(self.attention_norm(x))
+    if self.has_mlp:
+      x = x + self.mlp_out(nnx.gelu(self.mlp_in(self.mlp_norm(x))))
+    return x
+
+
+class NnxTransformer(nnx.Module):
+  """Linear embedding, two `NnxEncoderLayer`, mean over tokens, head."""
+
+  def __init__(self, widths=None, *, rngs: nnx.Rngs):
+    widths = widths or {}
+    self.embed = nnx.Linear(4, 16, rngs=rngs)
+    self.layer0 = NnxEncoderLayer(16, 4, 24, _below(widths, "layer0"),
+                                  rngs=rngs)
+    self.layer1 = NnxEncoderLayer(16, 4, 24, _below(widths, "layer1"),
+                                  rngs=rngs)
+    self.head = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(self.layer1(self.layer0(self.embed(x))).mean(1))
+
+
+def _below(widths, name):
+  prefix = name + "/"
+  return {k[len(prefix):]: v for k, v in widths.items()
+          if k.startswith(prefix)}
+
+
+def _example_models():
+  """`examples.models`, or a skip where the tests run outside the source
+  tree (the installed wheel's check)."""
+  return pytest.importorskip("examples.models", exc_type=ImportError)
+
+
 class Case(NamedTuple):
   variables: Any
   apply: Callable[[Any, jax.Array], jax.Array]
   rebuild: Callable[[dict], Callable[[Any, jax.Array], jax.Array]]
   input_shape: tuple[int, ...]
+  vocab: int = 0  # inputs are tokens below this, not real numbers
+
+
+def example_input(case: Case, seed: int = 0) -> jax.Array:
+  """An input of the case's shape: random tokens or normal values."""
+  key = jax.random.key(seed + 10)
+  if case.vocab:
+    return jax.random.randint(key, case.input_shape, 0, case.vocab)
+  return jax.random.normal(key, case.input_shape)
 
 
 def _with_random_statistics(variables, seed=1):
@@ -63,41 +130,56 @@ def _with_random_statistics(variables, seed=1):
   return jax.tree_util.tree_map_with_path(stat, variables)
 
 
+def _linen_model(name: str):
+  if name == "vit":
+    return _example_models().VisionTransformer(
+        width=16, depth=2, heads=4, mlp_width=24, patch=7), (2, 784)
+  if name == "gpt":
+    return _example_models().CharTransformer(
+        vocab=11, width=16, depth=3, heads=4, mlp_width=24, context=8), (2, 8)
+  return {"mlp": (models.Mlp(), (2, 784)),
+          "lenet5": (models.ConvNet(), (2, 784)),
+          "resnet": (models.ResNet(), (2, 8, 8, 3))}[name]
+
+
 def linen_case(name: str) -> Case:
-  model, shape = {
-      "mlp": (models.Mlp(), (2, 784)),
-      "lenet5": (models.ConvNet(), (2, 784)),
-      "resnet": (models.ResNet(), (2, 8, 8, 3)),
-  }[name]
+  model, shape = _linen_model(name)
+  vocab = getattr(model, "vocab", 0)
+  example = jnp.zeros(shape, jnp.int32) if vocab else jnp.ones(shape)
   variables = _with_random_statistics(
-      model.init(jax.random.key(0), jnp.ones(shape)))
+      model.init(jax.random.key(0), example))
 
   def rebuild(widths):
     return model.clone(widths=widths).apply
 
-  return Case(variables, model.apply, rebuild, shape)
+  return Case(variables, model.apply, rebuild, shape, vocab)
 
 
-def nnx_case() -> Case:
-  model = NnxResidualNet(rngs=nnx.Rngs(0))
+def _nnx_case(module: type, shape: tuple[int, ...]) -> Case:
+  model = module(rngs=nnx.Rngs(0))
   model.eval()
   graphdef, state = nnx.split(model)
 
   def rebuild(widths):
-    small = NnxResidualNet(widths, rngs=nnx.Rngs(0))
+    small = module(widths, rngs=nnx.Rngs(0))
     small.eval()
     small_graphdef, _ = nnx.split(small)
     return lambda s, x: nnx.merge(small_graphdef, s)(x)
 
   return Case(_with_random_statistics(state),
-              lambda s, x: nnx.merge(graphdef, s)(x), rebuild, (2, 8, 8, 3))
+              lambda s, x: nnx.merge(graphdef, s)(x), rebuild, shape)
 
 
 def case(name: str) -> Case:
-  return nnx_case() if name == "nnx" else linen_case(name)
+  if name == "nnx":
+    return _nnx_case(NnxResidualNet, (2, 8, 8, 3))
+  if name == "nnx_transformer":
+    return _nnx_case(NnxTransformer, (2, 5, 4))
+  return linen_case(name)
 
 
 CASES = ("mlp", "lenet5", "resnet", "nnx")
+TRANSFORMER_CASES = ("vit", "gpt", "nnx_transformer")
 
 
 def random_keep(groups, seed=0, block_probability=0.5):

@@ -96,10 +96,12 @@ def _identical(variables, groups, clusters):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet"])
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet", "vit"])
 def test_merge_of_identical_clusters_is_exact(name):
+  # vit: clusters of identical heads merge into one (query, key and value
+  # kept, the output projection's rows summed).
   case = structured_cases.case(name)
-  x = jax.random.normal(jax.random.key(3), case.input_shape)
+  x = structured_cases.example_input(case, 3)
   groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   clusters = optax_gsm.centripetal.cluster_channels(case.variables, groups, ratio=2.0)
   variables = _identical(case.variables, groups, clusters)

@@ -287,3 +287,23 @@ def test_layers_stacked_by_scan_are_a_clear_error():
   with pytest.raises(NotImplementedError, match="stacked by `scan`"):
     optax_gsm.lasso.prune_channels(apply, params, groups, jnp.ones((8, 4)),
                                    keep=0.5)
+
+
+@pytest.mark.slow
+def test_transformer_mlp_neurons_pruned_heads_skipped_with_the_reason():
+  cases = pytest.importorskip("tests.structured_cases", exc_type=ImportError)
+  case = cases.case("vit")
+  x = jax.random.normal(jax.random.key(5), (64, 784))
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables,
+                                               x[:1])
+  small, report = optax_gsm.lasso.prune_channels(
+      case.apply, case.variables, groups, x, keep=0.5, lasso_tolerance=0.0)
+  assert [layer.group for layer in report.layers] == ["layer0/mlp_in",
+                                                      "layer1/mlp_in"]
+  skipped = dict(report.skipped)
+  assert "attention heads" in skipped["layer0/attention/query"]
+  reference = case.apply(case.variables, x)
+  error = lambda y: float(jnp.linalg.norm(y - reference))
+  removed = case.apply(optax_gsm.structured.mask_structures(
+      case.variables, groups, report.keep), x)
+  assert error(case.rebuild(report.widths)(small, x)) < 0.7 * error(removed)

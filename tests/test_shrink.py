@@ -12,11 +12,15 @@ from tests import structured_cases
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", structured_cases.CASES)
+@pytest.mark.parametrize("name", structured_cases.CASES
+                         + structured_cases.TRANSFORMER_CASES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_small_model_equals_masked_big_model(name, seed):
+  # Transformers: heads (query, key, value slices with the out projection's
+  # rows), MLP neurons and residual branches; a scan stack keeps the same
+  # heads and neurons in every layer.
   case = structured_cases.case(name)
-  x = jax.random.normal(jax.random.key(seed + 10), case.input_shape)
+  x = structured_cases.example_input(case, seed)
   groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   keep = structured_cases.random_keep(
       groups, seed, block_probability=1.0 if name == "nnx" else 0.5)

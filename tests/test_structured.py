@@ -163,10 +163,11 @@ def test_update_matches_a_numpy_reference(mlp):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cost", ["params", "flops"])
-def test_members_move_together_and_budget_holds(cost):
-  case = structured_cases.case("resnet")
-  x = jax.random.normal(jax.random.key(1), case.input_shape)
+@pytest.mark.parametrize("name,cost", [("resnet", "params"),
+                                       ("resnet", "flops"), ("vit", "flops")])
+def test_members_move_together_and_budget_holds(name, cost):
+  case = structured_cases.case(name)
+  x = structured_cases.example_input(case, 1)
   groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
   params = case.variables["params"]
   loss = lambda p: jnp.mean(case.apply({**case.variables, "params": p}, x)

@@ -247,21 +247,70 @@ def test_each_residual_branch_of_a_layer_is_its_own_named_block():
              for p in groups.blocks[1].paths)
 
 
-def test_every_kernel_is_in_a_group_or_unprunable_with_a_reason():
-  # Attention's projections are DenseGeneral kernels over (heads, head_dim):
-  # listed with the reason, not silently left out.
-  variables, groups = _transformer_groups()
+def test_attention_heads_are_structures():
+  # A head: its query, key and value slices (kernels and biases) and the
+  # out projection's rows that read it.
+  _, groups = _transformer_groups()
+  members, _ = _summary(groups)
+  for layer in ("layer0", "layer1"):
+    attention = f"params/{layer}/attention"
+    assert members[f"{layer}/attention/query"] == {
+        (f"{attention}/{p}/kernel", 1, "out") for p in ("query", "key",
+                                                        "value")} | {
+        (f"{attention}/{p}/bias", 0, "out") for p in ("query", "key",
+                                                      "value")} | {
+        (f"{attention}/out/kernel", 0, "in")}
+  kinds = {g.name: (g.kind, g.size) for g in groups.channels}
+  assert kinds["layer0/attention/query"] == ("heads", 2)
+  assert kinds["layer0/mlp_in"] == ("channels", 12)
+
+
+def test_attention_products_are_charged_to_the_query_kernel():
+  # 5 tokens, width 8, 2 heads of 4: each projection entry takes part in 5
+  # multiply-adds per example; scores and weighted values add 2 x (2 heads
+  # x 5 x 5 x 4) = 400 per example over the query kernel's 64 entries.
+  _, groups = _transformer_groups()
+  macs = {path.removeprefix("params/layer0/"): m
+          for path, m in groups.macs_per_entry.items() if "layer0" in path}
+  assert macs == {"attention/query/kernel": 5.0 + 400 / 64,
+                  "attention/key/kernel": 5.0, "attention/value/kernel": 5.0,
+                  "attention/out/kernel": 5.0, "mlp_in/kernel": 5.0,
+                  "mlp_out/kernel": 5.0}
+
+
+@pytest.mark.parametrize("name", structured_cases.CASES
+                         + structured_cases.TRANSFORMER_CASES)
+def test_every_kernel_is_in_a_group_or_unprunable_with_a_reason(name):
+  case = structured_cases.case(name)
+  groups = optax_gsm.structured.channel_groups(
+      case.apply, case.variables, structured_cases.example_input(case))
   in_group = {m.path for g in groups.channels for m in g.members}
+  in_group |= {p for b in groups.blocks for p in b.paths}
   reasons = dict(groups.unprunable)
-  for path in optax_gsm._prunable.leaf_paths(variables):
-    if not path.endswith("/kernel"):
-      continue
-    module = path.removeprefix("params/").removesuffix("/kernel")
-    assert path in in_group or path in reasons or module in reasons, path
-  assert "several output axes" in reasons[
-      "params/layer0/attention/query/kernel"]
-  assert "contracting several axes" in reasons[
-      "params/layer1/attention/out/kernel"]
+  collections = optax_gsm._prunable.has_collections(case.variables)
+  for path in optax_gsm._prunable.leaf_paths(case.variables):
+    if path.endswith(("/kernel", "/embedding")):
+      module = optax_gsm._prunable.module_path(path, collections)
+      assert path in in_group or path in reasons or module in reasons, path
+
+
+def test_attention_over_a_kernel_without_heads_is_unprunable():
+  # Keys from a plain Dense (no head axis) meet the query's heads: the heads
+  # cannot be removed from one side only.
+  class _OneSided(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      q = nn.DenseGeneral((2, 3), name="query")(x)
+      k = nn.Dense(3, name="key")(x)
+      logits = jnp.einsum("bqhd,bkd->bhqk", q, k)
+      return nn.Dense(2, name="head")(logits.mean((2, 3)))
+
+  model = _OneSided()
+  x = jnp.ones((2, 5, 4))
+  variables = model.init(jax.random.key(0), x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+  reasons = dict(groups.unprunable)
+  assert "query" in reasons and "key" in reasons
 
 
 @pytest.mark.slow  # traces whole models

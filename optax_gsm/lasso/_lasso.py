@@ -206,6 +206,10 @@ def select_channels(gram: jax.Array, correlation: jax.Array, count: int,
 
 def _unprunable_reason(group: _groups.ChannelGroup) -> str | None:
   """Why LASSO pruning cannot remove this group's channels (None: it can)."""
+  if group.kind == "heads":
+    return ("attention heads: LASSO reconstructs a layer from its input "
+            "channels; a head is made by query, key and value through a "
+            "softmax (prune heads with structured GSM or C-SGD)")
   producers = sum(m.role == "out" and _prunable.is_kernel_path(m.path)
                   for m in group.members)
   if producers != 1:

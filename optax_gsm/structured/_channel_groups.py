@@ -9,7 +9,18 @@ carry channel labels: per position, the (group, channel) it belongs to.
 
 - A Dense (``dot_general``) or Conv (``conv_general_dilated``) whose kernel
   is a variable starts a new group on its output features; its input
-  labels make the kernel's input axis a member ("in").
+  labels make the kernel's input axis a member ("in"). A kernel with
+  several output axes (``DenseGeneral``: attention's query, key and value
+  over ``(heads, head_dim)``) starts a group on the first: one structure per
+  head, all its features; one contracting several axes (attention's output
+  projection over ``(heads, head_dim)``) reads the labels of any of them.
+- A product of two activations (attention's scores ``q k^T`` and weighted
+  values) joins labels on paired batch axes: the query's, key's and value's
+  heads become one group, with the output projection's rows that read them
+  (named after the query's kernel). Its multiply-adds, which no kernel
+  entry takes part in, are charged to the query kernel's entries for
+  ``cost="flops"``. Channels summed by such a product, or heads that meet
+  an operand without them, are unprunable.
 - An element-wise op joins its operands' labels (a residual add unites two
   groups) and makes members of the parameter views it meets along the
   labelled axis (bias, batch-norm scale, shift, mean and variance).
@@ -19,9 +30,11 @@ carry channel labels: per position, the (group, channel) it belongs to.
   the labels along.
 - Channels become unprunable (listed in `Groups.unprunable`) where they
   reach the model's output, a reduction over the channel axis (LayerNorm,
-  RMSNorm, a softmax), a reshape that splits the channel axis (GroupNorm),
-  a grouped (not depthwise) convolution, or are combined element-wise with
-  an input or constant that has its own values per channel.
+  RMSNorm, a softmax), a reshape that splits the channel axis (GroupNorm,
+  grouped-query attention's query heads regrouped per key head), a grouped
+  (not depthwise) convolution, or are combined element-wise with an input
+  or constant that has its own values per channel (a value broadcast along
+  the channel axis, such as a causal mask over heads, has none).
 - Any other op that meets labelled channels is an error naming the op
   (``on_unknown="error"``), or makes them unprunable
   (``on_unknown="unprunable"``).
@@ -86,6 +99,7 @@ class _Value:
   group: np.ndarray | None = None
   channel: np.ndarray | None = None
   sources: tuple[tuple[int, tuple[int | None, ...]], ...] = ()
+  uniform: frozenset[int] = frozenset()
 
 
 class _UnionFind:
@@ -97,6 +111,7 @@ class _UnionFind:
     self.name: list[str] = []
     self.members: list[list[tuple]] = []
     self.fixed: list[str | None] = []
+    self.heads: list[bool] = []
 
   def new(self, size: int, name: str) -> int:
     self.parent.append(len(self.parent))
@@ -104,6 +119,7 @@ class _UnionFind:
     self.name.append(name)
     self.members.append([])
     self.fixed.append(None)
+    self.heads.append(False)
     return len(self.parent) - 1
 
   def find(self, group: int) -> int:
@@ -118,6 +134,7 @@ class _UnionFind:
       self.parent[b] = a
       self.members[a].extend(self.members[b])
       self.fixed[a] = self.fixed[a] or self.fixed[b]
+      self.heads[a] = self.heads[a] or self.heads[b]
 
   def fix(self, groups, reason: str) -> None:
     for group in set(int(g) for g in np.asarray(groups).ravel() if g >= 0):
@@ -252,6 +269,8 @@ class _Tracer:
 
   def elementwise(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     shape = self.graph.shapes[eqn.outputs[0]]
+    uniform = frozenset(range(len(shape))).intersection(
+        *(v.uniform for v in ins if len(v.shape) == len(shape)))
     acts = [v for v in ins if v.kind == "act"]
     if not acts:
       kind = "param" if any(v.kind == "param" for v in ins) else "const"
@@ -260,19 +279,21 @@ class _Tracer:
                        for a, m in enumerate(axis_map)))
           for v in ins if len(v.shape) == len(shape)
           for leaf, axis_map in v.sources)
-      self.values[eqn.outputs[0]] = _Value(kind, shape, sources=sources)
+      self.values[eqn.outputs[0]] = _Value(kind, shape, sources=sources,
+                                           uniform=uniform)
       return
     labelled = [v for v in acts if v.axis is not None
                 and v.shape[v.axis] == shape[v.axis]]
-    out = _Value("act", shape)
+    out = _Value("act", shape, uniform=uniform)
     if labelled:
       first = labelled[0]
-      out = dataclasses.replace(first, shape=shape)
+      out = dataclasses.replace(first, shape=shape, uniform=uniform)
       for other in labelled[1:]:
         self.join(first, other)
       axis = first.axis
       for v in ins:
-        full = len(v.shape) == len(shape) and v.shape[axis] == shape[axis]
+        full = (len(v.shape) == len(shape) and v.shape[axis] == shape[axis]
+                and axis not in v.uniform)
         if v.kind == "param" and full:
           for source in v.sources:
             if not self.member(first, source, axis, "out"):
@@ -307,11 +328,16 @@ class _Tracer:
     v = ins[0]
     shape = self.graph.shapes[eqn.outputs[0]]
     dims = eqn.params["broadcast_dimensions"]
+    uniform = frozenset(
+        d for d in range(len(shape)) if d not in dims) | frozenset(
+            d for a, d in enumerate(dims)
+            if a in v.uniform or v.shape[a] != shape[d])
     if v.kind == "act":
-      out = _Value("act", shape)
+      out = _Value("act", shape, uniform=uniform)
       if v.axis is not None:
         if v.shape[v.axis] == shape[dims[v.axis]]:
-          out = dataclasses.replace(v, shape=shape, axis=dims[v.axis])
+          out = dataclasses.replace(v, shape=shape, axis=dims[v.axis],
+                                    uniform=uniform)
         else:
           self.fix(v, "broadcast along the channel axis")
       self.values[eqn.outputs[0]] = out
@@ -323,7 +349,8 @@ class _Tracer:
         if v.shape[a] == shape[d]:
           new_map[d] = axis_map[a]
       sources.append((leaf, tuple(new_map)))
-    self.values[eqn.outputs[0]] = _Value(v.kind, shape, sources=tuple(sources))
+    self.values[eqn.outputs[0]] = _Value(v.kind, shape, sources=tuple(sources),
+                                         uniform=uniform)
 
   def reshape(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     v = ins[0]
@@ -469,46 +496,99 @@ class _Tracer:
     self.values[eqn.outputs[0]] = _Value("act", shape)
 
   def dot_general(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
     lhs, rhs = ins
     shape = self.graph.shapes[eqn.outputs[0]]
-    if lhs.kind == "act" and rhs.kind == "param" and not lb and len(lc) == 1:
-      act, param, act_axis, param_axis = lhs, rhs, lc[0], rc[0]
-      param_free = [a for a in range(len(rhs.shape)) if a != rc[0]]
-      out_axis = len(shape) - len(param_free)
-    elif rhs.kind == "act" and lhs.kind == "param" and not lb and len(lc) == 1:
-      act, param, act_axis, param_axis = rhs, lhs, rc[0], lc[0]
-      param_free = [a for a in range(len(lhs.shape)) if a != lc[0]]
-      out_axis = 0
+    if lhs.kind == "act" and rhs.kind == "act":
+      self.activation_product(eqn, ins)
+      return
+    if lhs.kind == "act" and rhs.kind == "param" and not lb:
+      act, param, act_axes, param_axes = lhs, rhs, tuple(lc), tuple(rc)
+    elif rhs.kind == "act" and lhs.kind == "param" and not lb:
+      act, param, act_axes, param_axes = rhs, lhs, tuple(rc), tuple(lc)
     else:
       labelled = [v for v in ins if v.kind == "act" and v.axis is not None]
       if labelled:
         self.unknown(eqn, labelled)
       if any(v.kind == "act" for v in ins):
-        self.not_followed(ins, "a kernel contracting several axes "
-                          "(DenseGeneral, attention's output projection)")
+        self.not_followed(ins, "a kernel with batch dimensions")
       self.default_outputs(eqn, ins)
       return
-    self.consume(act, act_axis, param, param_axis, eqn)
-    if len(param_free) != 1:
-      self.not_followed([param], "a kernel with several output axes "
-                        "(DenseGeneral, attention's query, key, value)")
+    self.consume(act, act_axes, param, param_axes, eqn)
+    param_free = [a for a in range(len(param.shape)) if a not in param_axes]
+    if not param_free:
       self.values[eqn.outputs[0]] = _Value("act", shape)
       return
-    free = param_free[0]
-    examples = shape[0] if act_axis != 0 and len(shape) > 1 else 1
-    self.count_macs(param, shape, shape[out_axis], examples)
+    # Output axes: lhs's free axes, then rhs's. A kernel with several
+    # output axes (DenseGeneral, attention's (heads, head_dim)) makes one
+    # structure of each position of the first: a head with all its features.
+    act_free = [a for a in range(len(act.shape)) if a not in act_axes]
+    out_axis = len(act_free) if param is rhs else 0
+    batch_axis = 0 if param is rhs else len(param_free)
+    examples = (shape[batch_axis] if 0 in act_free and len(act.shape) > 1
+                else 1)
+    self.count_macs(param, shape,
+                    int(np.prod([param.shape[a] for a in param_free])),
+                    examples)
     self.values[eqn.outputs[0]] = self.new_group(
-        shape, out_axis, param.sources, free, param.sources[0][0])
+        shape, out_axis, param.sources, param_free[0], param.sources[0][0])
 
-  def consume(self, act: _Value, act_axis: int, param: _Value,
-              param_axis: int, eqn: _graph.Eqn) -> None:
+  def activation_product(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
+    """A product of two activations (attention's query-key and weights-value
+    products): labels on paired batch axes (heads) are joined; a label on a
+    free axis passes when the other side has none."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    shape = self.graph.shapes[eqn.outputs[0]]
+    position = []  # per operand: its axis -> the output's (absent: summed)
+    offset = len(lb)
+    for v, batch, contracted in ((ins[0], lb, lc), (ins[1], rb, rc)):
+      table = {a: i for i, a in enumerate(batch)}
+      free = [a for a in range(len(v.shape))
+              if a not in batch and a not in contracted]
+      table.update({a: offset + i for i, a in enumerate(free)})
+      offset += len(free)
+      position.append(table)
+    labelled = [side for side, v in enumerate(ins) if v.axis is not None]
+    out = _Value("act", shape)
+    summed = [ins[s] for s in labelled if ins[s].axis not in position[s]]
+    axes = [position[s][ins[s].axis] for s in labelled if not summed]
+    if summed:
+      for v in ins:
+        self.fix(v, "contracted with another activation")
+    elif len(labelled) == 2 and axes[0] == axes[1] < len(lb):
+      # The older side names the heads: the query's kernel.
+      older, newer = sorted(ins, key=lambda v: self.groups.find(
+          int(v.group[v.group >= 0].min())))
+      self.join(older, dataclasses.replace(newer, axis=older.axis))
+      for group in older.group[older.group >= 0]:
+        self.groups.heads[self.groups.find(int(group))] = True
+      out = dataclasses.replace(older, shape=shape, axis=axes[0])
+      self.count_product_macs(out, shape, np.prod(
+          [ins[0].shape[a] for a in lc]), examples=shape[0] if 0 in lb else 1)
+    elif len(labelled) == 2:
+      for v in ins:
+        self.fix(v, "multiplied with other channels of an activation")
+    elif labelled:
+      side = labelled[0]
+      v, other = ins[side], ins[1 - side]
+      partner = (rb, lb)[side]
+      if axes[0] < len(lb) and partner[axes[0]] not in other.uniform:
+        self.fix(v, "multiplied per channel with an activation that no "
+                 "structure of these channels produces")
+      else:
+        out = dataclasses.replace(v, shape=shape, axis=axes[0],
+                                  uniform=frozenset())
+    self.values[eqn.outputs[0]] = out
+
+  def consume(self, act: _Value, act_axes: tuple[int, ...], param: _Value,
+              param_axes: tuple[int, ...], eqn: _graph.Eqn) -> None:
     """The input slices of a kernel join the labels of what it reads."""
     if act.axis is None:
       return
-    if act.axis != act_axis:
+    if act.axis not in act_axes:
       self.unknown(eqn, [act])
       return
+    param_axis = param_axes[act_axes.index(act.axis)]
     for source in param.sources:
       if not self.member(act, source, param_axis, "in"):
         self.fix(act, f"read by a reshaped kernel ({self.paths[source[0]]})")
@@ -521,6 +601,17 @@ class _Tracer:
     for leaf, _ in param.sources:
       # A scan-stacked leaf: this op uses one of its rows.
       self.macs[self.paths[leaf]] += per_entry / self.scan_length.get(leaf, 1)
+
+  def count_product_macs(self, out: _Value, shape, contracted: int,
+                         examples: int) -> None:
+    """A product of activations per head (attention's scores and weighted
+    values) costs multiply-adds that no kernel entry counts: they are
+    charged to the entries of the kernel that names the heads (the query),
+    which go exactly when a head or its branch goes."""
+    path = self.groups.name[self.groups.find(int(out.group[out.group >= 0][0]))]
+    leaf = self.paths.index(path)
+    entries = np.prod(self.graph.shapes[self.graph.leaf_ids[leaf]])
+    self.macs[path] += float(np.prod(shape) * contracted / examples / entries)
 
   def conv_general_dilated(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     lhs, rhs = ins
@@ -540,7 +631,7 @@ class _Tracer:
     examples = shape[out_spec[0]]
     self.count_macs(rhs, shape, out_features, examples)
     if groups == 1:
-      self.consume(lhs, lhs_spec[1], rhs, rhs_spec[1], eqn)
+      self.consume(lhs, (lhs_spec[1],), rhs, (rhs_spec[1],), eqn)
       self.values[eqn.outputs[0]] = self.new_group(
           shape, out_spec[1], rhs.sources, rhs_spec[0], rhs.sources[0][0])
       return
@@ -689,11 +780,14 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
   (projection shortcuts included). Also finds residual blocks whose removal
   leaves the identity shortcut.
 
+  Attention heads (``nn.MultiHeadDotProductAttention``,
+  ``nnx.MultiHeadAttention``) are structures: a head's query, key and value
+  slices with the output projection's rows that read it.
+
   Channels that reach the model's output (the logits), that LayerNorm or
   GroupNorm mix, or that are combined with per-channel inputs or constants
   are not prunable; `Groups.unprunable` lists them with the reason, and
-  the kernels whose channels it does not follow (DenseGeneral over several
-  axes: attention's query, key, value and output projections) by path.
+  the kernels whose channels it does not follow by path.
 
   Trace in inference mode (``train=False``, batch norm on running
   averages): dropout's random mask makes every channel it meets unprunable.
@@ -786,7 +880,9 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks,
     members = tuple(
         _groups.Member(paths[leaf], axis, np.asarray(c, np.int32), role)
         for (leaf, axis), (c, role) in sorted(merged.items()))
-    channels.append(_groups.ChannelGroup(name, found.size[group], members))
+    channels.append(_groups.ChannelGroup(
+        name, found.size[group], members,
+        "heads" if found.heads[group] else "channels"))
   block_list = _named_blocks(paths, blocks, collections_level)
   for leaf, reason in sorted(tracer.opaque.items()):
     unprunable.append((paths[leaf], reason))

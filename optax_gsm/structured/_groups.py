@@ -59,10 +59,16 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class ChannelGroup:
-  """Channels that are pruned together: ``size`` of them, all members."""
+  """Channels that are pruned together: ``size`` of them, all members.
+
+  ``kind`` is ``"heads"`` for attention heads (each channel a head: its
+  query, key and value slices and the output projection's rows), else
+  ``"channels"``.
+  """
   name: str
   size: int
   members: tuple[Member, ...]
+  kind: str = "channels"
 
 
 @dataclasses.dataclass(frozen=True)
