@@ -37,7 +37,7 @@ MODELS = {
     "resnet20": lambda depth, widths: CifarResNet(depth, widths=widths),
     "lenet300": lambda depth, widths: LeNet300100(widths=widths),
     "mlp": lambda depth, widths: Mlp(),
-    "vit": lambda depth, widths: VisionTransformer(),
+    "vit": lambda depth, widths: VisionTransformer(widths=widths),
 }
 
 
@@ -108,8 +108,11 @@ class Setup:
 
   @property
   def stem(self) -> str:
-    """The records' file stem: ``mnist_<model>`` (``_quick`` in quick mode)."""
-    return f"mnist_{self.model_name}{'_quick' if self.args.quick else ''}"
+    """The records' file stem: ``mnist_<model>`` (``_seed<n>`` for a seed
+    other than 0, ``_quick`` in quick mode)."""
+    seed = f"_seed{self.args.seed}" if self.args.seed else ""
+    return (f"mnist_{self.model_name}{seed}"
+            f"{'_quick' if self.args.quick else ''}")
 
   def sgd(self) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),

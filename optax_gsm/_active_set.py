@@ -194,6 +194,31 @@ def with_learning_rate(
   return zeroing_passive(inner, freeze_mask_at, zero_passive_at)
 
 
+def with_adamw(
+    make_direction: Callable[..., optax.GradientTransformation],
+    learning_rate: optax.ScalarOrSchedule, total_steps: int | None, *,
+    b1: Any, weight_decay: Any, mask: Any, freeze_mask_at: Any,
+    zero_passive_at: Any) -> optax.GradientTransformation:
+  """``make_direction(freeze_mask_at=...)`` (a ranking in front of Adam's
+  moments), AdamW's decoupled decay and the learning rate, then, with
+  ``zero_passive_at``, the shrink of passive weights to zero; with
+  ``total_steps``, `lossless_settings` fills the settings not given."""
+  if not callable(learning_rate):
+    _validation.check_range("learning_rate", learning_rate, low=0.0)
+  _validation.check_range("weight_decay", weight_decay, low=0.0)
+  freeze_mask_at, _, zero_passive_at = lossless_defaults(
+      learning_rate, total_steps, momentum=b1, weight_decay=0.0,
+      freeze_mask_at=freeze_mask_at, passive_weight_decay=0.0,
+      zero_passive_at=zero_passive_at)
+  inner = optax.chain(
+      make_direction(freeze_mask_at=freeze_mask_at),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate))
+  if zero_passive_at is None:
+    return inner
+  return zeroing_passive(inner, freeze_mask_at, zero_passive_at)
+
+
 def zeroing_passive(inner: optax.GradientTransformation, freeze_mask_at: Any,
                      zero_passive_at: Any) -> optax.GradientTransformation:
   """``inner``'s updates, with each passive weight scaled by

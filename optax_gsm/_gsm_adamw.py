@@ -10,6 +10,7 @@ exact zeros by the same cubic ramp as in `gsm_sgd` (`lossless_settings`), so
 the prune changes nothing.
 """
 
+import functools
 from typing import Any
 
 import chex
@@ -180,22 +181,13 @@ def gsm_adamw(
   Returns:
     An ``optax.GradientTransformation``.
   """
-  if not callable(learning_rate):
-    _validation.check_range("learning_rate", learning_rate, low=0.0)
-  _validation.check_range("weight_decay", weight_decay, low=0.0)
-  freeze_mask_at, _, zero_passive_at = _active_set.lossless_defaults(
-      learning_rate, total_steps, momentum=b1, weight_decay=0.0,
-      freeze_mask_at=freeze_mask_at, passive_weight_decay=0.0,
+  return _active_set.with_adamw(
+      functools.partial(
+          scale_by_gsm_adam, compression_ratio, sparsity=sparsity, b1=b1,
+          b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+          nesterov=nesterov, saliency=saliency, prunable=prunable,
+          mask_update_every=mask_update_every, min_density=min_density,
+          max_density=max_density),
+      learning_rate, total_steps, b1=b1, weight_decay=weight_decay,
+      mask=mask, freeze_mask_at=freeze_mask_at,
       zero_passive_at=zero_passive_at)
-  inner = optax.chain(
-      scale_by_gsm_adam(
-          compression_ratio, sparsity=sparsity, b1=b1, b2=b2, eps=eps,
-          eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov,
-          saliency=saliency, prunable=prunable,
-          mask_update_every=mask_update_every, freeze_mask_at=freeze_mask_at,
-          min_density=min_density, max_density=max_density),
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate))
-  if zero_passive_at is None:
-    return inner
-  return _active_set.zeroing_passive(inner, freeze_mask_at, zero_passive_at)

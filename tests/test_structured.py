@@ -288,3 +288,59 @@ def test_init_under_eval_shape_and_map_params(mlp):
   assert set(jax.tree.leaves(marked[0][1].trace)) == {"param"}
   assert set(jax.tree.leaves(marked[0][0].mask)) == {"param"}
   assert marked[0][0].count == "other"
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_structured_adamw_matches_a_numpy_reference(mlp, jit):
+  # Adam's moments of the gradient masked to the kept structures (the masks
+  # the state reports), then AdamW's decoupled decay and the learning rate.
+  groups, params, loss = mlp
+  lr, b1, b2, eps, decay = 1e-2, 0.9, 0.99, 1e-8, 1e-3
+  tx = optax_gsm.structured.structured_gsm_adamw(
+      lr, groups, 4.0, b1=b1, b2=b2, eps=eps, weight_decay=decay)
+  update = jax.jit(tx.update) if jit else tx.update
+  state = tx.init(params)
+  expected = jax.tree.map(np.asarray, params)
+  first = jax.tree.map(np.zeros_like, expected)
+  second = jax.tree.map(np.zeros_like, expected)
+  for t in range(1, 4):
+    grads = jax.grad(loss)(params)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    masks = optax_gsm.structured._structured_gsm.structured_states(
+        state)[0].mask
+    direction = jax.tree.map(lambda g, m: np.where(m, g, 0.0), grads, masks)
+    first = jax.tree.map(lambda m, d: b1 * m + (1 - b1) * d, first,
+                         direction)
+    second = jax.tree.map(lambda v, d: b2 * v + (1 - b2) * d * d, second,
+                          direction)
+    expected = jax.tree.map(
+        lambda w, m, v, t=t: w - lr * (m / (1 - b1 ** t) / (
+            np.sqrt(v / (1 - b2 ** t)) + eps) + decay * w),
+        expected, first, second)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                         atol=2e-7),
+                 params, expected)
+
+
+def test_structured_adamw_lossless_on_a_transformer():
+  # Heads, MLP neurons and branches of a ViT under one FLOPs budget; with
+  # total_steps the removed structures end exactly zero, so the shrunk
+  # model is the trained one.
+  case = structured_cases.case("vit")
+  x = structured_cases.example_input(case, 2)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
+  loss = lambda p: jnp.mean((case.apply({"params": p}, x) - 1.0) ** 2)
+  tx = optax_gsm.structured.structured_gsm_adamw(
+      1e-3, groups, 2.0, cost="flops", total_steps=10)
+  params, state = _steps(tx, case.variables["params"], loss, 10, jit=True)
+  keep = optax_gsm.structured.kept_structures(state)
+  kinds = [g.kind for g in groups.channels]
+  assert "heads" in kinds
+  before, after = optax_gsm.structured.model_cost(groups, params, keep,
+                                                  "flops")
+  assert after <= before / 2.0
+  variables = {"params": params}
+  small, widths = optax_gsm.structured.shrink(variables, groups, keep)
+  np.testing.assert_allclose(case.rebuild(widths)(small, x),
+                             case.apply(variables, x), atol=1e-5)

@@ -26,7 +26,9 @@ from optax_gsm.structured._shrink import shrink
 from optax_gsm.structured._structured_gsm import (
   StructuredGSMState,
   kept_structures,
+  scale_by_structured_gsm_adam,
   structured_gsm,
+  structured_gsm_adamw,
   structured_gsm_sgd,
 )
 
@@ -44,7 +46,9 @@ __all__ = (
     "model_cost",
     "prune_structures",
     "recalibrate_batch_stats",
+    "scale_by_structured_gsm_adam",
     "shrink",
     "structured_gsm",
+    "structured_gsm_adamw",
     "structured_gsm_sgd",
 )

@@ -6,7 +6,8 @@ to the masked gradient and momentum every GSM shares
 (`optax_gsm._active_set`).
 """
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_gsm import _active_set, _compression_ratio, _prunable
+from optax_gsm import _active_set, _compression_ratio, _prunable, _validation
 from optax_gsm.structured import _groups, _ranking
 
 
@@ -222,6 +223,138 @@ def structured_gsm_sgd(
       nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
       saliency=saliency, mask_update_every=mask_update_every,
       momentum_dtype=momentum_dtype)
+
+
+def scale_by_structured_gsm_adam(
+    groups: _groups.Groups,
+    compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
+    *,
+    sparsity: _compression_ratio.RatioOrSchedule | None = None,
+    cost: str = "params",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    saliency: str | _ranking.StructureSaliency = "taylor",
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
+) -> optax.GradientTransformation:
+  r"""Adam's direction of the gradient masked to the kept structures.
+
+  .. math::
+    u_t = \mathrm{Adam}_{\beta_1, \beta_2, \epsilon}(B_S \odot g_t)
+
+  with ``B_S`` the entries of the structures `structured_gsm`'s ranking
+  keeps (heads, neurons, channels and branches under one budget); the
+  entries of the others get no gradient, so their moments decay. The state
+  is ``(StructuredGSMState, optax.ScaleByAdamState)``.
+
+  References:
+    Ding et al., NeurIPS 2019; Molchanov et al., CVPR 2019; Kingma and Ba,
+    "Adam: A Method for Stochastic Optimization", ICLR 2015.
+
+  Example::
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, optax_gsm
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((1, 4))
+    >>> params = model.init(jax.random.key(0), x)["params"]
+    >>> groups = optax_gsm.structured.channel_groups(
+    ...     model.apply, {"params": params}, x)
+    >>> tx = optax_gsm.structured.scale_by_structured_gsm_adam(groups, 2.0)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> _, state = tx.update(grads, tx.init(params), params)
+    >>> int(optax_gsm.structured.kept_structures(state).channels[0].sum()) < 8
+    True
+
+  Args:
+    groups: see `structured_gsm`.
+    compression_ratio: see `structured_gsm`.
+    sparsity: see `structured_gsm`.
+    cost: see `structured_gsm`.
+    b1: Adam's first-moment decay, in [0, 1).
+    b2: Adam's second-moment decay, in [0, 1).
+    eps: added to the root of the second moment, >= 0.
+    saliency: see `structured_gsm`.
+    mask_update_every: see `optax_gsm.gsm`.
+    freeze_mask_at: see `structured_gsm`.
+
+  Returns:
+    An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+  """
+  for name, value in (("b1", b1), ("b2", b2)):
+    _validation.check_range(name, value, low=0.0, high=1.0,
+                            high_inclusive=False)
+  _validation.check_range("eps", eps, low=0.0)
+  _ranking.check_cost(cost)
+  return optax.chain(
+      _scale_by_kept_structures(
+          groups, cost,
+          _compression_ratio.compression_schedule(compression_ratio,
+                                                  sparsity),
+          _ranking.as_contribution_saliency(saliency),
+          _active_set.check_decays(0.0, 0.0, 0.0), mask_update_every,
+          freeze_mask_at),
+      optax.scale_by_adam(b1, b2, eps))
+
+
+def structured_gsm_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    groups: _groups.Groups,
+    compression_ratio: _compression_ratio.RatioOrSchedule | None = None,
+    *,
+    total_steps: int | None = None,
+    sparsity: _compression_ratio.RatioOrSchedule | None = None,
+    cost: str = "params",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-4,
+    mask: Any = None,
+    saliency: str | _ranking.StructureSaliency = "taylor",
+    mask_update_every: int = 1,
+    freeze_mask_at: int | None = None,
+    zero_passive_at: int | None = None,
+) -> optax.GradientTransformation:
+  r"""Structured GSM with AdamW: `scale_by_structured_gsm_adam`, AdamW's
+  decoupled weight decay and the learning rate.
+
+  .. math::
+    w_{t+1} = w_t - \alpha_t \big(\mathrm{Adam}(B_S \odot g_t)
+      + \lambda w_t\big)
+
+  For transformers, which train with AdamW. ``total_steps`` gives the same
+  lossless default as `structured_gsm_sgd` and `optax_gsm.gsm_adamw`: the
+  kept structures are frozen at 20% of the steps and the removed ones shrink
+  to exact zeros by 60%, so `shrink` changes nothing.
+
+  Args:
+    learning_rate: alpha >= 0, or a schedule ``step -> alpha``.
+    groups: see `structured_gsm`.
+    compression_ratio: see `structured_gsm`.
+    total_steps: see `optax_gsm.gsm_adamw`.
+    sparsity: see `structured_gsm`.
+    cost: see `structured_gsm`.
+    b1: see `scale_by_structured_gsm_adam`.
+    b2: see `scale_by_structured_gsm_adam`.
+    eps: see `scale_by_structured_gsm_adam`.
+    weight_decay: lambda >= 0, AdamW's decoupled decay.
+    mask: which leaves decay, as ``optax.adamw``'s ``mask`` (None: all).
+    saliency: see `structured_gsm`.
+    mask_update_every: see `optax_gsm.gsm`.
+    freeze_mask_at: see `structured_gsm`.
+    zero_passive_at: see `optax_gsm.gsm_sgd`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  return _active_set.with_adamw(
+      functools.partial(
+          scale_by_structured_gsm_adam, groups, compression_ratio,
+          sparsity=sparsity, cost=cost, b1=b1, b2=b2, eps=eps,
+          saliency=saliency, mask_update_every=mask_update_every),
+      learning_rate, total_steps, b1=b1, weight_decay=weight_decay,
+      mask=mask, freeze_mask_at=freeze_mask_at,
+      zero_passive_at=zero_passive_at)
 
 
 def structured_states(opt_state: chex.ArrayTree) -> list[StructuredGSMState]:
