@@ -84,17 +84,29 @@ class Trainer:
     self.seed = seed
     self._correct = jax.jit(lambda params, batch_stats, x, y: jnp.sum(
         jnp.argmax(predict(model.apply, params, batch_stats, x), -1) == y))
+    self._loss_sum = jax.jit(lambda params, batch_stats, x, y: jnp.sum(
+        optax.softmax_cross_entropy_with_integer_labels(
+            predict(model.apply, params, batch_stats, x), y)))
     self.batch_stats = None  # of the model last trained, if it has BN
 
-  def accuracy(self, params, batch_stats=None) -> float:
+  def _test_sum(self, per_chunk, params, batch_stats) -> float:
     # In chunks: a transformer's attention over the whole test set at once
     # takes gigabytes.
     n = self.test_y.shape[0]
-    correct = sum(int(self._correct(params, batch_stats,
-                                    self.test_x[i:i + _EVAL_CHUNK],
-                                    self.test_y[i:i + _EVAL_CHUNK]))
-                  for i in range(0, n, _EVAL_CHUNK))
-    return correct / n
+    return sum(float(per_chunk(params, batch_stats,
+                               self.test_x[i:i + _EVAL_CHUNK],
+                               self.test_y[i:i + _EVAL_CHUNK]))
+               for i in range(0, n, _EVAL_CHUNK))
+
+  def accuracy(self, params, batch_stats=None) -> float:
+    """The share of test labels predicted (every position of a sequence)."""
+    return self._test_sum(self._correct, params,
+                          batch_stats) / self.test_y.size
+
+  def test_loss(self, params, batch_stats=None) -> float:
+    """The mean cross-entropy (nats) per test label."""
+    return self._test_sum(self._loss_sum, params,
+                          batch_stats) / self.test_y.size
 
   def recalibrated_batch_stats(self, params, batch_stats, *,
                                num_batches: int = 20):

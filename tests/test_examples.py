@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import optax_gsm
@@ -290,12 +291,43 @@ def test_adamw_example_quick_mode(tmp_path):
   assert (tmp_path / "mnist_vit_quick.md").exists()
 
 
+@pytest.mark.slow
+def test_char_gpt_example_quick_mode(tmp_path):
+  pytest.importorskip("matplotlib")
+  from examples import char_gpt
+  record = char_gpt.main(["--quick", "--out", str(tmp_path)])
+  run = record["runs"][0]
+  # The scan-stacked model shrinks to exactly the masked one, and GSM's
+  # lossless default leaves the trained model unchanged by the shrink.
+  assert run["gsm"]["shrunk_minus_masked_max_logit"] < 1e-4
+  assert abs(run["gsm"]["shrunk"]["bits_per_char"]
+             - run["gsm"]["trained"]["bits_per_char"]) < 1e-4
+  assert set(record["group_sizes"]) == {"layers/attention/query",
+                                        "layers/mlp_in"}
+  for method in ("gsm", "l1", "taylor"):
+    assert run[method]["flops_reduction"] >= 2.0
+  for suffix in (".json", ".md", ".png"):
+    assert (tmp_path / f"stdlib_gpt_quick{suffix}").exists()
+
+
+def test_stdlib_corpus_windows_predict_the_next_character():
+  from examples import text_data
+  corpus = text_data.load_corpus(32, max_chars=20_000, max_test_windows=5)
+  x, y = corpus.train
+  assert x.shape[1] == 32 and x.dtype == y.dtype
+  np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+  np.testing.assert_array_equal(x[1:, 0], y[:-1, -1])
+  assert corpus.test[0].shape == (5, 32)
+  assert 0 <= x.min() and x.max() < text_data.VOCAB
+  assert corpus.description["characters"] == 20_000
+
+
 def test_examples_write_under_the_working_directory_by_default():
   # Regression: the default output was the source tree's benchmarks/results.
   from examples import measure
   assert not measure.RESULTS.is_absolute()
-  for name in ("adamw_gsm", "csgd", "lasso_channel", "low_rank", "path_sgd",
-               "resnet_unstructured", "structured_gsm"):
+  for name in ("adamw_gsm", "char_gpt", "csgd", "lasso_channel", "low_rank",
+               "path_sgd", "resnet_unstructured", "structured_gsm"):
     module = __import__(f"examples.{name}", fromlist=["OUT"])
     assert module.OUT.parts[0] == "results", name
 

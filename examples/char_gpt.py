@@ -1,0 +1,333 @@
+"""Structured GSM on a GPT-style character model: fewer heads and MLP
+neurons in a scan-stacked transformer, with no fine-tuning.
+
+A causal pre-LN transformer (``examples.models.CharTransformer``: width 128,
+4 layers of 4 heads stacked by ``nn.scan``, MLP 512, 64-character context)
+learns the source of Python's standard library (``examples.text_data``),
+character by character, with AdamW (warm-up then cosine decay). Then, at
+each FLOPs reduction asked for, from the dense model and for the same number
+of steps:
+
+1. structured GSM with AdamW (``structured_gsm_adamw(lr, groups, C,
+   cost="flops", total_steps=T)``): heads (attention products included in
+   their cost) and MLP neurons in one global ranking; every layer of the
+   stack keeps the same ones, so the shrunk model is still a scan stack;
+   `shrink`, no fine-tuning;
+2. uniform L1 pruning (the same share of heads and of neurons, the smallest
+   sum of ``|w|`` removed) to the same FLOPs, shrunk, then fine-tuned with
+   AdamW for T steps;
+3. one-shot Taylor pruning (post-training, no fine-tuning, as LLM-Pruner
+   scores structures): ``|sum g w|`` per structure with the gradient of 8
+   training batches, the same global ranking per FLOP and budget.
+
+Reported: test bits per character and next-character accuracy, the largest
+difference between the shrunk and the masked model's logits, the FLOPs and
+parameter reductions, and the CPU inference time of the dense and the GSM
+model at batch 1 and 64, measured in the same run.
+
+    python -m examples.char_gpt --reductions 2 4      # ~25 min on 2 cores
+    python -m examples.char_gpt --quick               # as the tests run it
+
+Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_seed<n>].{json,md,png}``.
+"""
+
+import argparse
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_gsm
+from examples import experiment
+from examples.measure import RESULTS, HelpFormatter, machine_info, time_call
+from examples.models import CharTransformer
+from examples.structured_gsm import l1_uniform_for
+from examples.text_data import VOCAB, load_corpus
+from examples.training import Trainer
+
+OUT = RESULTS / "char_gpt"
+PEAK_LR = 3e-3
+WEIGHT_DECAY = 0.01
+CALIBRATION_BATCHES = 8
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+  parser.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
+  parser.add_argument("--epochs", type=int, default=10)
+  parser.add_argument("--steps-per-epoch", type=int, default=100)
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--context", type=int, default=64)
+  parser.add_argument("--width", type=int, default=128)
+  parser.add_argument("--depth", type=int, default=4)
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--mlp-width", type=int, default=512)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", type=pathlib.Path, default=OUT)
+  parser.add_argument("--quick", action="store_true",
+                      help="a tiny model, a few steps, as the tests run it")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.reductions = args.reductions[:1]
+    args.epochs, args.steps_per_epoch, args.batch = 2, 5, 8
+    args.context, args.width, args.mlp_width, args.depth = 16, 32, 64, 2
+  return args
+
+
+def _adamw(steps: int) -> optax.GradientTransformation:
+  return optax.adamw(experiment.schedule(PEAK_LR, steps),
+                     weight_decay=WEIGHT_DECAY)
+
+
+def _quality(trainer: Trainer, params) -> dict:
+  loss = trainer.test_loss(params)
+  return {"bits_per_char": loss / math.log(2),
+          "accuracy": trainer.accuracy(params)}
+
+
+def _shrunk(args, groups, params, keep, corpus):
+  small, widths = optax_gsm.structured.shrink({"params": params}, groups,
+                                              keep)
+  model = _model(args, widths)
+  return small["params"], widths, model, _trainer(args, model, corpus)
+
+
+def _model(args, widths=None) -> CharTransformer:
+  return CharTransformer(vocab=VOCAB, width=args.width, depth=args.depth,
+                         heads=args.heads, mlp_width=args.mlp_width,
+                         context=args.context, widths=widths or {})
+
+
+def _trainer(args, model, corpus) -> Trainer:
+  return Trainer(model, corpus.train, corpus.test,
+                 steps_per_epoch=args.steps_per_epoch,
+                 batch_size=args.batch, seed=args.seed)
+
+
+def _kept(groups, keep) -> dict:
+  return {g.name: int(np.sum(k)) for g, k in zip(groups.channels,
+                                                 keep.channels)}
+
+
+def _reductions(groups, params, keep) -> dict:
+  flops = optax_gsm.structured.model_cost(groups, params, keep, "flops")
+  count = optax_gsm.structured.model_cost(groups, params, keep)
+  return {"flops_reduction": flops[0] / flops[1],
+          "params_reduction": count[0] / count[1]}
+
+
+def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
+  tx = optax_gsm.structured.structured_gsm_adamw(
+      experiment.schedule(PEAK_LR, steps), groups, reduction, cost="flops",
+      total_steps=steps, weight_decay=WEIGHT_DECAY)
+  trained, opt_state, timing = trainer.train(
+      dense, tx, args.epochs, desc=f"structured GSM {reduction}x")
+  keep = optax_gsm.structured.kept_structures(opt_state)
+  masked = optax_gsm.structured.mask_structures({"params": trained}, groups,
+                                                keep)["params"]
+  small, widths, model, small_trainer = _shrunk(args, groups, trained, keep,
+                                                corpus)
+  x = jnp.asarray(corpus.test[0][:16])
+  difference = float(jnp.max(jnp.abs(
+      model.apply({"params": small}, x)
+      - trainer.model.apply({"params": masked}, x))))
+  record = {"trained": _quality(trainer, trained),
+            "masked": _quality(trainer, masked),
+            "shrunk": _quality(small_trainer, small),
+            "shrunk_minus_masked_max_logit": difference,
+            "kept": _kept(groups, keep), "widths": widths,
+            **_reductions(groups, trained, keep), **timing}
+  print(f"GSM {reduction}x: {record['trained']['bits_per_char']:.3f} bits "
+        f"trained, {record['shrunk']['bits_per_char']:.3f} shrunk "
+        f"(logits within {difference:.1e}), {record['kept']}", flush=True)
+  return record, small, model
+
+
+def l1_stage(args, corpus, groups, dense, reduction, steps):
+  keep = l1_uniform_for(groups, dense, reduction)
+  small, _, _, trainer = _shrunk(args, groups, dense, keep, corpus)
+  pruned = _quality(trainer, small)
+  tuned, _, timing = trainer.train(small, _adamw(steps), args.epochs,
+                                   desc=f"L1 {reduction}x")
+  record = {"pruned": pruned, "fine_tuned": _quality(trainer, tuned),
+            "kept": _kept(groups, keep),
+            **_reductions(groups, dense, keep), **timing}
+  print(f"L1 {reduction}x: {pruned['bits_per_char']:.3f} bits pruned, "
+        f"{record['fine_tuned']['bits_per_char']:.3f} fine-tuned", flush=True)
+  return record
+
+
+def taylor_stage(args, corpus, trainer, groups, dense, reduction):
+  """One-shot: the gradient of a few training batches, no fine-tuning."""
+  loss = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(
+      trainer.model.apply({"params": p}, x), y).mean()
+  gradient = jax.jit(jax.grad(loss))
+  grads = jax.tree.map(jnp.zeros_like, dense)
+  for i in range(CALIBRATION_BATCHES):
+    rows = slice(i * args.batch, (i + 1) * args.batch)
+    grads = jax.tree.map(jnp.add, grads, gradient(
+        dense, jnp.asarray(corpus.train[0][rows]),
+        jnp.asarray(corpus.train[1][rows])))
+  _, keep = optax_gsm.structured.prune_structures(
+      dense, groups, reduction, cost="flops", saliency="taylor",
+      grads=grads)
+  small, _, _, small_trainer = _shrunk(args, groups, dense, keep, corpus)
+  record = {"pruned": _quality(small_trainer, small),
+            "kept": _kept(groups, keep), **_reductions(groups, dense, keep)}
+  print(f"Taylor one-shot {reduction}x: "
+        f"{record['pruned']['bits_per_char']:.3f} bits", flush=True)
+  return record
+
+
+def inference_times(args, corpus, dense_model, dense, small_model, small):
+  times = {}
+  for name, model, params in (("dense", dense_model, dense),
+                              ("shrunk", small_model, small)):
+    apply = jax.jit(lambda p, x, model=model: model.apply({"params": p}, x))
+    for batch in (1, 64):
+      x = jnp.asarray(corpus.test[0][:batch])
+      times[f"{name}_batch{batch}_ms"] = 1e3 * time_call(
+          lambda apply=apply, p=params, x=x: jax.block_until_ready(
+              apply(p, x)), budget_s=0.2 if args.quick else 2.0)
+  for batch in (1, 64):
+    times[f"speedup_batch{batch}"] = (times[f"dense_batch{batch}_ms"]
+                                      / times[f"shrunk_batch{batch}_ms"])
+  return times
+
+
+def _corpus(description: dict) -> str:
+  return (f"{description['source']} of Python {description['python']} "
+          f"({description['files']} files, {description['characters']:,} "
+          f"characters, sha256 {description['sha256']}), windows of "
+          f"{description['context']}: {description['train_windows']:,} train, "
+          f"{description['test_windows']:,} test")
+
+
+def markdown(record) -> str:
+  dense = record["dense"]
+  lines = [
+      "# Structured GSM on a character-level GPT (Python's standard library)",
+      "", f"Model: {record['model']}. Corpus: {_corpus(record['corpus'])}.",
+      "",
+      f"Dense (AdamW, {record['steps']} steps of {record['batch']}): "
+      f"{dense['bits_per_char']:.3f} bits per character, next-character "
+      f"accuracy {dense['accuracy']:.4f}. Each method then has "
+      f"{record['steps']} steps from the dense model (Taylor: none). "
+      f"Machine: {record['machine']['cpu']}, "
+      f"{record['machine']['cpu_count']} cores.", "",
+      "| FLOPs target | method | FLOPs reduction | params reduction | "
+      "bits/char before | bits/char after | accuracy after | kept | "
+      "speed-up b=1 | speed-up b=64 |", "|---" * 10 + "|"]
+  for run in record["runs"]:
+    g, l1, taylor, t = run["gsm"], run["l1"], run["taylor"], run["inference"]
+    kept = lambda r: ", ".join(f"{k.split('/')[-1]} {v}"
+                               for k, v in r["kept"].items())
+    lines += [
+        f"| {run['reduction']}x | structured GSM (no fine-tuning) | "
+        f"{g['flops_reduction']:.2f}x | {g['params_reduction']:.2f}x | "
+        f"{g['trained']['bits_per_char']:.3f} (trained) | "
+        f"{g['shrunk']['bits_per_char']:.3f} (shrunk) | "
+        f"{g['shrunk']['accuracy']:.4f} | {kept(g)} | "
+        f"{t['speedup_batch1']:.2f}x | {t['speedup_batch64']:.2f}x |",
+        f"| {run['reduction']}x | L1 uniform + fine-tuning | "
+        f"{l1['flops_reduction']:.2f}x | {l1['params_reduction']:.2f}x | "
+        f"{l1['pruned']['bits_per_char']:.3f} (pruned) | "
+        f"{l1['fine_tuned']['bits_per_char']:.3f} (fine-tuned) | "
+        f"{l1['fine_tuned']['accuracy']:.4f} | {kept(l1)} | | |",
+        f"| {run['reduction']}x | Taylor one-shot | "
+        f"{taylor['flops_reduction']:.2f}x | "
+        f"{taylor['params_reduction']:.2f}x | | "
+        f"{taylor['pruned']['bits_per_char']:.3f} (pruned) | "
+        f"{taylor['pruned']['accuracy']:.4f} | {kept(taylor)} | | |"]
+  lines += ["", "Shrunk minus masked GSM model, largest logit difference: "
+            + "; ".join(f"{run['reduction']}x "
+                        f"{run['gsm']['shrunk_minus_masked_max_logit']:.1e}"
+                        for run in record["runs"]),
+            "", "Inference (ms, dense / shrunk): " + "; ".join(
+                f"{run['reduction']}x: b=1 "
+                f"{run['inference']['dense_batch1_ms']:.2f} / "
+                f"{run['inference']['shrunk_batch1_ms']:.2f}, b=64 "
+                f"{run['inference']['dense_batch64_ms']:.1f} / "
+                f"{run['inference']['shrunk_batch64_ms']:.1f}"
+                for run in record["runs"])]
+  return "\n".join(lines) + "\n"
+
+
+def plot(record, path) -> None:
+  """Heads and MLP neurons each method kept (every layer the same)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  runs = record["runs"]
+  figure, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4),
+                              squeeze=False)
+  sizes = record["group_sizes"]
+  names = list(sizes)
+  positions = np.arange(len(names))
+  for axis, run in zip(axes[0], runs):
+    for offset, (label, method) in zip(
+        (-0.27, 0.0, 0.27), (("structured GSM", "gsm"), ("L1 uniform", "l1"),
+                             ("Taylor one-shot", "taylor"))):
+      shares = [run[method]["kept"][n] / sizes[n] for n in names]
+      axis.bar(positions + offset, shares, 0.27, label=label)
+    axis.set_xticks(positions, [f"{n.split('/')[-2]}\n({sizes[n]})"
+                                for n in names], fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("share kept (every layer)")
+    axis.set_title(f"{run['reduction']}x fewer FLOPs", fontsize=9)
+    axis.legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  steps = args.epochs * args.steps_per_epoch
+  corpus = load_corpus(args.context, max_test_windows=16 if args.quick
+                       else 1024)
+  model = _model(args)
+  trainer = _trainer(args, model, corpus)
+  params = model.init(jax.random.key(args.seed),
+                      jnp.asarray(corpus.train[0][:1]))["params"]
+  dense, _, timing = trainer.train(params, _adamw(steps), args.epochs,
+                                   desc="dense")
+  groups = optax_gsm.structured.channel_groups(
+      model.apply, {"params": dense}, jnp.asarray(corpus.train[0][:1]))
+  stem = (f"stdlib_gpt{f'_seed{args.seed}' if args.seed else ''}"
+          f"{'_quick' if args.quick else ''}")
+  record = {
+      "model": (f"CharTransformer(width={args.width}, depth={args.depth}, "
+                f"heads={args.heads}, mlp_width={args.mlp_width}, "
+                f"context={args.context}), nn.scan stack"),
+      "corpus": corpus.description, "steps": steps, "batch": args.batch,
+      "seed": args.seed, "peak_lr": PEAK_LR, "weight_decay": WEIGHT_DECAY,
+      "machine": machine_info(),
+      "dense": {**_quality(trainer, dense), **timing},
+      "group_sizes": {g.name: g.size for g in groups.channels},
+      "unprunable": [list(u) for u in groups.unprunable], "runs": []}
+  print(f"dense: {record['dense']['bits_per_char']:.3f} bits per character",
+        flush=True)
+  for reduction in args.reductions:
+    gsm, small, small_model = gsm_stage(args, corpus, trainer, groups, dense,
+                                        reduction, steps)
+    record["runs"].append({
+        "reduction": reduction, "gsm": gsm,
+        "l1": l1_stage(args, corpus, groups, dense, reduction, steps),
+        "taylor": taylor_stage(args, corpus, trainer, groups, dense,
+                               reduction),
+        "inference": inference_times(args, corpus, model, dense, small_model,
+                                     small)})
+    experiment.save(record, markdown(record), args.out, stem)
+  plot(record, args.out / f"{stem}.png")
+  print(markdown(record))
+  return record
+
+
+if __name__ == "__main__":
+  main()
