@@ -197,7 +197,8 @@ class CharTransformer(nn.Module):
   ``depth`` causal pre-LN layers stacked by ``nn.scan`` (one compiled
   layer; parameters ``layers/...`` with a leading layer axis), a final
   LayerNorm and a linear head over the vocabulary. Every layer of the
-  stack has the same widths (``widths["layers/attention/query"]``, ...)."""
+  stack has the same widths (``widths["layers/attention/query"]``, ...);
+  ``widths["layers"]`` is the number of layers kept."""
   vocab: int
   width: int = 128
   depth: int = 4
@@ -212,7 +213,8 @@ class CharTransformer(nn.Module):
     x = x + self.param("position", nn.initializers.normal(0.02),
                        (self.context, self.width))[:tokens.shape[1]]
     stack = nn.scan(StackedEncoderLayer, variable_axes={"params": 0},
-                    split_rngs={"params": True}, length=self.depth)
+                    split_rngs={"params": True},
+                    length=self.widths.get("layers", self.depth))
     x, _ = stack(self.heads, self.mlp_width, True,
                  sub_widths(self.widths, "layers"), name="layers")(x, None)
     x = nn.LayerNorm(name="final_norm")(x)

@@ -13,7 +13,8 @@ does with nested jaxprs is explicit:
   input (``slice`` + ``squeeze`` along the leading axis) and the stacked
   outputs are rebuilt (``broadcast_in_dim`` + ``concatenate``), so a scan
   over layers (``nn.scan``, ``nnx.scan``) reads as a stack of layers whose
-  parameters are rows of the stacked leaves (`Graph.scanned` lists them);
+  parameters are rows of the stacked leaves (`Graph.scanned` lists them,
+  `Graph.steps` the equations of each iteration);
 - ``while`` and ``cond`` stay opaque equations (a loop of unknown length, a
   branch chosen at run time): a walker that meets one names it in its error.
   Any other primitive with a nested jaxpr is opaque too.
@@ -65,6 +66,22 @@ class ScannedLeaf:
   length: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ScanStep:
+  """One iteration of an unrolled ``scan``: a layer of a stack.
+
+  Attributes:
+    leaves: the variable leaves the scan reads row by row.
+    row: the iteration (the row of each of those leaves it reads).
+    eqns: the indices of its equations: its row reads, then its body.
+    row_reads: per row read (a ``slice`` equation's index), the leaf.
+  """
+  leaves: tuple[int, ...]
+  row: int
+  eqns: range
+  row_reads: dict[int, int]
+
+
 @dataclasses.dataclass
 class Graph:
   """A model's flattened jaxpr.
@@ -78,6 +95,7 @@ class Graph:
     input_ids: the ids of the flattened inputs.
     outputs: the ids of the flattened outputs.
     scanned: the variable leaves read row by row by an unrolled ``scan``.
+    steps: every iteration of every unrolled ``scan``.
   """
   eqns: list[Eqn] = dataclasses.field(default_factory=list)
   shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
@@ -86,6 +104,7 @@ class Graph:
   input_ids: list[int] = dataclasses.field(default_factory=list)
   outputs: list[int] = dataclasses.field(default_factory=list)
   scanned: list[ScannedLeaf] = dataclasses.field(default_factory=list)
+  steps: list[ScanStep] = dataclasses.field(default_factory=list)
 
   def new(self, shape: Sequence[int]) -> int:
     self.shapes.append(tuple(shape))
@@ -145,9 +164,15 @@ class Graph:
                         if x in leaf_of)
     order = range(length - 1, -1, -1) if params["reverse"] else range(length)
     ys_per_step: dict[int, list[int]] = {}
+    stacked_leaves = tuple(leaf_of[x] for x in xs if x in leaf_of)
     for i in order:
+      start = len(self.eqns)
       rows = [self._row(x, i) for x in xs]
+      row_reads = {start + 2 * k: leaf_of[x] for k, x in enumerate(xs)
+                   if x in leaf_of}  # each row read is a slice + squeeze
       outs = self._inline(body, consts + carry + rows)
+      self.steps.append(ScanStep(stacked_leaves, i,
+                                 range(start, len(self.eqns)), row_reads))
       carry, ys = outs[:num_carry], outs[num_carry:]
       ys_per_step[i] = ys
     stacked = []

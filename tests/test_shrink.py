@@ -59,6 +59,26 @@ def test_removed_block_disappears_and_width_zero():
 
 
 @pytest.mark.slow
+def test_removed_layers_leave_the_scan_stack():
+  case = structured_cases.case("gpt")
+  x = structured_cases.example_input(case)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
+  keep = optax_gsm.structured.StructureMask(
+      tuple(np.ones(g.size, bool) for g in groups.channels),
+      np.array([b.name != "layers[1]" for b in groups.blocks]))
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
+  assert widths["layers"] == 2
+  big = case.variables["params"]["layers"]
+  kernel = small["params"]["layers"]["mlp_in"]["kernel"]
+  np.testing.assert_array_equal(kernel,
+                                np.asarray(big["mlp_in"]["kernel"])[[0, 2]])
+  np.testing.assert_allclose(
+      case.rebuild(widths)(small, x),
+      case.apply(optax_gsm.structured.mask_structures(case.variables, groups,
+                                                      keep), x), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_keeping_everything_is_the_identity():
   case = structured_cases.case("lenet5")
   x = jnp.ones(case.input_shape)

@@ -164,7 +164,8 @@ def test_update_matches_a_numpy_reference(mlp):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,cost", [("resnet", "params"),
-                                       ("resnet", "flops"), ("vit", "flops")])
+                                       ("resnet", "flops"), ("vit", "flops"),
+                                       ("gpt", "flops")])
 def test_members_move_together_and_budget_holds(name, cost):
   case = structured_cases.case(name)
   x = structured_cases.example_input(case, 1)

@@ -436,3 +436,37 @@ def test_dropout_in_training_mode_is_named_as_the_reason():
   inference = optax_gsm.structured.channel_groups(
       lambda v, x: model.apply(v, x, train=False), variables, x)
   assert [g.name for g in inference.channels] == ["first"]
+
+
+class _PostNormStep(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    y = nn.Dense(x.shape[-1], name="mix")(nn.relu(x))
+    return nn.LayerNorm(name="norm")(x + y), None
+
+
+def test_layers_of_a_residual_scan_stack_are_blocks_and_post_norm_ones_not():
+  # Pre-LN layers (every branch residual): with a row zeroed the layer is
+  # the identity, so each is a block holding that row of every stacked leaf.
+  case = structured_cases.case("gpt")
+  groups = optax_gsm.structured.channel_groups(
+      case.apply, case.variables, structured_cases.example_input(case))
+  stacked = sorted(p for p in optax_gsm._prunable.leaf_paths(case.variables)
+                   if p.startswith("params/layers/"))
+  assert [(b.name, b.row) for b in groups.blocks] == [
+      ("layers[0]", 0), ("layers[1]", 1), ("layers[2]", 2)]
+  assert all(sorted(b.paths) == stacked for b in groups.blocks)
+
+  # A post-LN layer normalises the sum: no row of it is the identity.
+  class PostNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      stack = nn.scan(_PostNormStep, variable_axes={"params": 0},
+                      split_rngs={"params": True}, length=3)
+      return nn.Dense(2, name="head")(stack(name="layers")(x, None)[0])
+
+  model = PostNorm()
+  x = jnp.ones((2, 6))
+  variables = model.init(jax.random.key(0), x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+  assert groups.blocks == ()

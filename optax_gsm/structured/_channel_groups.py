@@ -715,13 +715,18 @@ def _closure(graph: _graph.Graph, producer: dict[int, int], start: int) -> set[i
 
 
 def _blocks(graph: _graph.Graph, tracer: _Tracer, leaf_ids: list[int],
-            outputs: list[int]) -> list[tuple[int, ...]]:
-  """Leaves of every residual branch ``x + f(x)`` that can be removed."""
+            outputs: list[int]
+            ) -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, ...], int]]]:
+  """Leaves of every residual branch ``x + f(x)`` that can be removed, and
+  the layers of scan stacks that are nothing but such branches:
+  ``(stacked leaves, row)`` each."""
   producer = graph.producers()
   consumers = collections.defaultdict(set, {
       index: set(users) for index, users in graph.consumers().items()})
   leaf_of = {index: leaf for leaf, index in enumerate(leaf_ids)}
-  found = []
+  row_reads = {eqn: (leaf, step.row) for step in graph.steps
+               for eqn, leaf in step.row_reads.items()}
+  found, in_rows = [], []
   for add_index, eqn in enumerate(graph.eqns):
     if eqn.name not in ("add", "add_any") or len(eqn.inputs) != 2:
       continue
@@ -733,21 +738,47 @@ def _blocks(graph: _graph.Graph, tracer: _Tracer, leaf_ids: list[int],
       branch = (_closure(graph, producer, branch_out)
                 - _closure(graph, producer, shortcut))
       leaves = _branch_leaves(graph, tracer, branch, branch_out, shortcut,
-                              add_index, consumers, leaf_of, outputs)
-      if leaves:
+                              add_index, consumers, leaf_of, outputs,
+                              row_reads)
+      if leaves and all(isinstance(leaf, int) for leaf in leaves):
         found.append(tuple(sorted(leaves)))
-  return found
+      elif leaves:
+        in_rows.append((leaves, branch | {add_index}))
+  live = set().union(*(_closure(graph, producer, o) for o in outputs))
+  return found, _removable_layers(graph, in_rows, live)
+
+
+def _removable_layers(graph: _graph.Graph, in_rows, live: set[int]
+                      ) -> list[tuple[tuple[int, ...], int]]:
+  """The scan steps whose every live equation and stacked leaf is in
+  residual branches of that step: with their rows zeroed the layer is the
+  identity, so it can leave the stack."""
+  layers = []
+  for step in graph.steps:
+    eqns, leaves = set(), set()
+    for rows, branch in in_rows:
+      if branch <= set(step.eqns) and all(r == step.row for _, r in rows):
+        eqns |= branch
+        leaves |= {leaf for leaf, _ in rows}
+    if eqns >= set(step.eqns) & live and leaves == set(step.leaves):
+      layers.append((step.leaves, step.row))
+  return layers
 
 
 def _branch_leaves(graph, tracer, branch, branch_out, shortcut, add_index,
-                   consumers, leaf_of, outputs):
-  """The branch's leaves if it reads only ``shortcut`` and its own values
-  and nothing outside uses them; else None."""
+                   consumers, leaf_of, outputs, row_reads):
+  """The branch's leaves (``(leaf, row)`` for a row of a scan-stacked leaf)
+  if it reads only ``shortcut`` and its own values and nothing outside uses
+  them; else None."""
   if not branch:
     return None
   leaves, reads_shortcut = set(), False
   for i in branch:
-    for index in graph.eqns[i].inputs:
+    inputs = graph.eqns[i].inputs
+    if i in row_reads:  # the other rows are other layers'
+      leaves.add(row_reads[i])
+      inputs = []
+    for index in inputs:
       if index == shortcut:
         reads_shortcut = True
       elif index in leaf_of:
@@ -833,9 +864,8 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
   tracer = _Tracer(graph, paths, graph.leaf_ids, on_unknown,
                    collections_level)
   tracer.run(graph.outputs)
-  return _assemble(tracer, paths,
-                   _blocks(graph, tracer, graph.leaf_ids, graph.outputs),
-                   collections_level)
+  blocks, layers = _blocks(graph, tracer, graph.leaf_ids, graph.outputs)
+  return _assemble(tracer, paths, blocks, layers, collections_level)
 
 
 def _named_blocks(paths: list[str], blocks, collections_level: bool
@@ -859,7 +889,20 @@ def _named_blocks(paths: list[str], blocks, collections_level: bool
           for name, leaves in zip(names, unique)]
 
 
-def _assemble(tracer: _Tracer, paths: list[str], blocks,
+def _stack_layers(paths: list[str], layers, collections_level: bool
+                  ) -> list[_groups.Block]:
+  """A block per removable layer of a stack: ``<stack>[<row>]``."""
+  result = []
+  for leaves, row in layers:
+    modules = [_prunable.module_path(paths[leaf], collections_level)
+               for leaf in leaves]
+    prefix = os.path.commonpath(modules) if all(modules) else ""
+    result.append(_groups.Block(f"{prefix}[{row}]",
+                                tuple(paths[leaf] for leaf in leaves), row))
+  return result
+
+
+def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
               collections_level: bool) -> _groups.Groups:
   found = tracer.groups
   channels, unprunable = [], []
@@ -883,7 +926,8 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks,
     channels.append(_groups.ChannelGroup(
         name, found.size[group], members,
         "heads" if found.heads[group] else "channels"))
-  block_list = _named_blocks(paths, blocks, collections_level)
+  block_list = (_named_blocks(paths, blocks, collections_level)
+                + _stack_layers(paths, layers, collections_level))
   for leaf, reason in sorted(tracer.opaque.items()):
     unprunable.append((paths[leaf], reason))
   return _groups.Groups(channels=tuple(channels), blocks=tuple(block_list),

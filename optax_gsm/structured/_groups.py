@@ -81,9 +81,12 @@ class Block:
       transformer layer), that path and the block's sub-modules joined by
       ``+`` (``"layer0/mlp_in+mlp_norm+mlp_out"``).
     paths: every leaf of the branch (params and statistics).
+    row: for a layer of a scan stack (``"layers[2]"``: every branch of that
+      layer), the row of each stacked leaf that is its; None: whole leaves.
   """
   name: str
   paths: tuple[str, ...]
+  row: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +161,12 @@ class ResolvedMember(NamedTuple):
 
 
 class Resolved(NamedTuple):
-  """`Groups` against one tree: members as leaf indices (absent ones gone)."""
+  """`Groups` against one tree: members as leaf indices (absent ones gone);
+  per block its leaves and its row (None: whole leaves)."""
   channels: tuple[tuple[ResolvedMember, ...], ...]
   sizes: tuple[int, ...]
   blocks: tuple[tuple[int, ...], ...]
+  block_rows: tuple[int | None, ...] = ()
 
 
 def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
@@ -195,7 +200,7 @@ def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
             if i is not None)
       for block in groups.blocks)
   return Resolved(tuple(channels), tuple(g.size for g in groups.channels),
-                  blocks)
+                  blocks, tuple(block.row for block in groups.blocks))
 
 
 def touched_leaves(resolved: Resolved, num_leaves: int) -> list[bool]:
@@ -245,10 +250,21 @@ def entry_masks(resolved: Resolved, keep: StructureMask,
       along = kept_or_none[_segment_index(member, size)]
       masks[member.leaf] = masks[member.leaf] & expand_along(
           along, member.axis, masks[member.leaf].ndim)
-  for block, kept in zip(resolved.blocks, xp.asarray(keep.blocks, bool)):
+  for block, row, kept in zip(resolved.blocks, resolved.block_rows,
+                              xp.asarray(keep.blocks, bool)):
     for leaf in block:
-      masks[leaf] = masks[leaf] & kept
+      if row is None:
+        masks[leaf] = masks[leaf] & kept
+      else:
+        layers = xp.arange(masks[leaf].shape[0])
+        masks[leaf] = masks[leaf] & expand_along(
+            (layers != row) | kept, 0, masks[leaf].ndim)
   return treedef.unflatten(masks)
+
+
+def block_entries(values: Any, row: int | None) -> Any:
+  """The entries of a leaf that a block holds: all, or its row."""
+  return values if row is None else values[row]
 
 
 def mask_structures(tree: chex.ArrayTree, groups: Groups,

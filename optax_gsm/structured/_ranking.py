@@ -97,8 +97,11 @@ def cost_per_structure(groups: _groups.Groups, tree: chex.ArrayTree,
       channel_cost += per_position * np.bincount(
           m.channel_of[m.channel_of >= 0], minlength=size)[:size]
     costs.append(channel_cost)
-  costs.append(np.array([sum(np.size(leaves[i]) * per_entry[i] for i in b)
-                         for b in resolved.blocks], dtype=np.float64))
+  costs.append(np.array(
+      [sum(np.size(_groups.block_entries(leaves[i], row)) * per_entry[i]
+           for i in block)
+       for block, row in zip(resolved.blocks, resolved.block_rows)],
+      dtype=np.float64))
   return np.concatenate(costs)
 
 
@@ -127,9 +130,10 @@ def structure_scores(resolved: _groups.Resolved, grads: chex.ArrayTree,
           contributions[m.leaf].astype(jnp.float32), m, size)
     scores.append(total)
   scores.append(jnp.stack(
-      [sum(jnp.sum(contributions[i]) for i in block)
-       for block in resolved.blocks]) if resolved.blocks
-      else jnp.zeros([0], jnp.float32))
+      [sum(jnp.sum(_groups.block_entries(contributions[i], row))
+           for i in block)
+       for block, row in zip(resolved.blocks, resolved.block_rows)])
+      if resolved.blocks else jnp.zeros([0], jnp.float32))
   return finish(jnp.concatenate(scores))
 
 

@@ -24,6 +24,7 @@ default, and skip blocks of width 0::
   small_model.apply(small_variables, x)   # == big model on masked vars
 """
 
+import collections
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -131,12 +132,20 @@ def reduce_channels(variables: chex.ArrayTree, groups: _groups.Groups,
       if m.role == "out" and _prunable.is_kernel_path(paths[m.leaf]):
         widths[_prunable.module_path(
             paths[m.leaf], _prunable.has_collections(variables))] = width
-  removed = set()
+  removed, removed_rows, stack_of = set(), collections.defaultdict(set), {}
   for block, resolved_block, flag in zip(groups.blocks, resolved.blocks,
                                          np.asarray(removed_blocks, bool)):
-    if flag:
+    if flag and block.row is None:
       widths[block.name] = 0
       removed.update(resolved_block)
+    elif flag:
+      for leaf in resolved_block:
+        removed_rows[leaf].add(block.row)
+        stack_of[leaf] = block.name.rpartition("[")[0]
+  for leaf, rows in removed_rows.items():
+    # A stack keeps its other layers: ``widths[stack]`` is their number.
+    widths[stack_of[leaf]] = small[leaf].shape[0] - len(rows)
+    small[leaf] = jnp.delete(small[leaf], np.array(sorted(rows)), axis=0)
   if not removed:
     return treedef.unflatten(small), widths
   return _without(variables, paths, small, removed), widths
