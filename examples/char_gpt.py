@@ -10,9 +10,9 @@ of steps:
 
 1. structured GSM with AdamW (``structured_gsm_adamw(lr, groups, C,
    cost="flops", total_steps=T)``): heads (attention products included in
-   their cost) and MLP neurons in one global ranking; every layer of the
-   stack keeps the same ones, so the shrunk model is still a scan stack;
-   `shrink`, no fine-tuning;
+   their cost), MLP neurons and whole layers in one global ranking; every
+   layer of the stack keeps the same heads and neurons, so the shrunk model
+   is still a scan stack; `shrink`, no fine-tuning;
 2. uniform L1 pruning (the same share of heads and of neurons, the smallest
    sum of ``|w|`` removed) to the same FLOPs, shrunk, then fine-tuned with
    AdamW for T steps;
@@ -110,8 +110,10 @@ def _trainer(args, model, corpus) -> Trainer:
 
 
 def _kept(groups, keep) -> dict:
-  return {g.name: int(np.sum(k)) for g, k in zip(groups.channels,
+  """Heads and neurons kept (every layer the same), and layers kept."""
+  kept = {g.name: int(np.sum(k)) for g, k in zip(groups.channels,
                                                  keep.channels)}
+  return {**kept, "layers": int(np.sum(keep.blocks))}
 
 
 def _reductions(groups, params, keep) -> dict:
