@@ -83,6 +83,31 @@ class NnxTransformer(nnx.Module):
     return self.head(self.layer1(self.layer0(self.embed(x))).mean(1))
 
 
+class NnxStackedTransformer(nnx.Module):
+  """`NnxEncoderLayer` x 3 made by ``nnx.vmap`` and run by ``nnx.scan``;
+  ``widths["layers"]`` is the number of layers."""
+
+  def __init__(self, widths=None, *, rngs: nnx.Rngs):
+    widths = widths or {}
+    inner = _below(widths, "layers")
+    self.embed = nnx.Linear(4, 16, rngs=rngs)
+
+    @nnx.split_rngs(splits=widths.get("layers", 3))
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs):
+      return NnxEncoderLayer(16, 4, 24, inner, rngs=rngs)
+
+    self.layers = make(rngs)
+    self.head = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def step(x, layer):
+      return layer(x)
+
+    return self.head(step(self.embed(x), self.layers).mean(1))
+
+
 def _below(widths, name):
   prefix = name + "/"
   return {k[len(prefix):]: v for k, v in widths.items()
@@ -175,11 +200,13 @@ def case(name: str) -> Case:
     return _nnx_case(NnxResidualNet, (2, 8, 8, 3))
   if name == "nnx_transformer":
     return _nnx_case(NnxTransformer, (2, 5, 4))
+  if name == "nnx_scan":
+    return _nnx_case(NnxStackedTransformer, (2, 5, 4))
   return linen_case(name)
 
 
 CASES = ("mlp", "lenet5", "resnet", "nnx")
-TRANSFORMER_CASES = ("vit", "gpt", "nnx_transformer")
+TRANSFORMER_CASES = ("vit", "gpt", "nnx_transformer", "nnx_scan")
 
 
 def random_keep(groups, seed=0, block_probability=0.5):
