@@ -48,7 +48,11 @@ one are an error naming it (or unprunable, with ``on_unknown``).
 
 A residual block is an ``add`` of an activation ``x`` and a branch computed
 from ``x`` alone whose values and variables are used nowhere else; its
-removal leaves ``x``.
+removal leaves ``x``. In a scan stack a single branch is not a block (the
+layers must stay alike), but a whole layer is (``layers[i]``: row ``i`` of
+every stacked leaf) when every live equation of its step and every stacked
+leaf lie in such branches of that step (pre-LN layers; not post-LN ones):
+with its row zeroed the layer is the identity.
 
 Trace in inference mode (batch norm with running averages, dropout off):
 dropout's random mask would make every channel unprunable.
