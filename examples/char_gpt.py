@@ -26,9 +26,16 @@ parameter reductions, and the CPU inference time of the dense and the GSM
 model at batch 1 and 64, measured in the same run.
 
     python -m examples.char_gpt --reductions 2 4      # ~25 min on 2 cores
+    python -m examples.char_gpt --reductions 2 4 --no-layers
     python -m examples.char_gpt --quick               # as the tests run it
 
-Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_seed<n>].{json,md,png}``.
+With layers in the ranking, a whole layer's Taylor saliency (``|sum g w|``
+over all its entries, which cancel) ranks every layer below every head and
+neuron, and the kept prefix ends at the first full-width layer that does
+not fit: ``--no-layers`` ranks heads and neurons alone.
+
+Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_seed<n>]``
+``.{json,md,png}``.
 """
 
 import argparse
@@ -68,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--mlp-width", type=int, default=512)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+      "--no-layers", action="store_true",
+      help="rank heads and neurons only: no whole layer of the stack leaves")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   parser.add_argument("--quick", action="store_true",
                       help="a tiny model, a few steps, as the tests run it")
@@ -113,7 +123,9 @@ def _kept(groups, keep) -> dict:
   """Heads and neurons kept (every layer the same), and layers kept."""
   kept = {g.name: int(np.sum(k)) for g, k in zip(groups.channels,
                                                  keep.channels)}
-  return {**kept, "layers": int(np.sum(keep.blocks))}
+  if groups.blocks:
+    kept["layers"] = int(np.sum(keep.blocks))
+  return kept
 
 
 def _reductions(groups, params, keep) -> dict:
@@ -218,7 +230,8 @@ def markdown(record) -> str:
       "",
       f"Dense (AdamW, {record['steps']} steps of {record['batch']}): "
       f"{dense['bits_per_char']:.3f} bits per character, next-character "
-      f"accuracy {dense['accuracy']:.4f}. Each method then has "
+      f"accuracy {dense['accuracy']:.4f}. Ranked: {record['structures']}. "
+      f"Each method then has "
       f"{record['steps']} steps from the dense model (Taylor: none). "
       f"Machine: {record['machine']['cpu']}, "
       f"{record['machine']['cpu_count']} cores.", "",
@@ -301,7 +314,10 @@ def main(argv=None) -> dict:
                                    desc="dense")
   groups = optax_gsm.structured.channel_groups(
       model.apply, {"params": dense}, jnp.asarray(corpus.train[0][:1]))
-  stem = (f"stdlib_gpt{f'_seed{args.seed}' if args.seed else ''}"
+  if args.no_layers:
+    groups = groups.without([b.name for b in groups.blocks])
+  stem = (f"stdlib_gpt{'_no_layers' if args.no_layers else ''}"
+          f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
   record = {
       "model": (f"CharTransformer(width={args.width}, depth={args.depth}, "
@@ -309,6 +325,8 @@ def main(argv=None) -> dict:
                 f"context={args.context}), nn.scan stack"),
       "corpus": corpus.description, "steps": steps, "batch": args.batch,
       "seed": args.seed, "peak_lr": PEAK_LR, "weight_decay": WEIGHT_DECAY,
+      "structures": ("heads and MLP neurons" if args.no_layers
+                     else "heads, MLP neurons and layers"),
       "machine": machine_info(),
       "dense": {**_quality(trainer, dense), **timing},
       "group_sizes": {g.name: g.size for g in groups.channels},
