@@ -86,6 +86,8 @@ SECTIONS = (
     Section("structured", "Structured GSM and N:M",
             ("structured/*.json", "structured_short/*.json"),
             _example_markdown("structured_gsm")),
+    Section("char_gpt", "Structured GSM on a character-level GPT",
+            ("char_gpt/*.json",), _example_markdown("char_gpt")),
     Section("centripetal", "Centripetal SGD", ("csgd/*.json",),
             _example_markdown("csgd")),
     Section("low_rank", "Trained Rank Pruning", ("low_rank/*.json",),

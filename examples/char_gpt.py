@@ -230,7 +230,8 @@ def markdown(record) -> str:
       "",
       f"Dense (AdamW, {record['steps']} steps of {record['batch']}): "
       f"{dense['bits_per_char']:.3f} bits per character, next-character "
-      f"accuracy {dense['accuracy']:.4f}. Ranked: {record['structures']}. "
+      f"accuracy {dense['accuracy']:.4f}. Ranked: "
+      f"{record.get('structures', 'heads, MLP neurons and layers')}. "
       f"Each method then has "
       f"{record['steps']} steps from the dense model (Taylor: none). "
       f"Machine: {record['machine']['cpu']}, "
