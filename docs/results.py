@@ -268,6 +268,10 @@ def _curve_cell(rows, method, ratio) -> str:
                     and r["ratio"] == ratio and not r["repeat"]])
 
 
+# The GPT row's record (bits per character: lower is better).
+_GPT_RECORD = "char_gpt/stdlib_gpt.json"
+
+
 def headline_table() -> str:
   """README.md's table of headline results, each row from its record."""
   rows = []
@@ -298,6 +302,36 @@ def headline_table() -> str:
                f"{run['inference']['speedup_batch256']:.1f}x faster at batch 256",
                "L1 filters + fine-tuning " + _pct(run["l1"]["accuracy_fine_tuned"]),
                "structured/mnist_resnet20.md"))
+  vit = _load("structured/mnist_vit.json")
+  run = next(r for r in vit["runs"] if r["reduction"] == 2.0)
+  rows.append(("structured GSM + `shrink`",
+               f"ViT (heads, neurons, branches), MNIST, "
+               f"{run['gsm']['flops_reduction']:.1f}x fewer FLOPs",
+               f"{_pct(run['gsm']['accuracy_shrunk'])}, no fine-tuning ("
+               + ("better than" if run["gsm"]["accuracy_shrunk"]
+                  > run["l1"]["accuracy_fine_tuned"] else "worse than")
+               + f" the baseline), {run['inference']['speedup_batch256']:.1f}x "
+               "faster at batch 256",
+               "L1 heads and neurons + fine-tuning "
+               + _pct(run["l1"]["accuracy_fine_tuned"]),
+               "structured/mnist_vit.md"))
+  gpt = _load(_GPT_RECORD)
+  run = next(r for r in gpt["runs"] if r["reduction"] == 2.0)
+  rows.append(("structured GSM AdamW + `shrink`",
+               "char GPT, `nn.scan` ("
+               f"{gpt.get('structures', 'heads, MLP neurons and layers')}), "
+               f"Python source, {run['gsm']['flops_reduction']:.1f}x fewer FLOPs",
+               f"{run['gsm']['shrunk']['bits_per_char']:.3f} bits/char, no "
+               "fine-tuning (" + ("better than" if run["gsm"]["shrunk"][
+                   "bits_per_char"] < run["l1"]["fine_tuned"]["bits_per_char"]
+                                  else "worse than") + " L1, "
+               + ("better than" if run["gsm"]["shrunk"]["bits_per_char"]
+                  < run["taylor"]["pruned"]["bits_per_char"] else "worse than")
+               + f" Taylor), {run['inference']['speedup_batch64']:.1f}x "
+               "faster at batch 64",
+               f"L1 + fine-tuning {run['l1']['fine_tuned']['bits_per_char']:.3f};"
+               f" one-shot Taylor {run['taylor']['pruned']['bits_per_char']:.3f}",
+               _GPT_RECORD.replace(".json", ".md")))
   csgd = _load("csgd/mnist_lenet5.json")
   run = csgd["runs"][0]
   rows.append(("C-SGD", f"LeNet-5, MNIST, {run['csgd']['flops_reduction']:.1f}x "
