@@ -470,3 +470,33 @@ def test_layers_of_a_residual_scan_stack_are_blocks_and_post_norm_ones_not():
   variables = model.init(jax.random.key(0), x)
   groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
   assert groups.blocks == ()
+
+
+def test_a_per_head_constant_makes_heads_unprunable_a_broadcast_does_not():
+  # ALiBi-like slopes, one per head, cannot follow a head out of the model;
+  # a causal mask broadcast over the heads can.
+  class _Attention(nn.Module):
+    per_head: bool
+
+    @nn.compact
+    def __call__(self, x):
+      q = nn.DenseGeneral((2, 3), name="query")(x)
+      k = nn.DenseGeneral((2, 3), name="key")(x)
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+      if self.per_head:
+        logits = logits * jnp.array([1.0, 0.5]).reshape(1, 2, 1, 1)
+      else:
+        causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))
+        logits = jnp.where(causal[None, None], logits, -1e9)
+      return nn.Dense(2, name="head")(logits.mean((2, 3)))
+
+  x = jnp.ones((2, 5, 4))
+  for per_head in (True, False):
+    model = _Attention(per_head)
+    variables = model.init(jax.random.key(0), x)
+    groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+    reasons = dict(groups.unprunable)
+    if per_head:
+      assert "own values per channel" in reasons["query"]
+    else:
+      assert "query" not in reasons

@@ -103,6 +103,7 @@ class _Value:
   group: np.ndarray | None = None
   channel: np.ndarray | None = None
   sources: tuple[tuple[int, tuple[int | None, ...]], ...] = ()
+  # Axis numbers: every handler that moves axes maps or clears them.
   uniform: frozenset[int] = frozenset()
 
 
@@ -395,8 +396,9 @@ class _Tracer:
     shape = self.graph.shapes[eqn.outputs[0]]
     if v.kind == "act":
       axis = None if v.axis is None else perm.index(v.axis)
-      self.values[eqn.outputs[0]] = dataclasses.replace(v, shape=shape,
-                                                        axis=axis)
+      self.values[eqn.outputs[0]] = dataclasses.replace(
+          v, shape=shape, axis=axis,
+          uniform=frozenset(perm.index(a) for a in v.uniform))
     else:
       self.values[eqn.outputs[0]] = _Value(
           v.kind, shape, sources=tuple(
@@ -420,7 +422,10 @@ class _Tracer:
         if v.axis in axes:
           self.fix(v, reason or f"`{eqn.name}` of the channel axis")
         else:
-          out = dataclasses.replace(v, shape=shape, axis=kept.index(v.axis))
+          out = dataclasses.replace(
+              v, shape=shape, axis=kept.index(v.axis),
+              uniform=frozenset(kept.index(a) for a in v.uniform
+                                if a in kept))
       self.values[eqn.outputs[0]] = out
     else:
       self.values[eqn.outputs[0]] = _Value(
@@ -566,7 +571,8 @@ class _Tracer:
       self.join(older, dataclasses.replace(newer, axis=older.axis))
       for group in older.group[older.group >= 0]:
         self.groups.heads[self.groups.find(int(group))] = True
-      out = dataclasses.replace(older, shape=shape, axis=axes[0])
+      out = dataclasses.replace(older, shape=shape, axis=axes[0],
+                                uniform=frozenset())
       self.count_product_macs(out, shape, np.prod(
           [ins[0].shape[a] for a in lc]), examples=shape[0] if 0 in lb else 1)
     elif len(labelled) == 2:
@@ -641,7 +647,8 @@ class _Tracer:
       return
     if groups == in_features == out_features and lhs.axis == lhs_spec[1]:
       # Depthwise: output channel j is input channel j, filtered.
-      out = dataclasses.replace(lhs, shape=shape, axis=out_spec[1])
+      out = dataclasses.replace(lhs, shape=shape, axis=out_spec[1],
+                                uniform=frozenset())
       for source in rhs.sources:
         self.member(out, source, rhs_spec[0], "out")
       self.values[eqn.outputs[0]] = out
