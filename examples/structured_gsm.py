@@ -251,6 +251,16 @@ def markdown(record) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _inside(group: str, block: str) -> bool:
+  """Whether a channel group (by name) lies in a block: ``stage1_block0``
+  holds ``stage1_block0/conv1``; ``layer1/attention+attention_norm`` holds
+  ``layer1/attention/query``."""
+  base, _, modules = block.rpartition("/")
+  return any(group == module or group.startswith(module + "/")
+             for module in (f"{base}/{m}" if base else m
+                            for m in modules.split("+")))
+
+
 def plot(record, path):
   """Per channel group, the share of channels each method kept; groups
   inside a block GSM removed are drawn as removed (hatched, at 0)."""
@@ -266,8 +276,7 @@ def plot(record, path):
   positions = np.arange(len(names))
   for axis, run in zip(axes[:, 0], runs):
     removed = run["gsm"]["blocks_removed"]
-    inside = np.array([any(n.startswith(b + "/") for b in removed)
-                       for n in names])
+    inside = np.array([any(_inside(n, b) for b in removed) for n in names])
     kept = np.where(inside, 0.0, run["gsm"]["kept_fraction"])
     axis.bar(positions - 0.2, kept, 0.4, label="structured GSM")
     axis.bar(positions[inside] - 0.2, np.full(inside.sum(), 1.0), 0.4,

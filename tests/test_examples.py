@@ -310,6 +310,16 @@ def test_char_gpt_example_quick_mode(tmp_path):
     assert (tmp_path / f"stdlib_gpt_quick{suffix}").exists()
 
 
+def test_plot_draws_groups_of_removed_branches_as_removed():
+  from examples.structured_gsm import _inside
+  assert _inside("stage1_block0/conv1", "stage1_block0")
+  assert not _inside("stage1_block1/conv1", "stage1_block0")
+  assert _inside("layer1/attention/query", "layer1/attention+attention_norm")
+  assert _inside("layer2/mlp_in", "layer2/mlp_in+mlp_norm+mlp_out")
+  assert not _inside("layer2/attention/query",
+                     "layer2/mlp_in+mlp_norm+mlp_out")
+
+
 def test_stdlib_corpus_windows_predict_the_next_character():
   from examples import text_data
   corpus = text_data.load_corpus(32, max_chars=20_000, max_test_windows=5)
