@@ -27,6 +27,7 @@ model at batch 1 and 64, measured in the same run.
 
     python -m examples.char_gpt --reductions 2 4      # ~25 min on 2 cores
     python -m examples.char_gpt --reductions 2 4 --no-layers
+    python -m examples.char_gpt --reductions 2 4 --block-saliency parts
     python -m examples.char_gpt --quick               # as the tests run it
 
 With layers in the ranking, a whole layer's Taylor saliency (``|sum g w|``
@@ -78,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument(
       "--no-layers", action="store_true",
       help="rank heads and neurons only: no whole layer of the stack leaves")
+  parser.add_argument(
+      "--block-saliency", choices=("total", "parts"), default="total",
+      help="a layer's saliency: of all its entries, or the sum of its parts'")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   parser.add_argument("--quick", action="store_true",
                       help="a tiny model, a few steps, as the tests run it")
@@ -138,7 +142,8 @@ def _reductions(groups, params, keep) -> dict:
 def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
   tx = optax_gsm.structured.structured_gsm_adamw(
       experiment.schedule(PEAK_LR, steps), groups, reduction, cost="flops",
-      total_steps=steps, weight_decay=WEIGHT_DECAY)
+      total_steps=steps, weight_decay=WEIGHT_DECAY,
+      block_saliency=args.block_saliency)
   trained, opt_state, timing = trainer.train(
       dense, tx, args.epochs, desc=f"structured GSM {reduction}x")
   keep = optax_gsm.structured.kept_structures(opt_state)
@@ -318,6 +323,7 @@ def main(argv=None) -> dict:
   if args.no_layers:
     groups = groups.without([b.name for b in groups.blocks])
   stem = (f"stdlib_gpt{'_no_layers' if args.no_layers else ''}"
+          f"{'_parts' if args.block_saliency == 'parts' else ''}"
           f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
   record = {
@@ -327,7 +333,9 @@ def main(argv=None) -> dict:
       "corpus": corpus.description, "steps": steps, "batch": args.batch,
       "seed": args.seed, "peak_lr": PEAK_LR, "weight_decay": WEIGHT_DECAY,
       "structures": ("heads and MLP neurons" if args.no_layers
-                     else "heads, MLP neurons and layers"),
+                     else "heads, MLP neurons and layers"
+                     + (" (a layer's saliency: the sum of its parts')"
+                        if args.block_saliency == "parts" else "")),
       "machine": machine_info(),
       "dense": {**_quality(trainer, dense), **timing},
       "group_sizes": {g.name: g.size for g in groups.channels},

@@ -345,3 +345,29 @@ def test_structured_adamw_lossless_on_a_transformer():
   small, widths = optax_gsm.structured.shrink(variables, groups, keep)
   np.testing.assert_allclose(case.rebuild(widths)(small, x),
                              case.apply(variables, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet", "gpt"])
+def test_block_saliency_of_parts_does_not_cancel(name):
+  # The sum of the parts' |sum g w| is at least the block's |sum g w|
+  # (triangle inequality); channel scores do not change.
+  case = structured_cases.case(name)
+  x = structured_cases.example_input(case, 3)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
+  params = case.variables["params"]
+  loss = lambda p: jnp.mean(case.apply({**case.variables, "params": p}, x)
+                            ** 2)
+  resolved = _groups.resolve(groups, params)
+  grads = jax.grad(loss)(params)
+  total = _ranking.structure_scores(resolved, grads, params, "taylor")
+  parts = jax.jit(lambda g, p: _ranking.structure_scores(
+      resolved, g, p, "taylor", "parts"))(grads, params)
+  channels = sum(g.size for g in groups.channels)
+  np.testing.assert_allclose(parts[:channels], total[:channels], rtol=1e-5)
+  assert len(groups.blocks) > 0
+  assert np.all(np.asarray(parts[channels:])
+                >= np.asarray(total[channels:]) * (1 - 1e-5))
+  assert np.any(np.asarray(parts[channels:]) > 1.5 * np.asarray(
+      total[channels:]))
+  with pytest.raises(ValueError, match="block_saliency"):
+    optax_gsm.structured.structured_gsm(groups, 2.0, block_saliency="sum")

@@ -105,10 +105,35 @@ def cost_per_structure(groups: _groups.Groups, tree: chex.ArrayTree,
   return np.concatenate(costs)
 
 
+def _sum_of_parts(resolved: _groups.Resolved, contributions, block, row,
+                  finish) -> jax.Array:
+  """A block's saliency as the sum of its channels' (each restricted to the
+  block) and of the rest of its entries, each finished on its own: sums of
+  many signed contributions no longer cancel across channels."""
+  total = sum(jnp.sum(_groups.block_entries(contributions[i], row))
+              for i in block)
+  parts, covered = jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32)
+  for members, size in zip(resolved.channels, resolved.sizes):
+    inside = [m for m in members if m.leaf in block]
+    if not inside:
+      continue
+    sums = jnp.zeros([size], jnp.float32)
+    for m in inside:
+      member = m if row is None else m._replace(axis=m.axis - 1)
+      sums = sums + _groups.per_channel_sum(
+          _groups.block_entries(contributions[m.leaf], row), member, size)
+    parts = parts + jnp.sum(finish(sums))
+    covered = covered + jnp.sum(sums)
+  return parts + finish(total - covered)
+
+
 def structure_scores(resolved: _groups.Resolved, grads: chex.ArrayTree,
                      params: chex.ArrayTree,
-                     saliency: str | StructureSaliency) -> jax.Array:
-  """The saliency of every structure, flat (channels, then blocks)."""
+                     saliency: str | StructureSaliency,
+                     block_saliency: str = "total") -> jax.Array:
+  """The saliency of every structure, flat (channels, then blocks); a
+  block's is that of all its entries together (``"total"``) or the sum of
+  its parts' (``"parts"``, `_sum_of_parts`)."""
   weights = [w.astype(jnp.float32) for w in jax.tree.leaves(params)]
   if saliency == "magnitude":
     contributions, finish = [w * w for w in weights], jnp.sqrt
@@ -129,12 +154,23 @@ def structure_scores(resolved: _groups.Resolved, grads: chex.ArrayTree,
       total = total + _groups.per_channel_sum(
           contributions[m.leaf].astype(jnp.float32), m, size)
     scores.append(total)
-  scores.append(jnp.stack(
-      [sum(jnp.sum(_groups.block_entries(contributions[i], row))
-           for i in block)
-       for block, row in zip(resolved.blocks, resolved.block_rows)])
-      if resolved.blocks else jnp.zeros([0], jnp.float32))
-  return finish(jnp.concatenate(scores))
+  channels = finish(jnp.concatenate(scores)) if scores else jnp.zeros([0])
+  if not resolved.blocks:
+    return channels
+  if block_saliency == "parts":
+    blocks = [_sum_of_parts(resolved, contributions, block, row, finish)
+              for block, row in zip(resolved.blocks, resolved.block_rows)]
+  else:
+    blocks = [finish(sum(jnp.sum(_groups.block_entries(contributions[i], row))
+                         for i in block))
+              for block, row in zip(resolved.blocks, resolved.block_rows)]
+  return jnp.concatenate([channels, jnp.stack(blocks)])
+
+
+def check_block_saliency(block_saliency: str) -> None:
+  if block_saliency not in ("total", "parts"):
+    raise ValueError("`block_saliency` must be 'total' or 'parts'; got "
+                     f"{block_saliency!r}.")
 
 
 def _split(flat: jax.Array, sizes: tuple[int, ...]) -> _groups.StructureMask:
@@ -311,7 +347,8 @@ def as_contribution_saliency(saliency: Any) -> Any:
 def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
                      compression_ratio: float, *, cost: str = "params",
                      saliency: str = "magnitude",
-                     grads: chex.ArrayTree | None = None
+                     grads: chex.ArrayTree | None = None,
+                     block_saliency: str = "total"
                      ) -> _groups.StructureMask:
   """One-shot structured pruning: the structures GSM's rule keeps now.
 
@@ -327,6 +364,7 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
     cost: "params" or "flops".
     saliency: "magnitude", or "taylor" (needs ``grads``).
     grads: gradients like the params, for "taylor".
+    block_saliency: "total" or "parts" (see `structured_gsm`).
 
   Returns:
     ``(pruned_params, keep)``, as every prune here returns: the params with
@@ -339,9 +377,11 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
   if saliency not in ("magnitude", "taylor"):
     raise ValueError(
         f"`saliency` must be 'magnitude' or 'taylor'; got {saliency!r}.")
+  check_block_saliency(block_saliency)
   ratio = compression_ratio
   plan_ = plan(groups, params, cost)
-  scores = structure_scores(plan_.resolved, grads, params, saliency)
+  scores = structure_scores(plan_.resolved, grads, params, saliency,
+                            block_saliency)
   keep = jax.tree.map(np.asarray, select(
       plan_, params, scores, budget(plan_, params, ratio, cost)))
   return _groups.mask_structures(params, groups, keep), keep

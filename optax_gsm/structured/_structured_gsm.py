@@ -35,7 +35,8 @@ class StructuredGSMState(NamedTuple):
 
 
 def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
-                              mask_update_every, freeze_mask_at
+                              mask_update_every, freeze_mask_at,
+                              block_saliency
                               ) -> optax.GradientTransformation:
   """The masked gradient of the structures ranked kept."""
   mask_update_every, freeze_mask_at = _active_set.check_refresh(
@@ -57,7 +58,7 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
 
     def select(at_freeze):
       scores = _ranking.structure_scores(plan.resolved, updates, params,
-                                         saliency)
+                                         saliency, block_saliency)
       if freeze_mask_at is not None:
         scores = jnp.where(at_freeze, _ranking.structure_scores(
             plan.resolved, updates, params, "magnitude"), scores)
@@ -92,6 +93,7 @@ def structured_gsm(
     mask_update_every: int = 1,
     freeze_mask_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
+    block_saliency: str = "total",
 ) -> optax.GradientTransformation:
   r"""Structured GSM: one global ranking over channels and residual blocks.
 
@@ -148,6 +150,10 @@ def structured_gsm(
     freeze_mask_at: see `optax_gsm.gsm` (the freeze keeps the structures of
       largest norm).
     momentum_dtype: see `optax_gsm.gsm`.
+    block_saliency: a block's (a residual branch's, a stack layer's)
+      saliency: "total", that of all its entries together (which cancel over
+      a large block), or "parts", the sum of its channels' saliencies
+      (each within the block) and of its other entries'.
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs the variables
@@ -156,13 +162,14 @@ def structured_gsm(
   ratio_at = _compression_ratio.compression_schedule(compression_ratio,
                                                      sparsity)
   _ranking.check_cost(cost)
+  _ranking.check_block_saliency(block_saliency)
   decays = _active_set.check_decays(weight_decay, passive_weight_decay,
                                     unprunable_weight_decay)
   return _active_set.with_momentum(
       _scale_by_kept_structures(
           groups, cost, ratio_at,
           _ranking.as_contribution_saliency(saliency), decays,
-          mask_update_every, freeze_mask_at),
+          mask_update_every, freeze_mask_at, block_saliency),
       momentum, nesterov, momentum_dtype)
 
 
@@ -184,6 +191,7 @@ def structured_gsm_sgd(
     freeze_mask_at: int | None = None,
     zero_passive_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
+    block_saliency: str = "total",
 ) -> optax.GradientTransformation:
   r"""`structured_gsm` chained with ``optax.scale_by_learning_rate``.
 
@@ -210,6 +218,7 @@ def structured_gsm_sgd(
     freeze_mask_at: see `optax_gsm.gsm`.
     zero_passive_at: see `optax_gsm.gsm_sgd`.
     momentum_dtype: see `optax_gsm.gsm`.
+    block_saliency: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -222,7 +231,7 @@ def structured_gsm_sgd(
       compression_ratio=compression_ratio, sparsity=sparsity, cost=cost,
       nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
       saliency=saliency, mask_update_every=mask_update_every,
-      momentum_dtype=momentum_dtype)
+      momentum_dtype=momentum_dtype, block_saliency=block_saliency)
 
 
 def scale_by_structured_gsm_adam(
@@ -237,6 +246,7 @@ def scale_by_structured_gsm_adam(
     saliency: str | _ranking.StructureSaliency = "taylor",
     mask_update_every: int = 1,
     freeze_mask_at: int | None = None,
+    block_saliency: str = "total",
 ) -> optax.GradientTransformation:
   r"""Adam's direction of the gradient masked to the kept structures.
 
@@ -277,6 +287,7 @@ def scale_by_structured_gsm_adam(
     saliency: see `structured_gsm`.
     mask_update_every: see `optax_gsm.gsm`.
     freeze_mask_at: see `structured_gsm`.
+    block_saliency: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs ``params``.
@@ -286,6 +297,7 @@ def scale_by_structured_gsm_adam(
                             high_inclusive=False)
   _validation.check_range("eps", eps, low=0.0)
   _ranking.check_cost(cost)
+  _ranking.check_block_saliency(block_saliency)
   return optax.chain(
       _scale_by_kept_structures(
           groups, cost,
@@ -293,7 +305,7 @@ def scale_by_structured_gsm_adam(
                                                   sparsity),
           _ranking.as_contribution_saliency(saliency),
           _active_set.check_decays(0.0, 0.0, 0.0), mask_update_every,
-          freeze_mask_at),
+          freeze_mask_at, block_saliency),
       optax.scale_by_adam(b1, b2, eps))
 
 
@@ -314,6 +326,7 @@ def structured_gsm_adamw(
     mask_update_every: int = 1,
     freeze_mask_at: int | None = None,
     zero_passive_at: int | None = None,
+    block_saliency: str = "total",
 ) -> optax.GradientTransformation:
   r"""Structured GSM with AdamW: `scale_by_structured_gsm_adam`, AdamW's
   decoupled weight decay and the learning rate.
@@ -343,6 +356,7 @@ def structured_gsm_adamw(
     mask_update_every: see `optax_gsm.gsm`.
     freeze_mask_at: see `structured_gsm`.
     zero_passive_at: see `optax_gsm.gsm_sgd`.
+    block_saliency: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -351,7 +365,8 @@ def structured_gsm_adamw(
       functools.partial(
           scale_by_structured_gsm_adam, groups, compression_ratio,
           sparsity=sparsity, cost=cost, b1=b1, b2=b2, eps=eps,
-          saliency=saliency, mask_update_every=mask_update_every),
+          saliency=saliency, mask_update_every=mask_update_every,
+          block_saliency=block_saliency),
       learning_rate, total_steps, b1=b1, weight_decay=weight_decay,
       mask=mask, freeze_mask_at=freeze_mask_at,
       zero_passive_at=zero_passive_at)
