@@ -82,6 +82,15 @@ def _numpy_select(scores, costs, sizes, budget, kept_cost):
     length += 1
   kept = np.zeros(len(ratio), bool)
   kept[order[:length]] = True
+  if length == len(order) or order[length] < sum(sizes):
+    return kept
+  # A block overflowed: keep it, and as many of the prefix's channels as fit.
+  is_block = np.arange(len(ratio)) >= sum(sizes)
+  rank = np.argsort(order)
+  for count in range(length, int(forced.sum()) - 1, -1):
+    trial = (kept | (rank == length)) & (is_block | (rank < count))
+    if kept_cost(trial) <= budget:
+      return trial
   return kept
 
 
@@ -109,6 +118,36 @@ def test_selection_is_the_budgeted_prefix_of_the_ranking(data):
   np.testing.assert_array_equal(flat, _numpy_select(
       scores, costs, sizes, budget,
       lambda kept: kept_cost(kept.astype(np.float32))))
+
+
+def test_a_layer_at_the_budget_edge_is_kept_in_place_of_channels():
+  # A layer's cost counts its entries in kept heads and neurons, so a layer
+  # ranked below every channel enters the prefix with all of them at once:
+  # at C = 4 no layer of 3 would fit, and the prefix alone would keep none.
+  case = structured_cases.case("nnx_scan")
+  x = structured_cases.example_input(case)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x)
+  params = case.variables
+  assert [b.name for b in groups.blocks] == [
+      "layers[0]", "layers[1]", "layers[2]"]
+  plan = _ranking.plan(groups, params, "flops")
+  channels = sum(plan.resolved.sizes)
+  scores = jnp.concatenate([jnp.ones([channels]), jnp.zeros([3])])
+  budget = plan.total / 4
+  kept_cost = _ranking.kept_cost_fn(plan, params)
+  prefix = np.arange(len(plan.costs)) < channels
+  assert kept_cost(jnp.asarray(prefix | (np.arange(len(prefix)) == channels))
+                   ) > budget
+  keep = jax.jit(lambda s: _ranking.select(plan, params, s, budget))(scores)
+  flat = np.concatenate(list(keep.channels) + [keep.blocks])
+  np.testing.assert_array_equal(keep.blocks, [True, False, False])
+  cost = float(kept_cost(jnp.asarray(flat)))
+  assert cost <= budget
+  # Within one channel of the budget: the lowest-ranked channels went.
+  assert budget - cost <= plan.costs[:channels].max()
+  np.testing.assert_array_equal(flat, _numpy_select(
+      np.asarray(scores), plan.costs, plan.resolved.sizes, budget,
+      lambda kept: float(kept_cost(jnp.asarray(kept)))))
 
 
 def _steps(tx, params, loss, count, jit):

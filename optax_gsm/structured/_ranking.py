@@ -29,6 +29,14 @@ Decided on purpose:
   (no knapsack filling with smaller structures further down); ties in
   ``T_S / c_S`` go to the structure listed first (channel groups in order,
   channels by index, then blocks);
+- except when that first structure is a block: a block's cost counts only
+  its entries in kept channels, so it enters the prefix after its channels
+  and brings them all at once, and dropping it can leave far less than the
+  budget (a 4-layer stack at ``C = 4``: every layer with all its channels
+  is more than a quarter, the prefix keeps no layer, 53x fewer FLOPs).
+  That block is kept instead, and the lowest-ranked channels of the prefix
+  go in its place (the longest shorter prefix of channels that fits with
+  the blocks of the prefix and that block), when that fits;
 - every channel group keeps its best channel whatever the budget (a layer
   of width zero would cut the network);
 - the ranking's denominator ``c_S`` counts a structure's own entries (an
@@ -191,6 +199,9 @@ def select_structures(scores: jax.Array, costs: np.ndarray,
   each group's best channel first whatever the budget; ``kept_cost(kept)``
   (kept: flat bool per structure) is monotone in the kept set, so the
   longest prefix within ``budget`` is found by bisection on its length.
+  When the structure that overflows is a block, it is kept and the
+  prefix's lowest-ranked channels are dropped instead, when some shorter
+  prefix of channels fits with it (a second bisection).
   """
   costs = jnp.asarray(costs, jnp.float32)
   ratio = jnp.where(costs > 0, scores / jnp.maximum(costs, 1e-30), jnp.inf)
@@ -209,22 +220,40 @@ def select_structures(scores: jax.Array, costs: np.ndarray,
   position = jnp.zeros(order.shape, jnp.int32).at[order].set(
       jnp.arange(order.shape[0], dtype=jnp.int32))
 
-  def fits(length):
-    return kept_cost(position < length) <= budget
+  def longest(kept, low, high):
+    """The largest length in [low, high] with ``kept(length)`` in budget
+    (``kept`` grows with the length; ``low`` fits or is forced)."""
 
-  # The forced structures are always kept; bisect on the rest's length.
-  low = jnp.sum(forced, dtype=jnp.int32)
-  high = jnp.int32(order.shape[0])
+    def bisect(_, bracket):
+      low, high = bracket
+      middle = (low + high + 1) // 2
+      ok = kept_cost(kept(middle)) <= budget
+      return jnp.where(ok, middle, low), jnp.where(ok, high, middle - 1)
 
-  def bisect(_, bracket):
-    low, high = bracket  # low fits (or is forced); the answer is in [low, high]
-    middle = (low + high + 1) // 2
-    ok = fits(middle)
-    return jnp.where(ok, middle, low), jnp.where(ok, high, middle - 1)
+    steps = max(1, int(np.ceil(np.log2(order.shape[0] + 1))) + 1)
+    return jax.lax.fori_loop(0, steps, bisect, (low, high))[0]
 
-  steps = max(1, int(np.ceil(np.log2(order.shape[0] + 1))) + 1)
-  length, _ = jax.lax.fori_loop(0, steps, bisect, (low, high))
-  return _split(position < length, sizes)
+  forced_count = jnp.sum(forced, dtype=jnp.int32)
+  length = longest(lambda n: position < n, forced_count,
+                   jnp.int32(order.shape[0]))
+  prefix = position < length
+  channel_count = sum(sizes)
+  if channel_count == order.shape[0]:
+    return _split(prefix, sizes)
+  is_block = jnp.arange(order.shape[0]) >= channel_count
+  overflow = order[jnp.minimum(length, order.shape[0] - 1)]
+  with_block = prefix | (position == length)
+
+  def keep_block(_):
+    def kept(n):  # the prefix's blocks, the overflowing one, n channels
+      return with_block & (is_block | (position < n))
+    shorter = longest(kept, forced_count, length)
+    return jnp.where(kept_cost(kept(shorter)) <= budget, kept(shorter),
+                     prefix)
+
+  block_overflows = (length < order.shape[0]) & is_block[overflow]
+  return _split(jax.lax.cond(block_overflows, keep_block, lambda _: prefix,
+                             None), sizes)
 
 
 class StructuredPlan(NamedTuple):
