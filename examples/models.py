@@ -198,13 +198,16 @@ class CharTransformer(nn.Module):
   layer; parameters ``layers/...`` with a leading layer axis), a final
   LayerNorm and a linear head over the vocabulary. Every layer of the
   stack has the same widths (``widths["layers/attention/query"]``, ...);
-  ``widths["layers"]`` is the number of layers kept."""
+  ``widths["layers"]`` is the number of layers kept. ``remat``: each
+  layer rematerialised in the backward pass (``nn.remat``), less memory
+  for one more forward pass."""
   vocab: int
   width: int = 128
   depth: int = 4
   heads: int = 4
   mlp_width: int = 512
   context: int = 128
+  remat: bool = False
   widths: Widths = nn.FrozenDict()
 
   @nn.compact
@@ -212,7 +215,8 @@ class CharTransformer(nn.Module):
     x = nn.Embed(self.vocab, self.width, name="embed")(tokens)
     x = x + self.param("position", nn.initializers.normal(0.02),
                        (self.context, self.width))[:tokens.shape[1]]
-    stack = nn.scan(StackedEncoderLayer, variable_axes={"params": 0},
+    layer = nn.remat(StackedEncoderLayer) if self.remat else StackedEncoderLayer
+    stack = nn.scan(layer, variable_axes={"params": 0},
                     split_rngs={"params": True},
                     length=self.widths.get("layers", self.depth))
     x, _ = stack(self.heads, self.mlp_width, True,

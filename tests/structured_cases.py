@@ -159,9 +159,10 @@ def _linen_model(name: str):
   if name == "vit":
     return _example_models().VisionTransformer(
         width=16, depth=2, heads=4, mlp_width=24, patch=7), (2, 784)
-  if name == "gpt":
+  if name in ("gpt", "gpt_remat"):
     return _example_models().CharTransformer(
-        vocab=11, width=16, depth=3, heads=4, mlp_width=24, context=8), (2, 8)
+        vocab=11, width=16, depth=3, heads=4, mlp_width=24, context=8,
+        remat=name == "gpt_remat"), (2, 8)
   return {"mlp": (models.Mlp(), (2, 784)),
           "lenet5": (models.ConvNet(), (2, 784)),
           "resnet": (models.ResNet(), (2, 8, 8, 3))}[name]
@@ -206,7 +207,7 @@ def case(name: str) -> Case:
 
 
 CASES = ("mlp", "lenet5", "resnet", "nnx")
-TRANSFORMER_CASES = ("vit", "gpt", "nnx_transformer", "nnx_scan")
+TRANSFORMER_CASES = ("vit", "gpt", "gpt_remat", "nnx_transformer", "nnx_scan")
 
 
 def random_keep(groups, seed=0, block_probability=0.5):

@@ -500,3 +500,20 @@ def test_a_per_head_constant_makes_heads_unprunable_a_broadcast_does_not():
       assert "own values per channel" in reasons["query"]
     else:
       assert "query" not in reasons
+
+
+def test_rematerialised_layers_give_the_groups_of_plain_ones():
+  # nn.remat wraps each layer's body in a checkpoint: the graph inlines it.
+  def structures(name):
+    case = structured_cases.case(name)
+    groups = optax_gsm.structured.channel_groups(
+        case.apply, case.variables, structured_cases.example_input(case))
+    return ([(g.name, g.size, g.kind,
+              [(m.path, m.axis, m.role) for m in g.members])
+             for g in groups.channels],
+            [(b.name, b.row, sorted(b.paths)) for b in groups.blocks],
+            groups.unprunable, groups.macs_per_entry)
+
+  plain, remat = structures("gpt"), structures("gpt_remat")
+  assert remat == plain
+  assert len(plain[0]) == 2 and len(plain[1]) == 3  # heads, neurons; layers
