@@ -10,6 +10,9 @@ the same batches:
                     schedule and decay, at C = 10
   momentum SGD      dense, momentum 0.9 (peak 0.05, decay 1e-4)
   GSM momentum      ``optax_gsm.gsm_sgd(..., total_steps=T)``, the same, C = 10
+  GM AdamW          AdamW, then gradual magnitude pruning (Zhu & Gupta
+  GM momentum       2018: one global ranking by |w|, the cubic ramp from
+                    T/10 to T/2, the mask refreshed every T/50 steps), C = 10
 
 Each GSM run records the test accuracy before and after `prune` (exactly
 what the lossless default promises to keep) and what the prune removed.
@@ -21,8 +24,6 @@ Writes (to ``--out``) ``results/adamw/mnist_vit.{json,md}``.
 """
 
 import pathlib
-import shlex
-import sys
 import time
 
 import optax
@@ -30,6 +31,7 @@ import optax
 import optax_gsm
 from examples import experiment
 from examples.experiment import Setup, parser, save
+from examples.gradual_magnitude import gradual_magnitude_pruning
 from examples.measure import RESULTS, machine_info
 
 OUT = RESULTS / "adamw"
@@ -38,18 +40,30 @@ WEIGHT_DECAY = 1e-4
 PEAK_LR = {"adamw": 1e-3, "momentum": 0.05}
 
 
+def gradual(steps: int) -> optax.GradientTransformation:
+  """The baseline's pruning step, last in the chain (it returns the update
+  that zeroes the pruned weights)."""
+  return gradual_magnitude_pruning(
+      RATIO, begin_step=steps // 10, ramp_steps=max(1, steps * 4 // 10),
+      update_every=max(1, steps // 50), scope="global")
+
+
 def optimizers(steps: int) -> dict[str, optax.GradientTransformation]:
   adam_lr = experiment.schedule(PEAK_LR["adamw"], steps)
   sgd_lr = experiment.schedule(PEAK_LR["momentum"], steps)
+  adamw = optax.adamw(adam_lr, weight_decay=WEIGHT_DECAY)
+  momentum = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
+                         optax.sgd(sgd_lr, momentum=0.9))
   return {
-      "AdamW": optax.adamw(adam_lr, weight_decay=WEIGHT_DECAY),
+      "AdamW": adamw,
       "GSM AdamW": optax_gsm.gsm_adamw(adam_lr, RATIO, total_steps=steps,
                                        weight_decay=WEIGHT_DECAY),
-      "momentum SGD": optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                                  optax.sgd(sgd_lr, momentum=0.9)),
+      "momentum SGD": momentum,
       "GSM momentum": optax_gsm.gsm_sgd(sgd_lr, RATIO, total_steps=steps,
                                         momentum=0.9,
                                         weight_decay=WEIGHT_DECAY),
+      "GM AdamW": optax.chain(adamw, gradual(steps)),
+      "GM momentum": optax.chain(momentum, gradual(steps)),
   }
 
 
@@ -62,10 +76,15 @@ def run(setup: Setup, name: str, tx: optax.GradientTransformation) -> dict:
   result = {"optimizer": name, "accuracy": trainer.accuracy(params),
             "wall_seconds": time.perf_counter() - start,
             "seconds_per_step": timing["seconds_per_step"]}
+  if name.startswith("GM"):
+    result["compression"] = optax_gsm.sparsity_report(
+        params).compression_ratio
   if name.startswith("GSM"):
     readiness = optax_gsm.prune_readiness(params, opt_state=opt_state)
     pruned, _ = optax_gsm.prune(params, opt_state=opt_state)
     result.update(accuracy_after_prune=trainer.accuracy(pruned),
+                  compression=optax_gsm.sparsity_report(
+                      pruned).compression_ratio,
                   largest_removed=readiness.largest_removed,
                   removed_mass_fraction=readiness.removed_mass_fraction)
   print(f"{name}: {result['accuracy']:.2%}" + (
@@ -79,14 +98,15 @@ def markdown(record) -> str:
            "", f"{record['steps']} steps of {record['batch']} from scratch, "
            f"C = {record['compression_ratio']:g} for GSM; `{record['command']}`.",
            "", "| optimizer | test accuracy | after `prune` | largest removed "
-           "abs(w) | s/step |", "|---|---|---|---|---|"]
+           "abs(w) | compression | s/step |", "|---|---|---|---|---|---|"]
   for r in record["runs"]:
     after = (f"{r['accuracy_after_prune']:.2%}" if "accuracy_after_prune" in r
-             else "dense")
+             else "dense" if "compression" not in r else "")
     largest = (f"{r['largest_removed']:.1e}" if "largest_removed" in r
                else "")
+    compression = f"{r['compression']:.2f}x" if "compression" in r else ""
     lines.append(f"| {r['optimizer']} | {r['accuracy']:.2%} | {after} | "
-                 f"{largest} | {r['seconds_per_step']:.3f} |")
+                 f"{largest} | {compression} | {r['seconds_per_step']:.3f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -101,8 +121,7 @@ def main(argv=None):
     setup.test = tuple(part[:1000] for part in setup.test)
   record = {"model": setup.model_name, "compression_ratio": RATIO,
             "steps": setup.steps, "batch": args.batch,
-            "command": shlex.join(["python", "-m", "examples.adamw_gsm",
-                                   *(sys.argv[1:] if argv is None else argv)]),
+            "command": experiment.command("examples.adamw_gsm", argv),
             "machine": machine_info(), "runs": []}
   stem = setup.stem
   out = pathlib.Path(args.out)

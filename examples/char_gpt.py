@@ -32,8 +32,8 @@ model at batch 1 and 64, measured in the same run.
 
 With layers in the ranking, a whole layer's Taylor saliency (``|sum g w|``
 over all its entries, which cancel) ranks every layer below every head and
-neuron, and the kept prefix ends at the first full-width layer that does
-not fit: ``--no-layers`` ranks heads and neurons alone.
+neuron, so the budget keeps as many whole layers as fit with those heads
+and neurons: ``--no-layers`` ranks heads and neurons alone, and does better.
 
 Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_seed<n>]``
 ``.{json,md,png}``.
@@ -62,43 +62,54 @@ WEIGHT_DECAY = 0.01
 CALIBRATION_BATCHES = 8
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-  parser.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
-  parser.add_argument("--epochs", type=int, default=10)
-  parser.add_argument("--steps-per-epoch", type=int, default=100)
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--context", type=int, default=64)
-  parser.add_argument("--width", type=int, default=128)
-  parser.add_argument("--depth", type=int, default=4)
-  parser.add_argument("--heads", type=int, default=4)
-  parser.add_argument("--mlp-width", type=int, default=512)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument(
-      "--no-layers", action="store_true",
-      help="rank heads and neurons only: no whole layer of the stack leaves")
-  parser.add_argument(
-      "--block-saliency", choices=("total", "parts"), default="total",
-      help="a layer's saliency: of all its entries, or the sum of its parts'")
-  parser.add_argument("--out", type=pathlib.Path, default=OUT)
-  parser.add_argument("--quick", action="store_true",
+def parser(doc: str, out: pathlib.Path) -> argparse.ArgumentParser:
+  """The model, corpus and budget arguments of every character-GPT run."""
+  result = argparse.ArgumentParser(
+      description=doc.split("\n\n")[0], formatter_class=HelpFormatter,
+      epilog="\n\n".join(doc.split("\n\n")[1:]))
+  result.add_argument("--epochs", type=int, default=10)
+  result.add_argument("--steps-per-epoch", type=int, default=100)
+  result.add_argument("--batch", type=int, default=32)
+  result.add_argument("--context", type=int, default=64)
+  result.add_argument("--width", type=int, default=128)
+  result.add_argument("--depth", type=int, default=4)
+  result.add_argument("--heads", type=int, default=4)
+  result.add_argument("--mlp-width", type=int, default=512)
+  result.add_argument("--seed", type=int, default=0)
+  result.add_argument("--out", type=pathlib.Path, default=out)
+  result.add_argument("--quick", action="store_true",
                       help="a tiny model, a few steps, as the tests run it")
-  args = parser.parse_args(argv)
+  return result
+
+
+def apply_quick(args: argparse.Namespace) -> None:
   if args.quick:
-    args.reductions = args.reductions[:1]
     args.epochs, args.steps_per_epoch, args.batch = 2, 5, 8
     args.context, args.width, args.mlp_width, args.depth = 16, 32, 64, 2
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser_ = parser(__doc__, OUT)
+  parser_.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
+  parser_.add_argument(
+      "--no-layers", action="store_true",
+      help="rank heads and neurons only: no whole layer of the stack leaves")
+  parser_.add_argument(
+      "--block-saliency", choices=("total", "parts"), default="total",
+      help="a layer's saliency: of all its entries, or the sum of its parts'")
+  args = parser_.parse_args(argv)
+  apply_quick(args)
+  if args.quick:
+    args.reductions = args.reductions[:1]
   return args
 
 
-def _adamw(steps: int) -> optax.GradientTransformation:
+def adamw(steps: int) -> optax.GradientTransformation:
   return optax.adamw(experiment.schedule(PEAK_LR, steps),
                      weight_decay=WEIGHT_DECAY)
 
 
-def _quality(trainer: Trainer, params) -> dict:
+def quality(trainer: Trainer, params) -> dict:
   loss = trainer.test_loss(params)
   return {"bits_per_char": loss / math.log(2),
           "accuracy": trainer.accuracy(params)}
@@ -107,17 +118,17 @@ def _quality(trainer: Trainer, params) -> dict:
 def _shrunk(args, groups, params, keep, corpus):
   small, widths = optax_gsm.structured.shrink({"params": params}, groups,
                                               keep)
-  model = _model(args, widths)
-  return small["params"], widths, model, _trainer(args, model, corpus)
+  model = model_for(args, widths)
+  return small["params"], widths, model, trainer_for(args, model, corpus)
 
 
-def _model(args, widths=None) -> CharTransformer:
+def model_for(args, widths=None) -> CharTransformer:
   return CharTransformer(vocab=VOCAB, width=args.width, depth=args.depth,
                          heads=args.heads, mlp_width=args.mlp_width,
                          context=args.context, widths=widths or {})
 
 
-def _trainer(args, model, corpus) -> Trainer:
+def trainer_for(args, model, corpus) -> Trainer:
   return Trainer(model, corpus.train, corpus.test,
                  steps_per_epoch=args.steps_per_epoch,
                  batch_size=args.batch, seed=args.seed)
@@ -155,9 +166,9 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
   difference = float(jnp.max(jnp.abs(
       model.apply({"params": small}, x)
       - trainer.model.apply({"params": masked}, x))))
-  record = {"trained": _quality(trainer, trained),
-            "masked": _quality(trainer, masked),
-            "shrunk": _quality(small_trainer, small),
+  record = {"trained": quality(trainer, trained),
+            "masked": quality(trainer, masked),
+            "shrunk": quality(small_trainer, small),
             "shrunk_minus_masked_max_logit": difference,
             "kept": _kept(groups, keep), "widths": widths,
             **_reductions(groups, trained, keep), **timing}
@@ -170,10 +181,10 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
 def l1_stage(args, corpus, groups, dense, reduction, steps):
   keep = l1_uniform_for(groups, dense, reduction)
   small, _, _, trainer = _shrunk(args, groups, dense, keep, corpus)
-  pruned = _quality(trainer, small)
-  tuned, _, timing = trainer.train(small, _adamw(steps), args.epochs,
+  pruned = quality(trainer, small)
+  tuned, _, timing = trainer.train(small, adamw(steps), args.epochs,
                                    desc=f"L1 {reduction}x")
-  record = {"pruned": pruned, "fine_tuned": _quality(trainer, tuned),
+  record = {"pruned": pruned, "fine_tuned": quality(trainer, tuned),
             "kept": _kept(groups, keep),
             **_reductions(groups, dense, keep), **timing}
   print(f"L1 {reduction}x: {pruned['bits_per_char']:.3f} bits pruned, "
@@ -196,7 +207,7 @@ def taylor_stage(args, corpus, trainer, groups, dense, reduction):
       dense, groups, reduction, cost="flops", saliency="taylor",
       grads=grads)
   small, _, _, small_trainer = _shrunk(args, groups, dense, keep, corpus)
-  record = {"pruned": _quality(small_trainer, small),
+  record = {"pruned": quality(small_trainer, small),
             "kept": _kept(groups, keep), **_reductions(groups, dense, keep)}
   print(f"Taylor one-shot {reduction}x: "
         f"{record['pruned']['bits_per_char']:.3f} bits", flush=True)
@@ -219,7 +230,7 @@ def inference_times(args, corpus, dense_model, dense, small_model, small):
   return times
 
 
-def _corpus(description: dict) -> str:
+def corpus_line(description: dict) -> str:
   return (f"{description['source']} of Python {description['python']} "
           f"({description['files']} files, {description['characters']:,} "
           f"characters, sha256 {description['sha256']}), windows of "
@@ -231,7 +242,7 @@ def markdown(record) -> str:
   dense = record["dense"]
   lines = [
       "# Structured GSM on a character-level GPT (Python's standard library)",
-      "", f"Model: {record['model']}. Corpus: {_corpus(record['corpus'])}.",
+      "", f"Model: {record['model']}. Corpus: {corpus_line(record['corpus'])}.",
       "",
       f"Dense (AdamW, {record['steps']} steps of {record['batch']}): "
       f"{dense['bits_per_char']:.3f} bits per character, next-character "
@@ -307,17 +318,34 @@ def plot(record, path) -> None:
   plt.close(figure)
 
 
+def dense_stage(args):
+  """The corpus, the model, its trainer, the dense params trained with
+  AdamW from the seed, and their record."""
+  corpus = load_corpus(args.context, max_test_windows=16 if args.quick
+                       else 1024)
+  model = model_for(args)
+  trainer = trainer_for(args, model, corpus)
+  params = model.init(jax.random.key(args.seed),
+                      jnp.asarray(corpus.train[0][:1]))["params"]
+  dense, _, timing = trainer.train(
+      params, adamw(args.epochs * args.steps_per_epoch), args.epochs,
+      desc="dense")
+  record = {**quality(trainer, dense), **timing}
+  print(f"dense: {record['bits_per_char']:.3f} bits per character",
+        flush=True)
+  return corpus, model, trainer, dense, record
+
+
+def model_line(args) -> str:
+  return (f"CharTransformer(width={args.width}, depth={args.depth}, "
+          f"heads={args.heads}, mlp_width={args.mlp_width}, "
+          f"context={args.context}), nn.scan stack")
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   steps = args.epochs * args.steps_per_epoch
-  corpus = load_corpus(args.context, max_test_windows=16 if args.quick
-                       else 1024)
-  model = _model(args)
-  trainer = _trainer(args, model, corpus)
-  params = model.init(jax.random.key(args.seed),
-                      jnp.asarray(corpus.train[0][:1]))["params"]
-  dense, _, timing = trainer.train(params, _adamw(steps), args.epochs,
-                                   desc="dense")
+  corpus, model, trainer, dense, dense_record = dense_stage(args)
   groups = optax_gsm.structured.channel_groups(
       model.apply, {"params": dense}, jnp.asarray(corpus.train[0][:1]))
   if args.no_layers:
@@ -327,9 +355,7 @@ def main(argv=None) -> dict:
           f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
   record = {
-      "model": (f"CharTransformer(width={args.width}, depth={args.depth}, "
-                f"heads={args.heads}, mlp_width={args.mlp_width}, "
-                f"context={args.context}), nn.scan stack"),
+      "model": model_line(args),
       "corpus": corpus.description, "steps": steps, "batch": args.batch,
       "seed": args.seed, "peak_lr": PEAK_LR, "weight_decay": WEIGHT_DECAY,
       "structures": ("heads and MLP neurons" if args.no_layers
@@ -337,11 +363,9 @@ def main(argv=None) -> dict:
                      + (" (a layer's saliency: the sum of its parts')"
                         if args.block_saliency == "parts" else "")),
       "machine": machine_info(),
-      "dense": {**_quality(trainer, dense), **timing},
+      "dense": dense_record,
       "group_sizes": {g.name: g.size for g in groups.channels},
       "unprunable": [list(u) for u in groups.unprunable], "runs": []}
-  print(f"dense: {record['dense']['bits_per_char']:.3f} bits per character",
-        flush=True)
   for reduction in args.reductions:
     gsm, small, small_model = gsm_stage(args, corpus, trainer, groups, dense,
                                         reduction, steps)

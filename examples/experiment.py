@@ -9,6 +9,8 @@ its baseline the same number of steps again, on the same data.
 import argparse
 import json
 import pathlib
+import shlex
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +77,13 @@ def apply_quick(args) -> None:
     args.epochs, args.steps_per_epoch, args.batch = 2, 5, 32
     args.max_train = args.max_train or 1024
     args.depth = 8
+
+
+def command(module: str, argv: list[str] | None) -> str:
+  """The command line that ran ``module`` with ``argv`` (None: this
+  process's own arguments), for a record."""
+  return shlex.join(["python", "-m", module,
+                     *(sys.argv[1:] if argv is None else argv)])
 
 
 def schedule(peak: float, steps: int) -> optax.Schedule:

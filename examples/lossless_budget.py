@@ -22,14 +22,13 @@ removed ``|w|``, the removed share of ``sum |w|`` and its wall time.
 """
 
 import pathlib
-import shlex
-import sys
 import time
 
 import numpy as np
 import optax
 
 import optax_gsm
+from examples import experiment
 from examples.experiment import Setup, parser, save
 from examples.measure import RESULTS, machine_info
 
@@ -158,8 +157,7 @@ def main(argv=None):
   setup = Setup(args)
   record = {"model": setup.model_name, "compression_ratio": RATIO,
             "peak_lr": PEAK_LR, "momentum": MOMENTUM, "batch": args.batch,
-            "command": shlex.join(["python", "-m", "examples.lossless_budget",
-                                   *(sys.argv[1:] if argv is None else argv)]),
+            "command": experiment.command("examples.lossless_budget", argv),
             "machine": machine_info(), "runs": []}
   stem = f"mnist_{setup.model_name}_{RATIO:g}x{'_quick' if args.quick else ''}"
   out = pathlib.Path(args.out)

@@ -67,8 +67,6 @@ import functools
 import json
 import math
 import pathlib
-import shlex
-import sys
 
 import flax.serialization
 import jax
@@ -76,6 +74,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_gsm
+from examples import experiment
 from examples.gradual_magnitude import gradual_magnitude_pruning
 from examples.measure import RESULTS, HelpFormatter
 from examples.mnist_data import load_mnist, normalise
@@ -409,8 +408,7 @@ def main(argv=None):
                       help="train on the first N training images only (the "
                       "test set stays whole): for quick checks")
   args = parser.parse_args(argv)
-  command = shlex.join(["python", "-m", "examples.mnist_gsm",
-                        *(sys.argv[1:] if argv is None else argv)])
+  command = experiment.command("examples.mnist_gsm", argv)
   if not 0.0 <= args.gsm_momentum < 1.0:
     parser.error(f"--gsm-momentum must be in [0, 1); got {args.gsm_momentum}")
   if not 0.0 < args.freeze_at < 1.0:

@@ -284,10 +284,13 @@ def test_adamw_example_quick_mode(tmp_path):
   from examples import adamw_gsm
   record = adamw_gsm.main(["--quick", "--out", str(tmp_path)])
   runs = {r["optimizer"]: r for r in record["runs"]}
-  assert set(runs) == {"AdamW", "GSM AdamW", "momentum SGD", "GSM momentum"}
+  assert set(runs) == {"AdamW", "GSM AdamW", "momentum SGD", "GSM momentum",
+                       "GM AdamW", "GM momentum"}
   for name in ("GSM AdamW", "GSM momentum"):  # the lossless default holds
     assert runs[name]["accuracy_after_prune"] == runs[name]["accuracy"]
     assert runs[name]["largest_removed"] == 0.0
+  for name in ("GSM AdamW", "GSM momentum", "GM AdamW", "GM momentum"):
+    assert runs[name]["compression"] == pytest.approx(10.0, rel=1e-3)
   assert (tmp_path / "mnist_vit_quick.md").exists()
 
 
@@ -308,6 +311,22 @@ def test_char_gpt_example_quick_mode(tmp_path):
     assert run[method]["flops_reduction"] >= 2.0
   for suffix in (".json", ".md", ".png"):
     assert (tmp_path / f"stdlib_gpt_quick{suffix}").exists()
+
+
+@pytest.mark.slow
+def test_char_gpt_unstructured_example_quick_mode(tmp_path):
+  pytest.importorskip("matplotlib")
+  from examples import char_gpt_unstructured
+  record = char_gpt_unstructured.main(["--quick", "--out", str(tmp_path)])
+  runs = {r["method"]: r for r in record["runs"]}
+  assert set(runs) == {"GSM AdamW", "gradual magnitude"}
+  for run in runs.values():
+    assert run["compression"] == pytest.approx(10.0, rel=1e-3)
+  gsm = runs["GSM AdamW"]  # the lossless default: the prune changes nothing
+  assert gsm["largest_removed"] == 0.0
+  assert gsm["final"] == gsm["trained"]
+  for suffix in (".json", ".md", ".png"):
+    assert (tmp_path / f"stdlib_gpt_10x_quick{suffix}").exists()
 
 
 def test_plot_draws_groups_of_removed_branches_as_removed():
@@ -336,8 +355,9 @@ def test_examples_write_under_the_working_directory_by_default():
   # Regression: the default output was the source tree's benchmarks/results.
   from examples import measure
   assert not measure.RESULTS.is_absolute()
-  for name in ("adamw_gsm", "char_gpt", "csgd", "lasso_channel", "low_rank",
-               "path_sgd", "resnet_unstructured", "structured_gsm"):
+  for name in ("adamw_gsm", "char_gpt", "char_gpt_unstructured", "csgd",
+               "lasso_channel", "low_rank", "path_sgd", "resnet_unstructured",
+               "structured_gsm"):
     module = __import__(f"examples.{name}", fromlist=["OUT"])
     assert module.OUT.parts[0] == "results", name
 
