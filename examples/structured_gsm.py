@@ -109,14 +109,18 @@ def shrunk_accuracy(setup, variables, groups, keep):
       small["params"], small.get("batch_stats"))
 
 
-def gsm_stage(setup, trainer, groups, params, batch_stats, reduction):
+def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
+              **options):
+  """Structured GSM from the dense model to ``reduction`` fewer FLOPs;
+  ``options`` go to `structured_gsm_sgd` (every variant trains on the same
+  batches)."""
   # With cost="flops" the ratio is the FLOPs reduction itself: the kept
   # model's multiply-adds are counted exactly.
   ratio = reduction
   tx = optax_gsm.structured.structured_gsm_sgd(setup.schedule, groups, ratio,
                          cost="flops", total_steps=setup.steps,
                          momentum=experiment.MOMENTUM,
-                         weight_decay=experiment.WEIGHT_DECAY)
+                         weight_decay=experiment.WEIGHT_DECAY, **options)
   trained, opt_state, timing = trainer.train(
       params, tx, setup.args.epochs, batch_stats=batch_stats,
       desc=f"structured GSM {reduction}x")
@@ -251,7 +255,7 @@ def markdown(record) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _inside(group: str, block: str) -> bool:
+def group_in_block(group: str, block: str) -> bool:
   """Whether a channel group (by name) lies in a block: ``stage1_block0``
   holds ``stage1_block0/conv1``; ``layer1/attention+attention_norm`` holds
   ``layer1/attention/query``."""
@@ -276,7 +280,7 @@ def plot(record, path):
   positions = np.arange(len(names))
   for axis, run in zip(axes[:, 0], runs):
     removed = run["gsm"]["blocks_removed"]
-    inside = np.array([any(_inside(n, b) for b in removed) for n in names])
+    inside = np.array([any(group_in_block(n, b) for b in removed) for n in names])
     kept = np.where(inside, 0.0, run["gsm"]["kept_fraction"])
     axis.bar(positions - 0.2, kept, 0.4, label="structured GSM")
     axis.bar(positions[inside] - 0.2, np.full(inside.sum(), 1.0), 0.4,

@@ -139,6 +139,25 @@ def test_structured_example_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_structured_ablation_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import structured_ablation
+  record = structured_ablation.main(["--quick", "--variants", "default",
+                                     "floor25", "--out", str(tmp_path)])
+  default, floor = record["runs"]
+  assert default["options"] == {}
+  assert floor["options"] == {"min_kept_share": 0.25}
+  # The floor holds in every group; both variants reach the target.
+  assert min(floor["kept_fraction"]) >= 0.25
+  for run in record["runs"]:
+    assert run["accuracy_shrunk"] == pytest.approx(run["accuracy_masked"],
+                                                   abs=2e-4)
+    assert 3.5 < run["flops_reduction"] < 4.5
+  assert "L1 uniform" in (tmp_path / "mnist_resnet8_quick_4x.md").read_text()
+  assert (tmp_path / "mnist_resnet8_quick_4x_channels.png").exists()
+
+
+@pytest.mark.slow
 def test_n_of_m_example_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_gsm
@@ -330,12 +349,12 @@ def test_char_gpt_unstructured_example_quick_mode(tmp_path):
 
 
 def test_plot_draws_groups_of_removed_branches_as_removed():
-  from examples.structured_gsm import _inside
-  assert _inside("stage1_block0/conv1", "stage1_block0")
-  assert not _inside("stage1_block1/conv1", "stage1_block0")
-  assert _inside("layer1/attention/query", "layer1/attention+attention_norm")
-  assert _inside("layer2/mlp_in", "layer2/mlp_in+mlp_norm+mlp_out")
-  assert not _inside("layer2/attention/query",
+  from examples.structured_gsm import group_in_block
+  assert group_in_block("stage1_block0/conv1", "stage1_block0")
+  assert not group_in_block("stage1_block1/conv1", "stage1_block0")
+  assert group_in_block("layer1/attention/query", "layer1/attention+attention_norm")
+  assert group_in_block("layer2/mlp_in", "layer2/mlp_in+mlp_norm+mlp_out")
+  assert not group_in_block("layer2/attention/query",
                      "layer2/mlp_in+mlp_norm+mlp_out")
 
 

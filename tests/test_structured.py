@@ -62,14 +62,16 @@ def test_cost_per_structure_counts_member_entries(mlp):
   np.testing.assert_array_equal(flops[:300], 784 + 100)  # biases: no MACs
 
 
-def _numpy_select(scores, costs, sizes, budget, kept_cost):
+def _numpy_select(scores, costs, sizes, budget, kept_cost, floors=None):
   """The documented rule, written as a scan: rank by score per cost (each
-  group's best channel first), keep the longest prefix within budget."""
+  group's ``floors`` best channels first), keep the longest prefix within
+  budget."""
   ratio = np.where(costs > 0, scores / np.maximum(costs, 1e-30), np.inf)
   ratio = np.minimum(ratio, np.finfo(np.float32).max)
   forced, start = np.zeros(len(ratio), bool), 0
-  for size in sizes:
-    forced[start + np.argmax(ratio[start:start + size])] = True
+  for size, floor in zip(sizes, floors or [1] * len(sizes)):
+    best = np.argsort(-ratio[start:start + size], kind="stable")[:floor]
+    forced[start + best] = True
     start += size
   order = sorted(range(len(ratio)),
                  key=lambda i: (not forced[i], -ratio[i], i))
@@ -111,13 +113,14 @@ def test_selection_is_the_budgeted_prefix_of_the_ranking(data):
   # Overlapping structures: a kept cost that is not a plain sum.
   shared = data.draw(st.floats(0.0, 1.0))
   kept_cost = lambda kept: (kept * costs).sum() - shared * kept[0] * kept[-1]
+  floors = tuple(data.draw(st.integers(1, size)) for size in sizes)
   kept = _ranking.select_structures(jnp.asarray(scores), costs, sizes,
-                                       budget, kept_cost)
+                                    budget, kept_cost, floors)
   flat = np.concatenate([np.asarray(k) for k in kept.channels]
                         + [np.asarray(kept.blocks)])
   np.testing.assert_array_equal(flat, _numpy_select(
       scores, costs, sizes, budget,
-      lambda kept: kept_cost(kept.astype(np.float32))))
+      lambda kept: kept_cost(kept.astype(np.float32)), floors))
 
 
 def test_a_layer_at_the_budget_edge_is_kept_in_place_of_channels():
@@ -296,8 +299,22 @@ def test_structure_cost_is_the_shrunk_models_size():
 
 def test_bad_arguments_are_clear_errors(mlp):
   groups, params, _ = mlp
-  with pytest.raises(ValueError, match="compression_ratio.*one channel per"):
+  with pytest.raises(ValueError, match="compression_ratio.*channels every "
+                     "group keeps"):
     optax_gsm.structured.structured_gsm(groups, 1000.0).init(params)
+  # 2x fits one channel per group, not half of them (and the rest).
+  optax_gsm.structured.structured_gsm(groups, 2.0).init(params)
+  with pytest.raises(ValueError, match="most it can be is"):
+    optax_gsm.structured.structured_gsm(
+        groups, 2.0, min_kept_share=0.6).init(params)
+  with pytest.raises(ValueError, match="`min_kept_share`"):
+    optax_gsm.structured.structured_gsm(groups, 2.0, min_kept_share=1.5)
+  injected = optax.inject_hyperparams(optax_gsm.structured.structured_gsm_sgd)
+  with pytest.raises(TypeError, match="static_args=\\('min_kept_share',\\)"):
+    jax.jit(injected(0.1, groups, 2.0, min_kept_share=0.1).init)(params)
+  jax.jit(optax.inject_hyperparams(
+      optax_gsm.structured.structured_gsm_sgd, static_args=("min_kept_share",))(
+          0.1, groups, 2.0, min_kept_share=0.1).init)(params)
   with pytest.raises(ValueError, match="`cost` must be one of"):
     optax_gsm.structured.structured_gsm(groups, 2.0, cost="latency")
   with pytest.raises(ValueError, match="`saliency` of structures"):
@@ -410,3 +427,22 @@ def test_block_saliency_of_parts_does_not_cancel(name):
       total[channels:]))
   with pytest.raises(ValueError, match="block_saliency"):
     optax_gsm.structured.structured_gsm(groups, 2.0, block_saliency="sum")
+
+
+def test_every_group_keeps_its_floor_whatever_the_ranking(mlp):
+  groups, params, loss = mlp
+  # Only the first layer's kernel has a gradient: the second layer's
+  # channels all rank last, and without a floor it keeps only its best one.
+  grads = jax.tree.map(jnp.zeros_like, params)
+  grads["Dense_0"]["kernel"] = jnp.ones_like(grads["Dense_0"]["kernel"])
+  assert _ranking.floors((300, 100), 0.1) == (30, 10)
+  kept = {}
+  for share in (0.0, 0.1):
+    tx = optax_gsm.structured.structured_gsm(groups, 6.0, min_kept_share=share)
+    _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    keep = optax_gsm.structured.kept_structures(state)
+    kept[share] = [int(k.sum()) for k in keep.channels]
+    before, after = optax_gsm.structured.model_cost(groups, params, keep)
+    assert after <= before / 6
+  assert kept[0.0][1] == 1 and kept[0.1][1] == 10
+  assert kept[0.1][0] < kept[0.0][0]  # the floor is paid for by the budget

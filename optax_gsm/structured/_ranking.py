@@ -38,7 +38,8 @@ Decided on purpose:
   go in its place (the longest shorter prefix of channels that fits with
   the blocks of the prefix and that block), when that fits;
 - every channel group keeps its best channel whatever the budget (a layer
-  of width zero would cut the network);
+  of width zero would cut the network), or its ``min_kept_share`` best
+  channels: a floor the rest of the ranking pays for;
 - the ranking's denominator ``c_S`` counts a structure's own entries (an
   entry in two structures, a kernel entry in its input and its output
   channel's group, is in both), while the budget counts the kept model
@@ -192,11 +193,14 @@ KeptCost = Callable[[jax.Array], jax.Array]
 
 def select_structures(scores: jax.Array, costs: np.ndarray,
                       sizes: tuple[int, ...], budget: jax.typing.ArrayLike,
-                      kept_cost: KeptCost) -> _groups.StructureMask:
+                      kept_cost: KeptCost,
+                      floors: tuple[int, ...] | None = None
+                      ) -> _groups.StructureMask:
   """Keeps the longest prefix of the ranking whose kept cost is in budget.
 
   The ranking is by ``scores / costs`` (ties to the structure listed first),
-  each group's best channel first whatever the budget; ``kept_cost(kept)``
+  each group's ``floors[i]`` best channels first whatever the budget (one
+  per group when None); ``kept_cost(kept)``
   (kept: flat bool per structure) is monotone in the kept set, so the
   longest prefix within ``budget`` is found by bisection on its length.
   When the structure that overflows is a block, it is kept and the
@@ -207,9 +211,14 @@ def select_structures(scores: jax.Array, costs: np.ndarray,
   ratio = jnp.where(costs > 0, scores / jnp.maximum(costs, 1e-30), jnp.inf)
   ratio = jnp.where(jnp.isnan(ratio), -jnp.inf, ratio)
   forced, start = [], 0
-  for size in sizes:
-    forced.append(jnp.zeros([size], bool).at[
-        jnp.argmax(ratio[start:start + size])].set(True))
+  for size, floor in zip(sizes, floors or (1,) * len(sizes)):
+    group = ratio[start:start + size]
+    if floor == 1:
+      forced.append(jnp.zeros([size], bool).at[jnp.argmax(group)].set(True))
+    else:
+      rank = jnp.zeros([size], jnp.int32).at[
+          jnp.argsort(-group, stable=True)].set(jnp.arange(size))
+      forced.append(rank < floor)
     start += size
   forced.append(jnp.zeros([scores.shape[0] - start], bool))
   forced = jnp.concatenate(forced)
@@ -260,17 +269,40 @@ class StructuredPlan(NamedTuple):
   """What a structured GSM needs, fixed at init for one params structure.
 
   ``unit_costs``: the cost of one entry of each leaf; ``total``: the cost
-  of the whole tree (every leaf, in structures or not).
+  of the whole tree (every leaf, in structures or not); ``floors``: the
+  channels each group keeps whatever the budget.
   """
   resolved: _groups.Resolved
   costs: np.ndarray
   touched: list[bool]
   unit_costs: list[float]
   total: float
+  floors: tuple[int, ...]
+
+
+def check_min_kept_share(min_kept_share: float | None) -> None:
+  """None, or a concrete share in [0, 1] (it sets the selection's shapes)."""
+  if min_kept_share is None:
+    return
+  if isinstance(min_kept_share, jax.core.Tracer):
+    raise TypeError(
+        "`min_kept_share` must be a concrete float: it fixes how many "
+        "channels each group keeps when the optimizer is built. Under "
+        "`optax.inject_hyperparams`, pass `static_args=('min_kept_share',)`.")
+  _validation.check_range("min_kept_share", min_kept_share, low=0.0,
+                          high=1.0)
+
+
+def floors(sizes: tuple[int, ...],
+           min_kept_share: float | None) -> tuple[int, ...]:
+  """The channels each group keeps whatever the budget: its share rounded
+  up, and at least one (a layer of width zero would cut the network)."""
+  share = min_kept_share or 0.0
+  return tuple(max(1, int(np.ceil(share * size - 1e-9))) for size in sizes)
 
 
 def plan(groups: _groups.Groups, params: chex.ArrayTree,
-         cost: str) -> StructuredPlan:
+         cost: str, min_kept_share: float | None = None) -> StructuredPlan:
   resolved = _groups.resolve(groups, params)
   if not any(resolved.channels) and not resolved.blocks:
     raise ValueError(
@@ -282,7 +314,8 @@ def plan(groups: _groups.Groups, params: chex.ArrayTree,
       touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))),
       unit_costs=unit_costs,
       total=float(sum(u * np.size(w) for u, w in
-                      zip(unit_costs, jax.tree.leaves(params)))))
+                      zip(unit_costs, jax.tree.leaves(params)))),
+      floors=floors(resolved.sizes, min_kept_share))
 
 
 def kept_cost_fn(plan_: StructuredPlan, params: chex.ArrayTree) -> KeptCost:
@@ -298,10 +331,12 @@ def kept_cost_fn(plan_: StructuredPlan, params: chex.ArrayTree) -> KeptCost:
 
 
 def minimum_cost(plan_: StructuredPlan, params: chex.ArrayTree) -> float:
-  """The cost kept under any budget: one channel per group, no block."""
+  """The least cost kept under any budget: each group's floor of its
+  cheapest channels, no block."""
   flat, start = np.zeros(len(plan_.costs), bool), 0
-  for size in plan_.resolved.sizes:
-    flat[start + int(np.argmin(plan_.costs[start:start + size]))] = True
+  for size, floor in zip(plan_.resolved.sizes, plan_.floors):
+    cheapest = np.argsort(plan_.costs[start:start + size], kind="stable")
+    flat[start + cheapest[:floor]] = True
     start += size
   parts = np.split(flat, np.cumsum(plan_.resolved.sizes))
   keep = _groups.StructureMask(tuple(parts[:-1]), parts[-1])
@@ -321,9 +356,10 @@ def budget(plan_: StructuredPlan, params: chex.ArrayTree, ratio: Any,
   if plan_.total / concrete < least:
     raise ValueError(
         f"`compression_ratio`={concrete!r} leaves a budget of "
-        f"{plan_.total / concrete:.6g} ({cost}), less than one channel per "
-        f"group (and everything outside the groups) already costs "
-        f"({least:.6g}); the most it can be is {plan_.total / least:.4g}.")
+        f"{plan_.total / concrete:.6g} ({cost}), less than the channels "
+        f"every group keeps (one, or `min_kept_share` of them) and "
+        f"everything outside the groups already cost ({least:.6g}); the "
+        f"most it can be is {plan_.total / least:.4g}.")
   return plan_.total / concrete
 
 
@@ -331,7 +367,7 @@ def select(plan_: StructuredPlan, params: chex.ArrayTree, scores: jax.Array,
            limit: Any) -> _groups.StructureMask:
   """`select_structures` with the plan's exact kept cost."""
   return select_structures(scores, plan_.costs, plan_.resolved.sizes, limit,
-                           kept_cost_fn(plan_, params))
+                           kept_cost_fn(plan_, params), plan_.floors)
 
 
 def model_cost(groups: _groups.Groups, tree: chex.ArrayTree,
@@ -377,7 +413,8 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
                      compression_ratio: float, *, cost: str = "params",
                      saliency: str = "magnitude",
                      grads: chex.ArrayTree | None = None,
-                     block_saliency: str = "total"
+                     block_saliency: str = "total",
+                     min_kept_share: float | None = None
                      ) -> _groups.StructureMask:
   """One-shot structured pruning: the structures GSM's rule keeps now.
 
@@ -394,6 +431,8 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
     saliency: "magnitude", or "taylor" (needs ``grads``).
     grads: gradients like the params, for "taylor".
     block_saliency: "total" or "parts" (see `structured_gsm`).
+    min_kept_share: the share of each group kept whatever the ranking (see
+      `structured_gsm`).
 
   Returns:
     ``(pruned_params, keep)``, as every prune here returns: the params with
@@ -407,8 +446,9 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
     raise ValueError(
         f"`saliency` must be 'magnitude' or 'taylor'; got {saliency!r}.")
   check_block_saliency(block_saliency)
+  check_min_kept_share(min_kept_share)
   ratio = compression_ratio
-  plan_ = plan(groups, params, cost)
+  plan_ = plan(groups, params, cost, min_kept_share)
   scores = structure_scores(plan_.resolved, grads, params, saliency,
                             block_saliency)
   keep = jax.tree.map(np.asarray, select(

@@ -36,7 +36,7 @@ class StructuredGSMState(NamedTuple):
 
 def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
                               mask_update_every, freeze_mask_at,
-                              block_saliency
+                              block_saliency, min_kept_share
                               ) -> optax.GradientTransformation:
   """The masked gradient of the structures ranked kept."""
   mask_update_every, freeze_mask_at = _active_set.check_refresh(
@@ -44,7 +44,7 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
 
   def init_fn(params):
     if jax.tree.leaves(params):  # not `optax.tree.map_params` placeholders
-      plan = _ranking.plan(groups, params, cost)
+      plan = _ranking.plan(groups, params, cost, min_kept_share)
       _ranking.budget(plan, params, ratio_at(0), cost)
     return StructuredGSMState(
         count=jnp.zeros([], jnp.int32),
@@ -53,7 +53,7 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
 
   def update_fn(updates, state, params=None):
     _active_set.check_update_args("structured_gsm", updates, params)
-    plan = _ranking.plan(groups, params, cost)
+    plan = _ranking.plan(groups, params, cost, min_kept_share)
     limit = _ranking.budget(plan, params, ratio_at(state.count), cost)
 
     def select(at_freeze):
@@ -94,6 +94,7 @@ def structured_gsm(
     freeze_mask_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
     block_saliency: str = "total",
+    min_kept_share: float | None = None,
 ) -> optax.GradientTransformation:
   r"""Structured GSM: one global ranking over channels and residual blocks.
 
@@ -154,6 +155,10 @@ def structured_gsm(
       saliency: "total", that of all its entries together (which cancel over
       a large block), or "parts", the sum of its channels' saliencies
       (each within the block) and of its other entries'.
+    min_kept_share: None (one channel), or a share in [0, 1]: every channel
+      group keeps at least this share of its channels (rounded up, and
+      always one), its best ranked, whatever the budget. Fixed when the
+      optimizer is built (under ``optax.inject_hyperparams``, a static arg).
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs the variables
@@ -163,13 +168,15 @@ def structured_gsm(
                                                      sparsity)
   _ranking.check_cost(cost)
   _ranking.check_block_saliency(block_saliency)
+  _ranking.check_min_kept_share(min_kept_share)
   decays = _active_set.check_decays(weight_decay, passive_weight_decay,
                                     unprunable_weight_decay)
   return _active_set.with_momentum(
       _scale_by_kept_structures(
           groups, cost, ratio_at,
           _ranking.as_contribution_saliency(saliency), decays,
-          mask_update_every, freeze_mask_at, block_saliency),
+          mask_update_every, freeze_mask_at, block_saliency,
+          min_kept_share),
       momentum, nesterov, momentum_dtype)
 
 
@@ -192,6 +199,7 @@ def structured_gsm_sgd(
     zero_passive_at: int | None = None,
     momentum_dtype: chex.ArrayDType | None = None,
     block_saliency: str = "total",
+    min_kept_share: float | None = None,
 ) -> optax.GradientTransformation:
   r"""`structured_gsm` chained with ``optax.scale_by_learning_rate``.
 
@@ -219,6 +227,7 @@ def structured_gsm_sgd(
     zero_passive_at: see `optax_gsm.gsm_sgd`.
     momentum_dtype: see `optax_gsm.gsm`.
     block_saliency: see `structured_gsm`.
+    min_kept_share: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -231,7 +240,8 @@ def structured_gsm_sgd(
       compression_ratio=compression_ratio, sparsity=sparsity, cost=cost,
       nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
       saliency=saliency, mask_update_every=mask_update_every,
-      momentum_dtype=momentum_dtype, block_saliency=block_saliency)
+      momentum_dtype=momentum_dtype, block_saliency=block_saliency,
+      min_kept_share=min_kept_share)
 
 
 def scale_by_structured_gsm_adam(
@@ -247,6 +257,7 @@ def scale_by_structured_gsm_adam(
     mask_update_every: int = 1,
     freeze_mask_at: int | None = None,
     block_saliency: str = "total",
+    min_kept_share: float | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam's direction of the gradient masked to the kept structures.
 
@@ -288,6 +299,7 @@ def scale_by_structured_gsm_adam(
     mask_update_every: see `optax_gsm.gsm`.
     freeze_mask_at: see `structured_gsm`.
     block_saliency: see `structured_gsm`.
+    min_kept_share: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs ``params``.
@@ -298,6 +310,7 @@ def scale_by_structured_gsm_adam(
   _validation.check_range("eps", eps, low=0.0)
   _ranking.check_cost(cost)
   _ranking.check_block_saliency(block_saliency)
+  _ranking.check_min_kept_share(min_kept_share)
   return optax.chain(
       _scale_by_kept_structures(
           groups, cost,
@@ -305,7 +318,7 @@ def scale_by_structured_gsm_adam(
                                                   sparsity),
           _ranking.as_contribution_saliency(saliency),
           _active_set.check_decays(0.0, 0.0, 0.0), mask_update_every,
-          freeze_mask_at, block_saliency),
+          freeze_mask_at, block_saliency, min_kept_share),
       optax.scale_by_adam(b1, b2, eps))
 
 
@@ -327,6 +340,7 @@ def structured_gsm_adamw(
     freeze_mask_at: int | None = None,
     zero_passive_at: int | None = None,
     block_saliency: str = "total",
+    min_kept_share: float | None = None,
 ) -> optax.GradientTransformation:
   r"""Structured GSM with AdamW: `scale_by_structured_gsm_adam`, AdamW's
   decoupled weight decay and the learning rate.
@@ -357,6 +371,7 @@ def structured_gsm_adamw(
     freeze_mask_at: see `structured_gsm`.
     zero_passive_at: see `optax_gsm.gsm_sgd`.
     block_saliency: see `structured_gsm`.
+    min_kept_share: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -366,7 +381,7 @@ def structured_gsm_adamw(
           scale_by_structured_gsm_adam, groups, compression_ratio,
           sparsity=sparsity, cost=cost, b1=b1, b2=b2, eps=eps,
           saliency=saliency, mask_update_every=mask_update_every,
-          block_saliency=block_saliency),
+          block_saliency=block_saliency, min_kept_share=min_kept_share),
       learning_rate, total_steps, b1=b1, weight_decay=weight_decay,
       mask=mask, freeze_mask_at=freeze_mask_at,
       zero_passive_at=zero_passive_at)
