@@ -124,7 +124,11 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
   trained, opt_state, timing = trainer.train(
       params, tx, setup.args.epochs, batch_stats=batch_stats,
       desc=f"structured GSM {reduction}x")
-  stats = trainer.batch_stats
+  # Running BN averages lag behind structures ramped to zero: recomputed
+  # (forward passes only) before the model is evaluated or shrunk.
+  running = trainer.batch_stats
+  stats = (None if running is None
+           else trainer.recalibrated_batch_stats(trained, running))
   keep = optax_gsm.structured.kept_structures(opt_state)
   variables = setup.variables(trained, stats)
   masked = optax_gsm.structured.mask_structures(variables, groups, keep)
@@ -136,6 +140,7 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
   record = {
       "compression_ratio": ratio,
       "accuracy_trained": trainer.accuracy(trained, stats),
+      "accuracy_running_stats": trainer.accuracy(trained, running),
       "accuracy_masked": trainer.accuracy(masked["params"],
                                           masked.get("batch_stats")),
       "accuracy_shrunk": small_accuracy,
