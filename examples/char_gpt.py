@@ -194,15 +194,7 @@ def l1_stage(args, corpus, groups, dense, reduction, steps):
 
 def taylor_stage(args, corpus, trainer, groups, dense, reduction):
   """One-shot: the gradient of a few training batches, no fine-tuning."""
-  loss = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(
-      trainer.model.apply({"params": p}, x), y).mean()
-  gradient = jax.jit(jax.grad(loss))
-  grads = jax.tree.map(jnp.zeros_like, dense)
-  for i in range(CALIBRATION_BATCHES):
-    rows = slice(i * args.batch, (i + 1) * args.batch)
-    grads = jax.tree.map(jnp.add, grads, gradient(
-        dense, jnp.asarray(corpus.train[0][rows]),
-        jnp.asarray(corpus.train[1][rows])))
+  grads = trainer.gradient(dense, num_batches=CALIBRATION_BATCHES)
   _, keep = optax_gsm.structured.prune_structures(
       dense, groups, reduction, cost="flops", saliency="taylor",
       grads=grads)

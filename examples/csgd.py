@@ -39,9 +39,13 @@ from examples.measure import RESULTS
 OUT = RESULTS / "csgd"
 
 
-def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
+def csgd_stage(setup, trainer, groups, params, batch_stats, ratio=None, *,
+               widths=None):
+  """C-SGD from the dense model to every group's ``size / ratio`` channels,
+  or to ``widths`` (per group name), then the merge."""
   variables = setup.variables(params, batch_stats)
-  clusters = optax_gsm.centripetal.cluster_channels(variables, groups, ratio=ratio)
+  clusters = optax_gsm.centripetal.cluster_channels(variables, groups,
+                                                    ratio=ratio, widths=widths)
   strength = (1 - math.sqrt(experiment.MOMENTUM)) ** 2 / setup.peak_lr
   tx = optax_gsm.centripetal.centripetal_sgd(setup.schedule, clusters,
                           centripetal_strength=strength,
@@ -50,7 +54,7 @@ def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
                           momentum=experiment.MOMENTUM)
   trained, _, timing = trainer.train(params, tx, setup.args.epochs,
                                      batch_stats=batch_stats,
-                                     desc=f"C-SGD 1/{ratio:g}")
+                                     desc=f"C-SGD {_target(ratio, widths)}")
   stats = trainer.batch_stats
   if stats is not None:  # the merge assumes the statistics of the final model
     stats = trainer.recalibrated_batch_stats(trained, stats)
@@ -74,11 +78,16 @@ def csgd_stage(setup, trainer, groups, params, batch_stats, ratio):
       "largest_spread": max(optax_gsm.centripetal.cluster_spread(
           setup.variables(trained, stats), clusters).values()),
       "flops_reduction": before / after, "widths": widths, **timing}
-  print(f"C-SGD 1/{ratio:g}: {record['accuracy_before_merge']:.4f} -> "
+  print(f"C-SGD {_target(ratio, widths)}: "
+        f"{record['accuracy_before_merge']:.4f} -> "
         f"merged {record['accuracy_merged']:.4f} at "
         f"{record['flops_reduction']:.2f}x FLOPs, spread "
         f"{record['largest_spread']:.2e}", flush=True)
   return record, small, widths
+
+
+def _target(ratio, widths) -> str:
+  return f"1/{ratio:g}" if widths is None else f"to {sum(widths.values())} channels"
 
 
 def markdown(record) -> str:

@@ -86,6 +86,11 @@ def command(module: str, argv: list[str] | None) -> str:
                      *(sys.argv[1:] if argv is None else argv)])
 
 
+def model_name(args) -> str:
+  """``resnet<depth>`` or the ``--model`` name."""
+  return f"resnet{args.depth}" if args.model == "resnet20" else args.model
+
+
 def schedule(peak: float, steps: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(0.0, peak, max(1, steps // 20),
                                             steps)
@@ -111,9 +116,7 @@ class Setup:
 
   @property
   def model_name(self) -> str:
-    if self.args.model == "resnet20":
-      return f"resnet{self.args.depth}"
-    return self.args.model
+    return model_name(self.args)
 
   @property
   def stem(self) -> str:

@@ -158,24 +158,49 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
   return record, small, widths
 
 
-def l1_stage(setup, groups, params, batch_stats, reduction):
-  keep = l1_uniform_for(groups, params, reduction)
+def fine_tune_stage(setup, groups, params, batch_stats, keep, desc):
+  """The dense model shrunk to ``keep``, then fine-tuned for the budget."""
   variables = setup.variables(params, batch_stats)
   small, widths, trainer, pruned_accuracy = shrunk_accuracy(
       setup, variables, groups, keep)
   tuned, _, timing = trainer.train(
       small["params"], setup.sgd(), setup.args.epochs,
-      batch_stats=small.get("batch_stats"), desc=f"L1 {reduction}x")
+      batch_stats=small.get("batch_stats"), desc=desc)
   before, after = optax_gsm.structured.model_cost(groups, params, keep, "flops")
   record = {
       "accuracy_pruned": pruned_accuracy,
       "accuracy_fine_tuned": trainer.accuracy(tuned, trainer.batch_stats),
       "flops_reduction": before / after,
       "kept_fraction": [float(np.mean(k)) for k in keep.channels],
+      "blocks_removed": [b.name for b, k in zip(groups.blocks, keep.blocks)
+                         if not k],
       **timing}
-  print(f"L1 {reduction}x: pruned {pruned_accuracy:.4f} fine-tuned "
-        f"{record['accuracy_fine_tuned']:.4f}", flush=True)
+  print(f"{desc}: pruned {pruned_accuracy:.4f} fine-tuned "
+        f"{record['accuracy_fine_tuned']:.4f} at "
+        f"{record['flops_reduction']:.2f}x FLOPs", flush=True)
   return record
+
+
+def l1_stage(setup, groups, params, batch_stats, reduction):
+  """Uniform L1-norm filter pruning to ``reduction`` fewer FLOPs, then
+  fine-tuning."""
+  return fine_tune_stage(setup, groups, params, batch_stats,
+                         l1_uniform_for(groups, params, reduction),
+                         f"L1 {reduction}x")
+
+
+def taylor_stage(setup, trainer, groups, params, batch_stats, reduction):
+  """Global Taylor pruning (Molchanov et al., CVPR 2019) to ``reduction``
+  fewer FLOPs, then fine-tuning: channels and blocks of the whole model in
+  one ranking by first-order Taylor saliency per FLOP on a few training
+  batches, the budgeted rule of structured GSM applied once to the dense
+  model (`prune_structures`), so widths differ per layer."""
+  grads = trainer.gradient(params, batch_stats)
+  _, keep = optax_gsm.structured.prune_structures(
+      params, groups, reduction, cost="flops", saliency="taylor",
+      grads=grads)
+  return fine_tune_stage(setup, groups, params, batch_stats, keep,
+                         f"global Taylor {reduction}x")
 
 
 def inference_times(setup, variables, small, widths, repeats_budget):

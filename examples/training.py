@@ -89,6 +89,14 @@ class Trainer:
             predict(model.apply, params, batch_stats, x), y)))
     self.batch_stats = None  # of the model last trained, if it has BN
 
+    def batch_loss(params, batch_stats, x, y):
+      if batch_stats is None:
+        return cross_entropy(model.apply({"params": params}, x), y)
+      logits, _ = model.apply(variables_of(params, batch_stats), x,
+                              train=True, mutable=["batch_stats"])
+      return cross_entropy(logits, y)
+    self._gradient = jax.jit(jax.grad(batch_loss))
+
   def _test_sum(self, per_chunk, params, batch_stats) -> float:
     # In chunks: a transformer's attention over the whole test set at once
     # takes gigabytes.
@@ -122,6 +130,20 @@ class Trainer:
                           mutable=["batch_stats"]),
         variables_of(params, batch_stats), batches)
     return variables["batch_stats"]
+
+  def gradient(self, params, batch_stats=None, *, num_batches: int = 10):
+    """The mean loss gradient over the first ``num_batches`` training
+    batches, batch norm on batch statistics as in training: what one-shot
+    Taylor saliency ranks by."""
+    size = min(self.batch_size, self.train_y.shape[0])
+    count = max(1, min(num_batches, self.train_y.shape[0] // size))
+    total = None
+    for i in range(count):
+      rows = slice(i * size, (i + 1) * size)
+      grads = self._gradient(params, batch_stats, self.train_x[rows],
+                             self.train_y[rows])
+      total = grads if total is None else jax.tree.map(jnp.add, total, grads)
+    return jax.tree.map(lambda g: g / count, total)
 
   def _epoch_batches(self, rng):
     n = self.train_y.shape[0]

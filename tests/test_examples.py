@@ -158,6 +158,49 @@ def test_structured_ablation_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_structured_grid_quick_mode(tmp_path):
+  mnist_or_skip()
+  from examples import structured_grid
+  record = structured_grid.main(["--quick", "--out", str(tmp_path)])
+  (cell,) = record["cells"]
+  methods = cell["methods"]
+  assert set(methods) == set(structured_grid.METHODS)
+  # Every method reaches the FLOPs target; C-SGD merges to the uniform
+  # baseline's widths, so its model costs what that one costs.
+  for result in methods.values():
+    assert result["flops_reduction"] >= 2.0
+  assert methods["csgd"]["flops_reduction"] == pytest.approx(
+      methods["l1"]["flops_reduction"])
+  assert (tmp_path / "mnist_lenet5_quick.png").exists()
+  # Resumed, a record with every cell runs nothing and keeps them.
+  again = structured_grid.main(["--quick", "--resume", "--out",
+                                str(tmp_path)])
+  assert again["cells"] == json.loads(json.dumps(record["cells"]))
+
+
+def test_structured_grid_verdicts():
+  from examples import structured_grid
+
+  def cell(seed, reduction, gsm, l1):
+    return {"seed": seed, "budget": 500, "reduction": reduction,
+            "dense": {"accuracy": 0.99},
+            "methods": {"gsm": {"accuracy": gsm, "flops_reduction": 4.1},
+                        "l1": {"accuracy": l1, "flops_reduction": 4.0}}}
+
+  record = {"reductions": [2.0, 4.0, 8.0], "budgets": [500],
+            "methods": ["gsm", "l1"],
+            "cells": [cell(0, 2.0, 0.98, 0.96), cell(1, 2.0, 0.97, 0.96),
+                      cell(0, 4.0, 0.95, 0.96), cell(1, 4.0, 0.97, 0.96),
+                      cell(0, 8.0, 0.90, 0.96), cell(1, 8.0, 0.91, 0.95)]}
+  rows = structured_grid.verdicts(record)
+  # 2x: ahead by 1.5 points, seeds 1 point apart; 4x: level; 8x: 5 behind.
+  assert [r["verdict"] for r in rows] == ["win", "tie", "loss"]
+  assert rows[0]["margin"] == pytest.approx(0.015)
+  assert rows[0]["noise"] == pytest.approx(0.01)
+  assert rows[2]["best"] == "l1"
+
+
+@pytest.mark.slow
 def test_n_of_m_example_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_gsm

@@ -415,7 +415,7 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
                      grads: chex.ArrayTree | None = None,
                      block_saliency: str = "total",
                      min_kept_share: float | None = None
-                     ) -> _groups.StructureMask:
+                     ) -> tuple[chex.ArrayTree, _groups.StructureMask]:
   """One-shot structured pruning: the structures GSM's rule keeps now.
 
   The same budgeted ranking as `structured_gsm` (saliency per unit
