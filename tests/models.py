@@ -91,3 +91,69 @@ class ResNet(nn.Module):
                    2 if stage > 0 and block == 0 else 1, inner,
                    name=name)(x)
     return nn.Dense(10, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+class GroupNormNet(nn.Module):
+  """Two conv-GroupNorm-relu layers (groups of 2 channels), global average,
+  dense head. GroupNorm by ``group_size``: fewer channels, fewer groups."""
+  widths: Widths = nn.FrozenDict()
+
+  @nn.compact
+  def __call__(self, x):
+    for name, features in (("conv0", 8), ("conv1", 6)):
+      x = nn.Conv(self.widths.get(name, features), (3, 3), name=name)(x)
+      x = nn.relu(nn.GroupNorm(num_groups=None, group_size=2,
+                               name=f"{name}_norm")(x))
+    return nn.Dense(10, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+class GroupedQueryAttention(nn.Module):
+  """Attention with ``kv_heads`` key-value heads, each read by
+  ``heads // kv_heads`` query heads (grouped-query; multi-query at one).
+  ``widths["query"]`` / ``widths["key"]``: the query and key-value heads
+  left, as `shrink` returns them."""
+  heads: int
+  kv_heads: int
+  head_dim: int
+  widths: Widths = nn.FrozenDict()
+
+  @nn.compact
+  def __call__(self, x):
+    heads = self.widths.get("query", self.heads)
+    kv_heads = self.widths.get("key", self.kv_heads)
+    batch, length, width = x.shape
+    dense = lambda name, count: nn.DenseGeneral((count, self.head_dim),
+                                                name=name)(x)
+    q = dense("query", heads).reshape(batch, length, kv_heads,
+                                      heads // kv_heads, self.head_dim)
+    k, v = dense("key", kv_heads), dense("value", kv_heads)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) / self.head_dim ** 0.5
+    out = jnp.einsum("bkgts,bskd->btkgd", nn.softmax(scores), v)
+    return nn.DenseGeneral(width, axis=(-2, -1), name="out")(
+        out.reshape(batch, length, heads, self.head_dim))
+
+
+class GqaTransformer(nn.Module):
+  """Token embedding, one pre-LN layer (grouped-query attention branch, MLP
+  branch), mean over tokens, dense head."""
+  vocab: int = 11
+  width: int = 12
+  heads: int = 4
+  kv_heads: int = 2
+  widths: Widths = nn.FrozenDict()
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab, self.width, name="embed")(tokens)
+    inner = {k.removeprefix("attention/"): v for k, v in self.widths.items()
+             if k.startswith("attention/")}
+    # A branch `shrink` removed has width 0.
+    if self.widths.get("attention+attention_norm") != 0:
+      x = x + GroupedQueryAttention(self.heads, self.kv_heads, 3, inner,
+                                    name="attention")(
+          nn.LayerNorm(name="attention_norm")(x))
+    if self.widths.get("mlp_in+mlp_norm+mlp_out") != 0:
+      y = nn.LayerNorm(name="mlp_norm")(x)
+      y = nn.gelu(nn.Dense(self.widths.get("mlp_in", 16), name="mlp_in")(y))
+      x = x + nn.Dense(self.width, name="mlp_out")(y)
+    return nn.Dense(self.vocab, name="head")(x.mean(1))

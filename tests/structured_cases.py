@@ -165,7 +165,10 @@ def _linen_model(name: str):
         remat=name == "gpt_remat"), (2, 8)
   return {"mlp": (models.Mlp(), (2, 784)),
           "lenet5": (models.ConvNet(), (2, 784)),
-          "resnet": (models.ResNet(), (2, 8, 8, 3))}[name]
+          "resnet": (models.ResNet(), (2, 8, 8, 3)),
+          "groupnorm": (models.GroupNormNet(), (2, 8, 8, 3)),
+          "gqa": (models.GqaTransformer(), (2, 5)),
+          "mqa": (models.GqaTransformer(kv_heads=1), (2, 5))}[name]
 
 
 def linen_case(name: str) -> Case:
@@ -206,8 +209,9 @@ def case(name: str) -> Case:
   return linen_case(name)
 
 
-CASES = ("mlp", "lenet5", "resnet", "nnx")
-TRANSFORMER_CASES = ("vit", "gpt", "gpt_remat", "nnx_transformer", "nnx_scan")
+CASES = ("mlp", "lenet5", "resnet", "groupnorm", "nnx")
+TRANSFORMER_CASES = ("vit", "gpt", "gpt_remat", "gqa", "mqa",
+                     "nnx_transformer", "nnx_scan")
 
 
 def random_keep(groups, seed=0, block_probability=0.5):

@@ -29,13 +29,17 @@ def test_small_model_equals_masked_big_model(name, seed):
       optax_gsm.structured.mask_structures(case.variables, groups, keep), x)
   np.testing.assert_allclose(case.rebuild(widths)(small, x), expected,
                              atol=1e-5)
-  # Every kernel left shrank to the kept count along its output axis.
+  # Every kernel left shrank to its positions of kept channels along its
+  # output axis (several a channel: a key-value head's query heads, a norm
+  # group's channels), and widths say so.
   small_shapes = dict(zip(_prunable.leaf_paths(small),
                           [np.shape(leaf) for leaf in jax.tree.leaves(small)]))
   for group, kept in zip(groups.channels, keep.channels):
     for member in group.members:
       if member.role == "out" and member.path in small_shapes:
-        assert small_shapes[member.path][member.axis] == int(np.sum(kept))
+        inside = member.channel_of[member.channel_of >= 0]
+        assert small_shapes[member.path][member.axis] == int(
+            np.sum(np.asarray(kept)[inside]))
 
 
 @pytest.mark.slow

@@ -517,3 +517,74 @@ def test_rematerialised_layers_give_the_groups_of_plain_ones():
   plain, remat = structures("gpt"), structures("gpt_remat")
   assert remat == plain
   assert len(plain[0]) == 2 and len(plain[1]) == 3  # heads, neurons; layers
+
+
+def _members(groups, name):
+  group = next(g for g in groups.channels if g.name == name)
+  return group, {(m.path.removeprefix("params/"), m.axis, m.role):
+                 m.channel_of.tolist() for m in group.members}
+
+
+def test_grouped_query_heads_are_a_key_value_head_with_its_query_heads():
+  # 4 query heads over 2 key-value heads: a structure is key-value head j
+  # with query heads 2j and 2j + 1 and the out projection's rows for them.
+  case = structured_cases.case("gqa")
+  groups = optax_gsm.structured.channel_groups(
+      case.apply, case.variables, structured_cases.example_input(case))
+  group, members = _members(groups, "attention/query")
+  assert (group.kind, group.size) == ("heads", 2)
+  pairs, singles = [0, 0, 1, 1], [0, 1]
+  assert members == {
+      **{(f"attention/{p}/{leaf}", axis, "out"): pairs
+         for p in ["query"] for leaf, axis in (("kernel", 1), ("bias", 0))},
+      **{(f"attention/{p}/{leaf}", axis, "out"): singles
+         for p in ("key", "value")
+         for leaf, axis in (("kernel", 1), ("bias", 0))},
+      ("attention/out/kernel", 0, "in"): pairs}
+
+
+def test_multi_query_heads_are_query_heads_and_the_shared_head_stays():
+  case = structured_cases.case("mqa")
+  groups = optax_gsm.structured.channel_groups(
+      case.apply, case.variables, structured_cases.example_input(case))
+  group, members = _members(groups, "attention/query")
+  assert group.size == 4
+  assert members[("attention/out/kernel", 0, "in")] == [0, 1, 2, 3]
+  reasons = dict(groups.unprunable)
+  assert "attention/key" in reasons and "attention/value" in reasons
+
+
+def test_group_norm_groups_are_structures():
+  # GroupNorm over groups of 2 channels: a structure is one norm group, its
+  # 2 channels everywhere (conv output, norm scale and bias, next input).
+  case = structured_cases.case("groupnorm")
+  groups = optax_gsm.structured.channel_groups(
+      case.apply, case.variables, jnp.ones(case.input_shape))
+  group, members = _members(groups, "conv0")
+  assert group.size == 4
+  pairs = [0, 0, 1, 1, 2, 2, 3, 3]
+  assert members == {("conv0/kernel", 3, "out"): pairs,
+                     ("conv0/bias", 0, "out"): pairs,
+                     ("conv0_norm/scale", 0, "out"): pairs,
+                     ("conv0_norm/bias", 0, "out"): pairs,
+                     ("conv1/kernel", 2, "in"): pairs}
+
+
+def test_a_split_of_unaligned_channels_is_unprunable():
+  # Two layers of 3 channels joined and split into groups of 2: the middle
+  # group holds a channel of each, so neither layer's channels can go.
+  class _Unaligned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      a, b = nn.Dense(3, name="a")(x), nn.Dense(3, name="b")(x)
+      grouped = jnp.concatenate([a, b], -1).reshape(x.shape[0], 3, 2)
+      y = grouped - grouped.mean(-1, keepdims=True)
+      return nn.Dense(2, name="head")(y.reshape(x.shape[0], 6))
+
+  model = _Unaligned()
+  x = jnp.ones((2, 3))
+  variables = model.init(jax.random.key(0), x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x)
+  reasons = dict(groups.unprunable)
+  assert not groups.channels
+  assert "unaligned" in reasons["a"] and "unaligned" in reasons["b"]

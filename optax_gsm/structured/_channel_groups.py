@@ -28,13 +28,19 @@ carry channel labels: per position, the (group, channel) it belongs to.
   flatten maps row ``(h * W + w) * C + c`` to channel ``c``), slices and pads
   that do not touch it, reductions over other axes and concatenations carry
   the labels along.
+- A reshape that splits the channel axis into blocks (grouped-query
+  attention's query heads regrouped per key-value head, GroupNorm's groups)
+  makes each block one structure, labelled on the outer axis: a key-value
+  head with its query heads, a norm group with its channels. A single
+  key-value head read by every query head (multi-query attention) stays;
+  the query heads remain structures.
 - Channels become unprunable (listed in `Groups.unprunable`) where they
   reach the model's output, a reduction over the channel axis (LayerNorm,
-  RMSNorm, a softmax), a reshape that splits the channel axis (GroupNorm,
-  grouped-query attention's query heads regrouped per key head), a grouped
-  (not depthwise) convolution, or are combined element-wise with an input
-  or constant that has its own values per channel (a value broadcast along
-  the channel axis, such as a causal mask over heads, has none).
+  RMSNorm, a softmax), a split whose blocks mix channels of several groups
+  or not in order, a grouped (not depthwise) convolution, or are combined
+  element-wise with an input or constant that has its own values per
+  channel (a value broadcast along the channel axis, such as a causal mask
+  over heads, has none).
 - Any other op that meets labelled channels is an error naming the op
   (``on_unknown="error"``), or makes them unprunable
   (``on_unknown="unprunable"``).
@@ -108,7 +114,12 @@ class _Value:
 
 
 class _UnionFind:
-  """Channel groups being built: union by residual adds, members, fixes."""
+  """Channel groups being built: union by residual adds, members, fixes.
+
+  Labels and members number a group's channels as it was created;
+  ``factor[g]`` consecutive ones of them are one structure once a reshape
+  split them off together (`coarsen`): structure ``channel // factor[g]``.
+  """
 
   def __init__(self):
     self.parent: list[int] = []
@@ -117,6 +128,7 @@ class _UnionFind:
     self.members: list[list[tuple]] = []
     self.fixed: list[str | None] = []
     self.heads: list[bool] = []
+    self.factor: list[int] = []
 
   def new(self, size: int, name: str) -> int:
     self.parent.append(len(self.parent))
@@ -125,7 +137,25 @@ class _UnionFind:
     self.members.append([])
     self.fixed.append(None)
     self.heads.append(False)
+    self.factor.append(1)
     return len(self.parent) - 1
+
+  def structures(self, group: int) -> int:
+    """How many structures ``group`` (an original group) has."""
+    return self.size[group] // self.factor[group]
+
+  def coarsen(self, groups: set[int], factor: int) -> bool:
+    """Makes every ``factor`` consecutive channels of the sets of
+    ``groups`` one structure; False (nothing changed) where ``factor`` does
+    not divide a size or a set is already coarsened otherwise."""
+    roots = {self.find(g) for g in groups}
+    in_sets = [g for g in range(len(self.parent)) if self.find(g) in roots]
+    if any(self.factor[g] not in (1, factor) or self.size[g] % factor
+           for g in in_sets):
+      return False
+    for g in in_sets:
+      self.factor[g] = factor
+    return True
 
   def find(self, group: int) -> int:
     while self.parent[group] != group:
@@ -194,8 +224,9 @@ class _Tracer:
       return False
     for group in set(int(g) for g in value.group if g >= 0):
       channel_of = np.where(value.group == group, value.channel, -1)
+      # With its original group: a later `coarsen` renumbers it.
       self.groups.members[self.groups.find(group)].append(
-          (leaf, leaf_axis, channel_of, role))
+          (leaf, leaf_axis, channel_of, role, group))
     return True
 
   def new_group(self, shape, axis: int, source, role_axis: int,
@@ -318,12 +349,18 @@ class _Tracer:
       self.fix(b, "joined with channels along another axis")
       return
     pairs = {}
+    factor = self.groups.factor
     for ga, ca, gb, cb in zip(a.group, a.channel, b.group, b.channel):
       if ga >= 0:
-        pairs.setdefault((int(ga), int(gb)), []).append(ca == cb)
-    for (ga, gb), same in pairs.items():
-      sizes_match = (self.groups.size[ga] == self.groups.size[gb]
-                     == len(same))
+        structure = int(ca) // factor[ga]
+        pairs.setdefault((int(ga), int(gb)), []).append(
+            (structure, structure == int(cb) // factor[gb]))
+    for (ga, gb), pairs_ab in pairs.items():
+      # Every structure of both meets its namesake, and only it.
+      same = [s for _, s in pairs_ab]
+      covered = {structure for structure, _ in pairs_ab}
+      sizes_match = (self.groups.structures(ga) == self.groups.structures(gb)
+                     == len(covered))
       if all(same) and sizes_match:
         self.groups.union(ga, gb)
       else:
@@ -387,8 +424,34 @@ class _Tracer:
           out = _Value("act", shape, axis=kept_out[0], group=v.group[index],
                        channel=v.channel[index])
         else:
-          self.fix(v, "a reshape that splits the channel axis (GroupNorm?)")
+          out = self.split(v, shape, kept_out, i0, i1)
     self.values[eqn.outputs[0]] = out
+
+  def split(self, v: _Value, shape, kept_out: list[int], i0: int,
+            i1: int) -> _Value:
+    """A reshape that splits the channel axis (grouped-query attention's
+    query heads per key-value head, GroupNorm's groups): the outer axis
+    carries the labels, and the channels of one of its positions become one
+    structure (`_UnionFind.coarsen`): a key-value head with its query heads,
+    a norm group with its channels."""
+    outer = kept_out[0]
+    factor = v.shape[v.axis] // shape[outer]
+    starts = np.arange(shape[outer]) * factor
+    simple = ([a for a in range(i0, i1) if v.shape[a] != 1] == [v.axis]
+              and factor * shape[outer] == v.shape[v.axis])
+    channels = v.channel.reshape(-1, factor) if simple else None
+    groups = v.group.reshape(-1, factor) if simple else None
+    aligned = (
+        simple and np.all(groups >= 0) and np.all(groups == groups[:, :1])
+        and np.all(channels == channels[:, :1] + np.arange(factor))
+        and np.all(channels[:, 0] % factor == 0)
+        and self.groups.coarsen(set(groups[:, 0].tolist()), factor))
+    if not aligned:
+      self.fix(v, "a reshape that splits the channel axis into unaligned "
+               "parts")
+      return _Value("act", shape)
+    return _Value("act", shape, axis=outer, group=v.group[starts],
+                  channel=v.channel[starts])
 
   def transpose(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     v = ins[0]
@@ -557,6 +620,15 @@ class _Tracer:
       table.update({a: offset + i for i, a in enumerate(free)})
       offset += len(free)
       position.append(table)
+    ins = list(ins)
+    for side, v in enumerate(ins):
+      if v.axis is not None and v.shape[v.axis] == 1:
+        # A single key-value head that every query head reads (multi-query
+        # attention) stays; the query heads remain structures.
+        self.fix(v, "one head shared by every query head (multi-query "
+                 "attention)")
+        ins[side] = dataclasses.replace(v, axis=None, group=None,
+                                        channel=None)
     labelled = [side for side, v in enumerate(ins) if v.axis is not None]
     out = _Value("act", shape)
     summed = [ins[s] for s in labelled if ins[s].axis not in position[s]]
@@ -824,10 +896,13 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
 
   Attention heads (``nn.MultiHeadDotProductAttention``,
   ``nnx.MultiHeadAttention``) are structures: a head's query, key and value
-  slices with the output projection's rows that read it.
+  slices with the output projection's rows that read it; with grouped-query
+  attention (query heads reshaped per key-value head), a key-value head
+  with its query heads. GroupNorm's groups are structures: a norm group's
+  channels go together.
 
-  Channels that reach the model's output (the logits), that LayerNorm or
-  GroupNorm mix, or that are combined with per-channel inputs or constants
+  Channels that reach the model's output (the logits), that LayerNorm
+  mixes, or that are combined with per-channel inputs or constants
   are not prunable; `Groups.unprunable` lists them with the reason, and
   the kernels whose channels it does not follow by path.
 
@@ -893,8 +968,8 @@ def _named_blocks(paths: list[str], blocks, collections_level: bool
     if prefix and common.count(prefix) == 1:
       names.append(prefix)
       continue
-    parts = sorted({os.path.relpath(m, prefix).split(os.sep)[0]
-                    for m in module_paths} if prefix else set(module_paths))
+    parts = sorted({os.path.relpath(m, prefix or ".").split(os.sep)[0]
+                    for m in module_paths})
     names.append(os.path.join(prefix, "+".join(parts)))
   return [_groups.Block(name, tuple(paths[leaf] for leaf in leaves))
           for name, leaves in zip(names, unique)]
@@ -925,7 +1000,9 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
       unprunable.append((name, found.fixed[group]))
       continue
     merged = {}
-    for leaf, axis, channel_of, role in found.members[group]:
+    for leaf, axis, channel_of, role, origin in found.members[group]:
+      channel_of = np.where(channel_of >= 0,
+                            channel_of // found.factor[origin], -1)
       key = (leaf, axis)
       if key in merged:
         channel_of = np.where(channel_of >= 0, channel_of, merged[key][0])
@@ -935,7 +1012,7 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
         _groups.Member(paths[leaf], axis, np.asarray(c, np.int32), role)
         for (leaf, axis), (c, role) in sorted(merged.items()))
     channels.append(_groups.ChannelGroup(
-        name, found.size[group], members,
+        name, found.structures(group), members,
         "heads" if found.heads[group] else "channels"))
   block_list = (_named_blocks(paths, blocks, collections_level)
                 + _stack_layers(paths, layers, collections_level))

@@ -127,11 +127,15 @@ def reduce_channels(variables: chex.ArrayTree, groups: _groups.Groups,
   paths = _prunable.leaf_paths(variables)
   widths: Widths = {}
   for members, channel_map in zip(resolved.channels, maps):
-    width = int(np.max(channel_map.target, initial=-1)) + 1
     for m in members:
       if m.role == "out" and _prunable.is_kernel_path(paths[m.leaf]):
+        # The kernel's output axis left: one position per kept channel, or
+        # several where a channel is a block of them (grouped-query heads).
+        inside = m.channel_of[m.channel_of >= 0]
         widths[_prunable.module_path(
-            paths[m.leaf], _prunable.has_collections(variables))] = width
+            paths[m.leaf], _prunable.has_collections(variables))] = int(
+                np.sum(channel_map.representative[inside]
+                       & (channel_map.target[inside] >= 0)))
   removed, removed_rows, stack_of = set(), collections.defaultdict(set), {}
   for block, resolved_block, flag in zip(groups.blocks, resolved.blocks,
                                          np.asarray(removed_blocks, bool)):
@@ -199,8 +203,10 @@ def shrink(variables: chex.ArrayTree, groups: _groups.Groups,
   Returns:
     ``(small_variables, widths)``: the variables with removed channels
     sliced out and removed blocks deleted, and ``widths``: for each module
-    that produces a channel group (its kernel's output axis), the number of
-    channels kept, and 0 for each removed block.
+    that produces a channel group, the length of its kernel's output axis
+    left (the channels or heads kept; where a structure is a block of
+    positions, its positions: a grouped-query query kernel keeps each kept
+    key-value head's query heads), and 0 for each removed block.
   """
   _check_keep(groups, keep)
   round_to = _validation.check_int("round_to", round_to, low=1)
