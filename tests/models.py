@@ -109,12 +109,14 @@ class GroupNormNet(nn.Module):
 
 class GroupedQueryAttention(nn.Module):
   """Attention with ``kv_heads`` key-value heads, each read by
-  ``heads // kv_heads`` query heads (grouped-query; multi-query at one).
-  ``widths["query"]`` / ``widths["key"]``: the query and key-value heads
-  left, as `shrink` returns them."""
+  ``heads // kv_heads`` query heads (grouped-query; multi-query at one):
+  the query heads reshaped per key-value head, or (``repeat``) the keys and
+  values repeated per query head. ``widths["query"]`` / ``widths["key"]``:
+  the query and key-value heads left, as `shrink` returns them."""
   heads: int
   kv_heads: int
   head_dim: int
+  repeat: bool = False
   widths: Widths = nn.FrozenDict()
 
   @nn.compact
@@ -124,13 +126,18 @@ class GroupedQueryAttention(nn.Module):
     batch, length, width = x.shape
     dense = lambda name, count: nn.DenseGeneral((count, self.head_dim),
                                                 name=name)(x)
-    q = dense("query", heads).reshape(batch, length, kv_heads,
-                                      heads // kv_heads, self.head_dim)
+    q = dense("query", heads) / self.head_dim ** 0.5
     k, v = dense("key", kv_heads), dense("value", kv_heads)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) / self.head_dim ** 0.5
-    out = jnp.einsum("bkgts,bskd->btkgd", nn.softmax(scores), v)
-    return nn.DenseGeneral(width, axis=(-2, -1), name="out")(
-        out.reshape(batch, length, heads, self.head_dim))
+    if self.repeat:
+      k, v = (jnp.repeat(a, heads // kv_heads, axis=2) for a in (k, v))
+      weights = nn.softmax(jnp.einsum("bthd,bshd->bhts", q, k))
+      out = jnp.einsum("bhts,bshd->bthd", weights, v)
+    else:
+      q = q.reshape(batch, length, kv_heads, heads // kv_heads, self.head_dim)
+      weights = nn.softmax(jnp.einsum("btkgd,bskd->bkgts", q, k))
+      out = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(
+          batch, length, heads, self.head_dim)
+    return nn.DenseGeneral(width, axis=(-2, -1), name="out")(out)
 
 
 class GqaTransformer(nn.Module):
@@ -140,6 +147,7 @@ class GqaTransformer(nn.Module):
   width: int = 12
   heads: int = 4
   kv_heads: int = 2
+  repeat: bool = False
   widths: Widths = nn.FrozenDict()
 
   @nn.compact
@@ -149,8 +157,8 @@ class GqaTransformer(nn.Module):
              if k.startswith("attention/")}
     # A branch `shrink` removed has width 0.
     if self.widths.get("attention+attention_norm") != 0:
-      x = x + GroupedQueryAttention(self.heads, self.kv_heads, 3, inner,
-                                    name="attention")(
+      x = x + GroupedQueryAttention(self.heads, self.kv_heads, 3,
+                                    self.repeat, inner, name="attention")(
           nn.LayerNorm(name="attention_norm")(x))
     if self.widths.get("mlp_in+mlp_norm+mlp_out") != 0:
       y = nn.LayerNorm(name="mlp_norm")(x)

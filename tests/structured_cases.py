@@ -168,7 +168,10 @@ def _linen_model(name: str):
           "resnet": (models.ResNet(), (2, 8, 8, 3)),
           "groupnorm": (models.GroupNormNet(), (2, 8, 8, 3)),
           "gqa": (models.GqaTransformer(), (2, 5)),
-          "mqa": (models.GqaTransformer(kv_heads=1), (2, 5))}[name]
+          "mqa": (models.GqaTransformer(kv_heads=1), (2, 5)),
+          "gqa_repeat": (models.GqaTransformer(repeat=True), (2, 5)),
+          "mqa_repeat": (models.GqaTransformer(kv_heads=1, repeat=True),
+                         (2, 5))}[name]
 
 
 def linen_case(name: str) -> Case:
@@ -210,8 +213,8 @@ def case(name: str) -> Case:
 
 
 CASES = ("mlp", "lenet5", "resnet", "groupnorm", "nnx")
-TRANSFORMER_CASES = ("vit", "gpt", "gpt_remat", "gqa", "mqa",
-                     "nnx_transformer", "nnx_scan")
+TRANSFORMER_CASES = ("vit", "gpt", "gpt_remat", "gqa", "mqa", "gqa_repeat",
+                     "mqa_repeat", "nnx_transformer", "nnx_scan")
 
 
 def random_keep(groups, seed=0, block_probability=0.5):

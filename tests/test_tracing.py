@@ -525,10 +525,13 @@ def _members(groups, name):
                  m.channel_of.tolist() for m in group.members}
 
 
-def test_grouped_query_heads_are_a_key_value_head_with_its_query_heads():
-  # 4 query heads over 2 key-value heads: a structure is key-value head j
-  # with query heads 2j and 2j + 1 and the out projection's rows for them.
-  case = structured_cases.case("gqa")
+@pytest.mark.parametrize("name", ["gqa", "gqa_repeat"])
+def test_grouped_query_heads_are_a_key_value_head_with_its_query_heads(name):
+  # 4 query heads over 2 key-value heads (queries reshaped per key-value
+  # head, or keys and values repeated per query head): a structure is
+  # key-value head j with query heads 2j and 2j + 1 and the out projection's
+  # rows for them.
+  case = structured_cases.case(name)
   groups = optax_gsm.structured.channel_groups(
       case.apply, case.variables, structured_cases.example_input(case))
   group, members = _members(groups, "attention/query")
@@ -543,8 +546,9 @@ def test_grouped_query_heads_are_a_key_value_head_with_its_query_heads():
       ("attention/out/kernel", 0, "in"): pairs}
 
 
-def test_multi_query_heads_are_query_heads_and_the_shared_head_stays():
-  case = structured_cases.case("mqa")
+@pytest.mark.parametrize("name", ["mqa", "mqa_repeat"])
+def test_multi_query_heads_are_query_heads_and_the_shared_head_stays(name):
+  case = structured_cases.case(name)
   groups = optax_gsm.structured.channel_groups(
       case.apply, case.variables, structured_cases.example_input(case))
   group, members = _members(groups, "attention/query")

@@ -31,9 +31,11 @@ carry channel labels: per position, the (group, channel) it belongs to.
 - A reshape that splits the channel axis into blocks (grouped-query
   attention's query heads regrouped per key-value head, GroupNorm's groups)
   makes each block one structure, labelled on the outer axis: a key-value
-  head with its query heads, a norm group with its channels. A single
-  key-value head read by every query head (multi-query attention) stays;
-  the query heads remain structures.
+  head with its query heads, a norm group with its channels. Likewise
+  where each channel of one group meets a block of channels of another
+  (keys and values repeated per query head). A single key-value head read
+  by every query head (multi-query attention) stays; the query heads remain
+  structures.
 - Channels become unprunable (listed in `Groups.unprunable`) where they
   reach the model's output, a reduction over the channel axis (LayerNorm,
   RMSNorm, a softmax), a split whose blocks mix channels of several groups
@@ -144,17 +146,15 @@ class _UnionFind:
     """How many structures ``group`` (an original group) has."""
     return self.size[group] // self.factor[group]
 
-  def coarsen(self, groups: set[int], factor: int) -> bool:
-    """Makes every ``factor`` consecutive channels of the sets of
-    ``groups`` one structure; False (nothing changed) where ``factor`` does
-    not divide a size or a set is already coarsened otherwise."""
-    roots = {self.find(g) for g in groups}
-    in_sets = [g for g in range(len(self.parent)) if self.find(g) in roots]
-    if any(self.factor[g] not in (1, factor) or self.size[g] % factor
-           for g in in_sets):
+  def coarsen(self, group: int, by: int) -> bool:
+    """Makes every ``by`` consecutive structures of ``group``'s set one;
+    False (nothing changed) where ``by`` does not divide their number."""
+    root = self.find(group)
+    in_set = [g for g in range(len(self.parent)) if self.find(g) == root]
+    if any(self.structures(g) % by for g in in_set):
       return False
-    for g in in_sets:
-      self.factor[g] = factor
+    for g in in_set:
+      self.factor[g] *= by
     return True
 
   def find(self, group: int) -> int:
@@ -363,8 +363,29 @@ class _Tracer:
                      == len(covered))
       if all(same) and sizes_match:
         self.groups.union(ga, gb)
-      else:
+      elif not self.join_coarsened(a, b, ga, gb):
         self.groups.fix([ga, gb], "joined with a permutation of channels")
+
+  def join_coarsened(self, a: _Value, b: _Value, ga: int, gb: int) -> bool:
+    """Joins ``ga`` and ``gb`` where each structure of one meets a block of
+    ``by`` consecutive structures of the other (keys and values repeated
+    for each query head of grouped-query attention): the block becomes one
+    structure. False (nothing changed) otherwise."""
+    groups = self.groups
+    where = (a.group == ga) & (b.group == gb)
+    sa = a.channel[where] // groups.factor[ga]
+    sb = b.channel[where] // groups.factor[gb]
+    (fine, fine_s), (coarse, coarse_s) = sorted(
+        [(ga, sa), (gb, sb)], key=lambda side: -groups.structures(side[0]))
+    count = groups.structures(coarse)
+    by = groups.structures(fine) // count
+    if (by < 2 or groups.structures(fine) != by * count
+        or not np.array_equal(fine_s // by, coarse_s)
+        or len(set(coarse_s.tolist())) != count
+        or not groups.coarsen(fine, by)):
+      return False
+    groups.union(ga, gb)
+    return True
 
   def broadcast_in_dim(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
     v = ins[0]
@@ -425,7 +446,13 @@ class _Tracer:
                        channel=v.channel[index])
         else:
           out = self.split(v, shape, kept_out, i0, i1)
-    self.values[eqn.outputs[0]] = out
+    # Axes made of axes the value is constant along (a repeat: a broadcast,
+    # then a merge) stay constant.
+    uniform = frozenset(
+        a for (i0, i1), (o0, o1) in blocks
+        if all(v.shape[b] == 1 or b in v.uniform for b in range(i0, i1))
+        for a in range(o0, o1))
+    self.values[eqn.outputs[0]] = dataclasses.replace(out, uniform=uniform)
 
   def split(self, v: _Value, shape, kept_out: list[int], i0: int,
             i1: int) -> _Value:
@@ -441,11 +468,13 @@ class _Tracer:
               and factor * shape[outer] == v.shape[v.axis])
     channels = v.channel.reshape(-1, factor) if simple else None
     groups = v.group.reshape(-1, factor) if simple else None
+    group = int(v.group[0])
     aligned = (
-        simple and np.all(groups >= 0) and np.all(groups == groups[:, :1])
+        simple and np.all(groups == group)
         and np.all(channels == channels[:, :1] + np.arange(factor))
         and np.all(channels[:, 0] % factor == 0)
-        and self.groups.coarsen(set(groups[:, 0].tolist()), factor))
+        and factor % self.groups.factor[group] == 0
+        and self.groups.coarsen(group, factor // self.groups.factor[group]))
     if not aligned:
       self.fix(v, "a reshape that splits the channel axis into unaligned "
                "parts")
@@ -622,13 +651,15 @@ class _Tracer:
       position.append(table)
     ins = list(ins)
     for side, v in enumerate(ins):
-      if v.axis is not None and v.shape[v.axis] == 1:
+      if v.axis is not None and self.one_structure(v):
         # A single key-value head that every query head reads (multi-query
-        # attention) stays; the query heads remain structures.
+        # attention, repeated or broadcast) stays, the same for every head;
+        # the query heads remain structures.
         self.fix(v, "one head shared by every query head (multi-query "
                  "attention)")
         ins[side] = dataclasses.replace(v, axis=None, group=None,
-                                        channel=None)
+                                        channel=None,
+                                        uniform=v.uniform | {v.axis})
     labelled = [side for side, v in enumerate(ins) if v.axis is not None]
     out = _Value("act", shape)
     summed = [ins[s] for s in labelled if ins[s].axis not in position[s]]
@@ -661,6 +692,15 @@ class _Tracer:
         out = dataclasses.replace(v, shape=shape, axis=axes[0],
                                   uniform=frozenset())
     self.values[eqn.outputs[0]] = out
+
+  def one_structure(self, v: _Value) -> bool:
+    """Whether every position of ``v``'s labelled axis is one structure of
+    a group of one."""
+    labelled = v.group >= 0
+    if not np.all(labelled):
+      return False
+    groups = self.groups
+    return all(groups.structures(int(g)) == 1 for g in set(v.group.tolist()))
 
   def consume(self, act: _Value, act_axes: tuple[int, ...], param: _Value,
               param_axes: tuple[int, ...], eqn: _graph.Eqn) -> None:
