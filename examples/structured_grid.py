@@ -241,7 +241,7 @@ def main(argv=None):
         experiment.save(record, markdown(record), args.out, stem)
   if record is None:
     print(f"{path}: every cell is already there")
-    return json.loads(path.read_text())
+    record = json.loads(path.read_text())
   plot(record, args.out / f"{stem}.png")
   print(markdown(record))
   return record
