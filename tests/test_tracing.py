@@ -29,8 +29,8 @@ def _dense(name, role, axis):
 
 def _trace(name):
   case = structured_cases.case(name)
-  return case, optax_gsm.structured.channel_groups(case.apply, case.variables,
-                                        jnp.ones(case.input_shape))
+  return case, optax_gsm.structured.channel_groups(
+      case.apply, case.variables, structured_cases.example_input(case))
 
 
 def test_mlp_groups_are_the_hand_written_ones():
@@ -531,9 +531,7 @@ def test_grouped_query_heads_are_a_key_value_head_with_its_query_heads(name):
   # head, or keys and values repeated per query head): a structure is
   # key-value head j with query heads 2j and 2j + 1 and the out projection's
   # rows for them.
-  case = structured_cases.case(name)
-  groups = optax_gsm.structured.channel_groups(
-      case.apply, case.variables, structured_cases.example_input(case))
+  _, groups = _trace(name)
   group, members = _members(groups, "attention/query")
   assert (group.kind, group.size) == ("heads", 2)
   pairs, singles = [0, 0, 1, 1], [0, 1]
@@ -548,9 +546,7 @@ def test_grouped_query_heads_are_a_key_value_head_with_its_query_heads(name):
 
 @pytest.mark.parametrize("name", ["mqa", "mqa_repeat"])
 def test_multi_query_heads_are_query_heads_and_the_shared_head_stays(name):
-  case = structured_cases.case(name)
-  groups = optax_gsm.structured.channel_groups(
-      case.apply, case.variables, structured_cases.example_input(case))
+  _, groups = _trace(name)
   group, members = _members(groups, "attention/query")
   assert group.size == 4
   assert members[("attention/out/kernel", 0, "in")] == [0, 1, 2, 3]
@@ -561,9 +557,7 @@ def test_multi_query_heads_are_query_heads_and_the_shared_head_stays(name):
 def test_group_norm_groups_are_structures():
   # GroupNorm over groups of 2 channels: a structure is one norm group, its
   # 2 channels everywhere (conv output, norm scale and bias, next input).
-  case = structured_cases.case("groupnorm")
-  groups = optax_gsm.structured.channel_groups(
-      case.apply, case.variables, jnp.ones(case.input_shape))
+  _, groups = _trace("groupnorm")
   group, members = _members(groups, "conv0")
   assert group.size == 4
   pairs = [0, 0, 1, 1, 2, 2, 3, 3]
