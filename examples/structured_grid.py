@@ -22,7 +22,9 @@ otherwise.
         --budgets 500 --reductions 2 4 8
     python -m examples.structured_grid --quick       # as the tests run it
 
-``--resume`` keeps the cells already in the record and runs the rest.
+``--resume`` keeps what the record already has and runs the rest: missing
+cells, and methods of ``--methods`` missing from a cell; ``--rerun gsm``
+runs GSM again in every cell it reaches (after a change to the method).
 Writes (to ``--out``) ``mnist_<model>.json``, a Markdown table per
 reduction and a PNG of accuracy against the budget.
 """
@@ -89,8 +91,8 @@ def verdicts(record) -> list[dict]:
              "seeds": [c["seed"] for c in cells],
              "dense": [c["dense"]["accuracy"] for c in cells],
              "accuracy": accuracy, "noise": noise,
-             "gsm_flops": [c["methods"]["gsm"]["flops_reduction"]
-                           for c in cells] if "gsm" in accuracy else []}
+             "flops": {m: [c["methods"][m]["flops_reduction"]
+                           for c in cells] for m in accuracy}}
       baselines = {m: float(np.mean(a)) for m, a in accuracy.items()
                    if m != "gsm"}
       if "gsm" in accuracy and baselines:
@@ -109,7 +111,8 @@ def markdown(record) -> str:
            f"Command: `{record['command']}`. Batch {record['batch']}; "
            f"machine: {record['machine']['cpu']}, "
            f"{record['machine']['cpu_count']} cores. Each cell: mean over "
-           "the seeds (the half-range after ±); every method from the same "
+           "the seeds (the half-range after ±) and the FLOPs reduction "
+           "reached (in brackets); every method from the same "
            "dense model on the same budget as the dense stage. Noise: the "
            "largest difference between two seeds of one method in the "
            "cell.", ""]
@@ -123,10 +126,9 @@ def markdown(record) -> str:
     for row in rows:
       if row["reduction"] != reduction:
         continue
-      cells = [_mean(row["accuracy"][m]) if m in row["accuracy"] else "-"
-               for m in methods]
-      if row["gsm_flops"]:
-        cells[methods.index("gsm")] += f" ({np.mean(row['gsm_flops']):.2f}x)"
+      cells = [f"{_mean(row['accuracy'][m])} "
+               f"({np.mean(row['flops'][m]):.2f}x)"
+               if m in row["accuracy"] else "-" for m in methods]
       verdict = (f"{100 * row['margin']:+.2f} pt vs {METHODS[row['best']]} | "
                  f"{100 * row['noise']:.2f} pt | {row['verdict']}"
                  if "margin" in row else "| | ")
@@ -199,6 +201,10 @@ def main(argv=None):
                       "bias and norm parameters")
   parser.add_argument("--resume", action="store_true",
                       help="keep the cells of an earlier record")
+  parser.add_argument("--rerun", nargs="+", choices=list(METHODS),
+                      default=[], help="with --resume: run these methods "
+                      "again in the cells of --seeds x --budgets x "
+                      "--reductions")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -214,11 +220,19 @@ def main(argv=None):
   path = args.out / f"{stem}.json"
   cells = (json.loads(path.read_text())["cells"]
            if args.resume and path.exists() else [])
-  done = {(c["seed"], c["budget"], c["reduction"]) for c in cells}
+  by_key = {(c["seed"], c["budget"], c["reduction"]): c for c in cells}
+
+  def missing(seed, budget, reduction):
+    found = by_key.get((seed, budget, reduction))
+    if found is None:
+      return list(args.methods)
+    return [m for m in args.methods if m in args.rerun
+            or m not in found["methods"]]
+
   record = None
   for seed in args.seeds:
     for budget in args.budgets:
-      todo = [r for r in args.reductions if (seed, budget, r) not in done]
+      todo = [r for r in args.reductions if missing(seed, budget, r)]
       if not todo:
         continue
       setup = experiment.Setup(argparse.Namespace(
@@ -228,15 +242,28 @@ def main(argv=None):
           setup)
       groups = setup.groups(model, setup.variables(params, batch_stats))
       for reduction in todo:
-        cells.append({"seed": seed, "budget": budget, "reduction": reduction,
-                      "dense": dense, "methods": cell(
-                          setup, trainer, groups, params, batch_stats,
-                          reduction, args.methods)})
+        methods = missing(seed, budget, reduction)
+        key = (seed, budget, reduction)
+        if key not in by_key:
+          by_key[key] = {"seed": seed, "budget": budget,
+                         "reduction": reduction, "dense": dense,
+                         "methods": {}}
+          cells.append(by_key[key])
+        elif by_key[key]["dense"]["accuracy"] != dense["accuracy"]:
+          print(f"note: the dense model of {key} scores "
+                f"{dense['accuracy']}, the record's "
+                f"{by_key[key]['dense']['accuracy']}", flush=True)
+        by_key[key]["methods"].update(cell(
+            setup, trainer, groups, params, batch_stats, reduction, methods))
         record = {
             **setup.record(dense),
             "command": experiment.command("examples.structured_grid", argv),
-            "budgets": args.budgets, "reductions": args.reductions,
-            "seeds": args.seeds, "methods": args.methods, "cells": cells}
+            "budgets": sorted({c["budget"] for c in cells}),
+            "reductions": sorted({c["reduction"] for c in cells}),
+            "seeds": sorted({c["seed"] for c in cells}),
+            "methods": [m for m in METHODS
+                        if any(m in c["methods"] for c in cells)],
+            "cells": cells}
         del record["dense"], record["steps"]  # per cell
         experiment.save(record, markdown(record), args.out, stem)
   if record is None:

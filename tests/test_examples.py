@@ -161,10 +161,16 @@ def test_structured_ablation_quick_mode(tmp_path):
 def test_structured_grid_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_grid
-  record = structured_grid.main(["--quick", "--out", str(tmp_path)])
+  out = ["--quick", "--out", str(tmp_path)]
+  first = structured_grid.main([*out, "--methods", "gsm", "l1"])
+  assert set(first["cells"][0]["methods"]) == {"gsm", "l1"}
+  first = json.loads(json.dumps(first["cells"][0]["methods"]))
+  # Resumed, the cell gains the methods it lacks and keeps the others.
+  record = structured_grid.main([*out, "--resume"])
   (cell,) = record["cells"]
   methods = cell["methods"]
   assert set(methods) == set(structured_grid.METHODS)
+  assert {m: methods[m] for m in first} == first
   # Every method reaches the FLOPs target; C-SGD merges to the uniform
   # baseline's widths, so its model costs what that one costs.
   for result in methods.values():
@@ -173,9 +179,15 @@ def test_structured_grid_quick_mode(tmp_path):
       methods["l1"]["flops_reduction"])
   assert (tmp_path / "mnist_lenet5_quick.png").exists()
   # Resumed, a record with every cell runs nothing and keeps them.
-  again = structured_grid.main(["--quick", "--resume", "--out",
-                                str(tmp_path)])
+  again = structured_grid.main([*out, "--resume"])
   assert again["cells"] == json.loads(json.dumps(record["cells"]))
+  # --rerun runs GSM again (the same run: the same accuracy), nothing else.
+  rerun = structured_grid.main([*out, "--resume", "--rerun", "gsm"])
+  rerun_methods = rerun["cells"][0]["methods"]
+  assert rerun_methods["gsm"]["accuracy"] == methods["gsm"]["accuracy"]
+  assert rerun_methods["gsm"]["wall_seconds"] != methods["gsm"]["wall_seconds"]
+  assert {m: rerun_methods[m] for m in ("l1", "taylor", "csgd")} == {
+      m: again["cells"][0]["methods"][m] for m in ("l1", "taylor", "csgd")}
 
 
 def test_structured_grid_verdicts():

@@ -234,6 +234,42 @@ def expand_along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
   return vector.reshape(shape)
 
 
+class _Factor(NamedTuple):
+  """One structure membership of a leaf: whether each entry's structure of
+  that membership is kept (broadcastable to the leaf). ``group`` and
+  ``member`` for a channel group's member, ``block`` and ``row`` for a
+  block."""
+  kept: Any
+  group: int | None = None
+  member: ResolvedMember | None = None
+  block: int | None = None
+  row: int | None = None
+
+
+def _factors(resolved: Resolved, keep: StructureMask, shapes: list[tuple],
+             xp: Any) -> list[list[_Factor]]:
+  """Per leaf: its memberships; an entry is kept when all of them are."""
+  factors = [[] for _ in shapes]
+  for group, (members, kept, size) in enumerate(zip(
+      resolved.channels, keep.channels, resolved.sizes)):
+    kept_or_none = xp.concatenate([xp.asarray(kept, bool),
+                                   xp.ones([1], bool)])
+    for member in members:
+      along = kept_or_none[_segment_index(member, size)]
+      factors[member.leaf].append(_Factor(
+          expand_along(along, member.axis, len(shapes[member.leaf])),
+          group=group, member=member))
+  for block, (leaves, row, kept) in enumerate(zip(
+      resolved.blocks, resolved.block_rows, xp.asarray(keep.blocks, bool))):
+    for leaf in leaves:
+      factors[leaf].append(_Factor(
+          kept if row is None else expand_along(
+              (xp.arange(shapes[leaf][0]) != row) | kept, 0,
+              len(shapes[leaf])),
+          block=block, row=row))
+  return factors
+
+
 def entry_masks(resolved: Resolved, keep: StructureMask,
                 tree: chex.ArrayTree, xp: Any = jnp) -> chex.ArrayTree:
   """Bool pytree like ``tree``: entries of kept structures (and of none).
@@ -241,25 +277,46 @@ def entry_masks(resolved: Resolved, keep: StructureMask,
   Only the shapes of ``tree`` are read; ``xp=np`` computes on the host.
   """
   leaves, treedef = jax.tree.flatten(tree)
-  masks = [xp.ones(np.shape(w), bool) for w in leaves]
-  for members, kept, size in zip(resolved.channels, keep.channels,
-                                 resolved.sizes):
-    kept_or_none = xp.concatenate([xp.asarray(kept, bool),
-                                   xp.ones([1], bool)])
-    for member in members:
-      along = kept_or_none[_segment_index(member, size)]
-      masks[member.leaf] = masks[member.leaf] & expand_along(
-          along, member.axis, masks[member.leaf].ndim)
-  for block, row, kept in zip(resolved.blocks, resolved.block_rows,
-                              xp.asarray(keep.blocks, bool)):
-    for leaf in block:
-      if row is None:
-        masks[leaf] = masks[leaf] & kept
-      else:
-        layers = xp.arange(masks[leaf].shape[0])
-        masks[leaf] = masks[leaf] & expand_along(
-            (layers != row) | kept, 0, masks[leaf].ndim)
+  shapes = [np.shape(w) for w in leaves]
+  masks = []
+  for shape, factors in zip(shapes, _factors(resolved, keep, shapes, xp)):
+    mask = xp.ones(shape, bool)
+    for factor in factors:
+      mask = mask & factor.kept
+    masks.append(mask)
   return treedef.unflatten(masks)
+
+
+def added_costs(resolved: Resolved, keep: StructureMask,
+                tree: chex.ArrayTree, unit_costs: list[float]) -> jax.Array:
+  """Per structure (channels group by group, then blocks): the cost its
+  entries would add to the model kept by ``keep`` were it kept too.
+
+  An entry is added when every other structure it is in is kept; entries
+  of a structure already kept count as if it were not. Only the shapes of
+  ``tree`` are read.
+  """
+  shapes = [np.shape(w) for w in jax.tree.leaves(tree)]
+  channels = [jnp.zeros([size], jnp.float32) for size in resolved.sizes]
+  blocks = [jnp.zeros([], jnp.float32) for _ in resolved.blocks]
+  for shape, factors, unit in zip(shapes,
+                                  _factors(resolved, keep, shapes, jnp),
+                                  unit_costs):
+    if not unit:
+      continue
+    for factor in factors:
+      others = jnp.ones(shape, jnp.float32)
+      for other in factors:
+        if other is not factor:
+          others = others * other.kept
+      if factor.block is None:
+        channels[factor.group] += unit * per_channel_sum(
+            others, factor.member, resolved.sizes[factor.group])
+      else:
+        blocks[factor.block] += unit * jnp.sum(
+            block_entries(others, factor.row))
+  return jnp.concatenate(channels + [jnp.stack(blocks) if blocks
+                                     else jnp.zeros([0], jnp.float32)])
 
 
 def block_entries(values: Any, row: int | None) -> Any:
