@@ -158,7 +158,7 @@ def test_selection_is_the_budgeted_prefix_of_the_ranking_then_fill(data):
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet", "gqa", "nnx_scan"])
-def test_added_costs_are_each_structures_own_addition(name):
+def test_kept_and_added_costs_match_the_masks(name):
   # One pass over the params against one kept cost per structure: blocks
   # (whole leaves and stack rows), heads, channels, FLOPs and params.
   case = structured_cases.case(name)
@@ -170,6 +170,9 @@ def test_added_costs_are_each_structures_own_addition(name):
   for cost in ("flops", "params"):
     plan = _ranking.plan(groups, params, cost)
     kept_cost = _ranking.kept_cost_fn(plan, params)
+    # Counted per axis, what the masks count entry by entry.
+    np.testing.assert_allclose(kept_cost(flat), optax_gsm.structured.model_cost(
+        groups, params, keep, cost)[1], rtol=1e-6)
     added = _ranking.added_costs_fn(plan, params)(flat)
     brute = _brute_added_costs(kept_cost)(flat)
     np.testing.assert_allclose(np.where(flat, 0, added),

@@ -235,11 +235,12 @@ def expand_along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
 
 
 class _Factor(NamedTuple):
-  """One structure membership of a leaf: whether each entry's structure of
-  that membership is kept (broadcastable to the leaf). ``group`` and
-  ``member`` for a channel group's member, ``block`` and ``row`` for a
-  block."""
+  """One structure membership of a leaf: ``kept`` says, along ``axis``,
+  whether each position's structure of that membership is kept (a scalar
+  for a block of whole leaves, ``axis`` None). ``group`` and ``member``
+  for a channel group's member, ``block`` and ``row`` for a block."""
   kept: Any
+  axis: int | None
   group: int | None = None
   member: ResolvedMember | None = None
   block: int | None = None
@@ -255,18 +256,16 @@ def _factors(resolved: Resolved, keep: StructureMask, shapes: list[tuple],
     kept_or_none = xp.concatenate([xp.asarray(kept, bool),
                                    xp.ones([1], bool)])
     for member in members:
-      along = kept_or_none[_segment_index(member, size)]
       factors[member.leaf].append(_Factor(
-          expand_along(along, member.axis, len(shapes[member.leaf])),
+          kept_or_none[_segment_index(member, size)], member.axis,
           group=group, member=member))
   for block, (leaves, row, kept) in enumerate(zip(
       resolved.blocks, resolved.block_rows, xp.asarray(keep.blocks, bool))):
     for leaf in leaves:
-      factors[leaf].append(_Factor(
-          kept if row is None else expand_along(
-              (xp.arange(shapes[leaf][0]) != row) | kept, 0,
-              len(shapes[leaf])),
-          block=block, row=row))
+      factors[leaf].append(
+          _Factor(kept, None, block=block) if row is None else
+          _Factor((xp.arange(shapes[leaf][0]) != row) | kept, 0,
+                  block=block, row=row))
   return factors
 
 
@@ -282,9 +281,51 @@ def entry_masks(resolved: Resolved, keep: StructureMask,
   for shape, factors in zip(shapes, _factors(resolved, keep, shapes, xp)):
     mask = xp.ones(shape, bool)
     for factor in factors:
-      mask = mask & factor.kept
+      mask = mask & (factor.kept if factor.axis is None else expand_along(
+          factor.kept, factor.axis, len(shape)))
     masks.append(mask)
   return treedef.unflatten(masks)
+
+
+def _along_axes(shape: tuple, factors: list[_Factor],
+                without: _Factor | None = None
+                ) -> tuple[jax.Array, dict[int, jax.Array]]:
+  """The product of ``factors`` (but ``without``) as a scalar and one
+  vector per axis: every membership depends on one axis at most, so an
+  entry is kept by the scalar times its position's value on every axis."""
+  scalar, vectors = jnp.ones([], jnp.float32), {}
+  for factor in factors:
+    if factor is without:
+      continue
+    kept = jnp.asarray(factor.kept, jnp.float32)
+    if factor.axis is None:
+      scalar = scalar * kept
+    else:
+      vectors[factor.axis] = vectors.get(factor.axis, 1.0) * kept
+  return scalar, vectors
+
+
+def _count_over(shape: tuple, vectors: dict[int, jax.Array],
+                skip: int | None = None) -> jax.Array:
+  """Entries kept summed over every axis but ``skip``."""
+  count = jnp.ones([], jnp.float32)
+  for axis, length in enumerate(shape):
+    if axis != skip:
+      count = count * (jnp.sum(vectors[axis]) if axis in vectors
+                       else float(length))
+  return count
+
+
+def kept_counts(resolved: Resolved, keep: StructureMask,
+                tree: chex.ArrayTree) -> list[jax.Array]:
+  """Per leaf of ``tree``: its entries kept by ``keep`` (the sum of its
+  `entry_masks` mask, from the kept flags alone: one product per axis)."""
+  shapes = [np.shape(w) for w in jax.tree.leaves(tree)]
+  counts = []
+  for shape, factors in zip(shapes, _factors(resolved, keep, shapes, jnp)):
+    scalar, vectors = _along_axes(shape, factors)
+    counts.append(scalar * _count_over(shape, vectors))
+  return counts
 
 
 def added_costs(resolved: Resolved, keep: StructureMask,
@@ -305,16 +346,19 @@ def added_costs(resolved: Resolved, keep: StructureMask,
     if not unit:
       continue
     for factor in factors:
-      others = jnp.ones(shape, jnp.float32)
-      for other in factors:
-        if other is not factor:
-          others = others * other.kept
-      if factor.block is None:
-        channels[factor.group] += unit * per_channel_sum(
-            others, factor.member, resolved.sizes[factor.group])
+      scalar, vectors = _along_axes(shape, factors, without=factor)
+      if factor.axis is None:
+        blocks[factor.block] += unit * scalar * _count_over(shape, vectors)
+        continue
+      along = vectors.get(factor.axis, jnp.ones([shape[factor.axis]]))
+      rest = unit * scalar * _count_over(shape, vectors, skip=factor.axis)
+      if factor.block is not None:
+        blocks[factor.block] += rest * along[factor.row]
       else:
-        blocks[factor.block] += unit * jnp.sum(
-            block_entries(others, factor.row))
+        size = resolved.sizes[factor.group]
+        channels[factor.group] += rest * jax.ops.segment_sum(
+            along, _segment_index(factor.member, size),
+            num_segments=size + 1)[:size]
   return jnp.concatenate(channels + [jnp.stack(blocks) if blocks
                                      else jnp.zeros([0], jnp.float32)])
 

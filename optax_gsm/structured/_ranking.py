@@ -348,10 +348,10 @@ def kept_cost_fn(plan_: StructuredPlan, params: chex.ArrayTree) -> KeptCost:
   """The exact cost of the params once the structures not kept are gone."""
 
   def kept_cost(kept_flat):
-    keep = _split(kept_flat, plan_.resolved.sizes)
-    masks = jax.tree.leaves(_groups.entry_masks(plan_.resolved, keep, params))
-    return sum(jnp.sum(m, dtype=jnp.float32) * u
-               for m, u in zip(masks, plan_.unit_costs) if u)
+    counts = _groups.kept_counts(
+        plan_.resolved, _split(kept_flat, plan_.resolved.sizes), params)
+    return sum(count * unit
+               for count, unit in zip(counts, plan_.unit_costs) if unit)
 
   return kept_cost
 
