@@ -19,6 +19,10 @@ Variants (``--variants``; the default is every one):
   parts          a block's saliency as the sum of its parts'
   zero40         removed structures shrunk to zero by 40% of T (not 60%)
   early          frozen at 10% of T, zero by 30%
+  momentum99     momentum 0.99 (the paper's), not the examples' 0.9
+  ramp           the FLOPs target reached gradually: 1x at step 0 to the
+                 full reduction at the freeze (20% of T)
+  channels       channels alone: no residual block can go
 
     python -m examples.structured_ablation --model resnet20 --epochs 5 --batch 64
     python -m examples.structured_ablation --quick       # as the tests run it
@@ -30,22 +34,37 @@ PNG of the channels each variant kept.
 import pathlib
 
 import numpy as np
+import optax
 
 from examples import experiment, structured_gsm
 from examples.measure import RESULTS
 
 OUT = RESULTS / "structured_ablation"
 
-# Each variant's options for `structured_gsm_sgd`, from the step budget T.
+# Each variant's options for `structured_gsm_sgd`, from the step budget T
+# and the FLOPs reduction C, with a description for the records.
 VARIANTS = {
-    "default": lambda steps: {},
-    "floor25": lambda steps: {"min_kept_share": 0.25},
-    "magnitude": lambda steps: {"saliency": "magnitude"},
-    "parts": lambda steps: {"block_saliency": "parts"},
-    "zero40": lambda steps: {"zero_passive_at": round(0.4 * steps)},
-    "early": lambda steps: {"freeze_mask_at": round(0.1 * steps),
-                            "zero_passive_at": round(0.3 * steps)},
+    "default": lambda steps, c: {},
+    "floor25": lambda steps, c: {"min_kept_share": 0.25},
+    "magnitude": lambda steps, c: {"saliency": "magnitude"},
+    "parts": lambda steps, c: {"block_saliency": "parts"},
+    "zero40": lambda steps, c: {"zero_passive_at": round(0.4 * steps)},
+    "early": lambda steps, c: {"freeze_mask_at": round(0.1 * steps),
+                               "zero_passive_at": round(0.3 * steps)},
+    "momentum99": lambda steps, c: {"momentum": 0.99},
+    "ramp": lambda steps, c: {"compression_ratio": optax.linear_schedule(
+        1.0, c, round(0.2 * steps))},
+    "channels": lambda steps, c: {},
 }
+# Variants on other structures than the traced ones.
+STRUCTURES = {
+    "channels": lambda groups: groups.without([b.name for b in groups.blocks]),
+}
+
+
+def describe(options: dict) -> dict:
+  """``options`` as the record keeps them: schedules by name."""
+  return {k: ("schedule" if callable(v) else v) for k, v in options.items()}
 
 
 def markdown(record) -> str:
@@ -115,8 +134,8 @@ def main(argv=None):
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
-  if args.quick:
-    args.variants = args.variants[:2]
+  if args.quick and args.variants == list(VARIANTS):
+    args.variants = args.variants[:2]  # unless chosen
   setup = experiment.Setup(args)
   model, trainer, params, batch_stats, dense = experiment.dense_stage(setup)
   groups = setup.groups(model, setup.variables(params, batch_stats))
@@ -127,12 +146,14 @@ def main(argv=None):
             "blocks": len(groups.blocks), "runs": []}
   stem = f"{setup.stem}_{args.reduction:g}x"
   for variant in args.variants:
-    options = VARIANTS[variant](setup.steps)
+    options = VARIANTS[variant](setup.steps, args.reduction)
+    structures = STRUCTURES.get(variant, lambda g: g)(groups)
     result, _, _ = structured_gsm.gsm_stage(
-        setup, trainer, groups, params, batch_stats, args.reduction,
+        setup, trainer, structures, params, batch_stats, args.reduction,
         **options)
     # ``result`` carries the stage's training time (``wall_seconds``).
-    record["runs"].append({"variant": variant, "options": options, **result})
+    record["runs"].append({"variant": variant, "options": describe(options),
+                           **result})
     experiment.save(record, markdown(record), args.out, stem)
   if not args.no_baseline:
     record["l1"] = structured_gsm.l1_stage(setup, groups, params, batch_stats,

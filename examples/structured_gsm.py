@@ -117,10 +117,10 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
   # With cost="flops" the ratio is the FLOPs reduction itself: the kept
   # model's multiply-adds are counted exactly.
   ratio = reduction
-  tx = optax_gsm.structured.structured_gsm_sgd(setup.schedule, groups, ratio,
-                         cost="flops", total_steps=setup.steps,
-                         momentum=experiment.MOMENTUM,
-                         weight_decay=experiment.WEIGHT_DECAY, **options)
+  tx = optax_gsm.structured.structured_gsm_sgd(setup.schedule, groups, **{
+      "compression_ratio": ratio, "cost": "flops",
+      "total_steps": setup.steps, "momentum": experiment.MOMENTUM,
+      "weight_decay": experiment.WEIGHT_DECAY, **options})
   trained, opt_state, timing = trainer.train(
       params, tx, setup.args.epochs, batch_stats=batch_stats,
       desc=f"structured GSM {reduction}x")

@@ -143,12 +143,16 @@ def test_structured_ablation_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_ablation
   record = structured_ablation.main(["--quick", "--variants", "default",
-                                     "floor25", "--out", str(tmp_path)])
-  default, floor = record["runs"]
+                                     "floor25", "ramp", "channels", "--out",
+                                     str(tmp_path)])
+  default, floor, ramp, channels = record["runs"]
   assert default["options"] == {}
   assert floor["options"] == {"min_kept_share": 0.25}
-  # The floor holds in every group; both variants reach the target.
+  assert ramp["options"] == {"compression_ratio": "schedule"}
+  # The floor holds in every group; with channels alone no block goes;
+  # every variant reaches the target.
   assert min(floor["kept_fraction"]) >= 0.25
+  assert channels["blocks_removed"] == []
   for run in record["runs"]:
     assert run["accuracy_shrunk"] == pytest.approx(run["accuracy_masked"],
                                                    abs=2e-4)
