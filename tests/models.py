@@ -11,6 +11,7 @@ wheel's test run exercises every library test.
 from collections.abc import Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Widths = Mapping[str, int]
@@ -140,28 +141,53 @@ class GroupedQueryAttention(nn.Module):
     return nn.DenseGeneral(width, axis=(-2, -1), name="out")(out)
 
 
+class CountedLayerNorm(nn.Module):
+  """LayerNorm whose mean and variance divide by ``count`` channels (the
+  model's original width): a residual stream shrunk from ``count`` channels
+  normalises as the masked one, whose removed channels are zeros."""
+  count: int
+
+  @nn.compact
+  def __call__(self, x):
+    mean = x.sum(-1, keepdims=True) / self.count
+    variance = (x * x).sum(-1, keepdims=True) / self.count - mean * mean
+    y = (x - mean) * jax.lax.rsqrt(variance + 1e-6)
+    features = x.shape[-1]
+    return (y * self.param("scale", nn.initializers.ones, (features,))
+            + self.param("bias", nn.initializers.zeros, (features,)))
+
+
 class GqaTransformer(nn.Module):
   """Token embedding, one pre-LN layer (grouped-query attention branch, MLP
-  branch), mean over tokens, dense head."""
+  branch), mean over tokens, dense head. The residual stream's width is
+  ``widths["embed"]`` (and ``"mlp_out"``); ``counted_norms``: its norms
+  count the original width (`CountedLayerNorm`)."""
   vocab: int = 11
   width: int = 12
   heads: int = 4
   kv_heads: int = 2
   repeat: bool = False
+  counted_norms: bool = False
   widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, tokens):
-    x = nn.Embed(self.vocab, self.width, name="embed")(tokens)
+    def norm(name):
+      return (CountedLayerNorm(self.width, name=name) if self.counted_norms
+              else nn.LayerNorm(name=name))
+
+    x = nn.Embed(self.vocab, self.widths.get("embed", self.width),
+                 name="embed")(tokens)
     inner = {k.removeprefix("attention/"): v for k, v in self.widths.items()
              if k.startswith("attention/")}
     # A branch `shrink` removed has width 0.
     if self.widths.get("attention+attention_norm") != 0:
       x = x + GroupedQueryAttention(self.heads, self.kv_heads, 3,
                                     self.repeat, inner, name="attention")(
-          nn.LayerNorm(name="attention_norm")(x))
+          norm("attention_norm")(x))
     if self.widths.get("mlp_in+mlp_norm+mlp_out") != 0:
-      y = nn.LayerNorm(name="mlp_norm")(x)
+      y = norm("mlp_norm")(x)
       y = nn.gelu(nn.Dense(self.widths.get("mlp_in", 16), name="mlp_in")(y))
-      x = x + nn.Dense(self.width, name="mlp_out")(y)
+      x = x + nn.Dense(self.widths.get("mlp_out", self.width),
+                       name="mlp_out")(y)
     return nn.Dense(self.vocab, name="head")(x.mean(1))

@@ -171,7 +171,9 @@ def _linen_model(name: str):
           "mqa": (models.GqaTransformer(kv_heads=1), (2, 5)),
           "gqa_repeat": (models.GqaTransformer(repeat=True), (2, 5)),
           "mqa_repeat": (models.GqaTransformer(kv_heads=1, repeat=True),
-                         (2, 5))}[name]
+                         (2, 5)),
+          "gqa_counted_norms": (models.GqaTransformer(counted_norms=True),
+                                (2, 5))}[name]
 
 
 def linen_case(name: str) -> Case:

@@ -164,3 +164,52 @@ def test_groups_of_another_model_and_an_empty_group_are_errors():
                         + keep.channels[1:])
   with pytest.raises(ValueError, match="keeps no channel"):
     optax_gsm.structured.shrink(case.variables, groups, empty)
+
+
+@pytest.mark.parametrize("name", ["gqa", "gqa_counted_norms"])
+def test_residual_stream_through_norms(name):
+  # The stream (embedding, every branch's output, the norms' scales and
+  # biases, every kernel reading it) is one group once its norms' statistics
+  # may run over fewer channels. Masked, removed channels are zeros among
+  # the statistics' terms; shrunk, they are gone: the same model only where
+  # the norms divide by the original width.
+  case = structured_cases.case(name)
+  x = structured_cases.example_input(case)
+  assert "embed" in dict(optax_gsm.structured.channel_groups(
+      case.apply, case.variables, x).unprunable)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x,
+                                               through_norms=True)
+  (stream,) = [g for g in groups.channels if g.statistics]
+  assert stream.name == "embed" and stream.size == 12
+  assert {m.path.split("/", 1)[1] for m in stream.members} >= {
+      "embed/embedding", "attention_norm/scale", "mlp_norm/bias",
+      "attention/out/kernel", "mlp_out/bias", "head/kernel"}
+  keep = structured_cases.random_keep(groups, seed=2, block_probability=1.0)
+  kept = int(np.sum(keep.channels[groups.channels.index(stream)]))
+  assert 0 < kept < stream.size
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
+  assert widths["embed"] == widths["mlp_out"] == kept
+  expected = case.apply(
+      optax_gsm.structured.mask_structures(case.variables, groups, keep), x)
+  got = case.rebuild(widths)(small, x)
+  if name == "gqa_counted_norms":
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+  else:
+    assert np.max(np.abs(got - expected)) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["gpt", "vit", "nnx_scan"])
+def test_stream_of_scan_stacked_and_patch_models_is_one_group(name):
+  # Scan-stacked layers (linen and NNX) and a ViT's patch embedding: one
+  # stream group holding every norm's scale, however the layers are stacked.
+  case = structured_cases.case(name)
+  groups = optax_gsm.structured.channel_groups(
+      case.apply, case.variables, structured_cases.example_input(case),
+      through_norms=True)
+  (stream,) = [g for g in groups.channels if g.statistics]
+  norms = {"/".join(m.path.split("/")[-2:]) for m in stream.members
+           if "norm" in m.path}
+  assert norms >= {"attention_norm/scale", "attention_norm/bias",
+                   "mlp_norm/scale", "mlp_norm/bias"}
+  assert groups.unprunable == (("head", "model output"),)
+

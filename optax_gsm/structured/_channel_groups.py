@@ -43,6 +43,15 @@ carry channel labels: per position, the (group, channel) it belongs to.
   element-wise with an input or constant that has its own values per
   channel (a value broadcast along the channel axis, such as a causal mask
   over heads, has none).
+- With ``through_norms=True``, a ``reduce_sum`` over the channel axis (a
+  norm's mean and variance) yields an unlabelled per-token statistic
+  instead, recorded on the group (`ChannelGroup.statistics`); the
+  statistic scaled by a per-channel parameter (the norm's scale) makes that
+  parameter a member where it meets the labelled channels. A transformer's
+  residual stream (embedding, every branch's output projection and bias,
+  the norms' scales and biases, every kernel reading it) becomes one group.
+- Equations the outputs do not depend on (a slice used only for its shape,
+  as ``make_causal_mask(x[..., 0])``) are skipped: they constrain nothing.
 - Any other op that meets labelled channels is an error naming the op
   (``on_unknown="error"``), or makes them unprunable
   (``on_unknown="unprunable"``).
@@ -130,6 +139,8 @@ class _UnionFind:
     self.members: list[list[tuple]] = []
     self.fixed: list[str | None] = []
     self.heads: list[bool] = []
+    # Why a group's channels are reduced over (`through_norms`), or None.
+    self.statistics: list[str | None] = []
     self.factor: list[int] = []
 
   def new(self, size: int, name: str) -> int:
@@ -139,6 +150,7 @@ class _UnionFind:
     self.members.append([])
     self.fixed.append(None)
     self.heads.append(False)
+    self.statistics.append(None)
     self.factor.append(1)
     return len(self.parent) - 1
 
@@ -170,6 +182,7 @@ class _UnionFind:
       self.members[a].extend(self.members[b])
       self.fixed[a] = self.fixed[a] or self.fixed[b]
       self.heads[a] = self.heads[a] or self.heads[b]
+      self.statistics[a] = self.statistics[a] or self.statistics[b]
 
   def fix(self, groups, reason: str) -> None:
     for group in set(int(g) for g in np.asarray(groups).ravel() if g >= 0):
@@ -182,11 +195,13 @@ class _Tracer:
   """One forward pass over the graph, assigning labels and members."""
 
   def __init__(self, graph: _graph.Graph, paths: list[str], leaf_ids: list[int],
-               on_unknown: str, collections_level: bool):
+               on_unknown: str, collections_level: bool,
+               through_norms: bool = False):
     self.graph = graph
     self.collections_level = collections_level
     self.paths = paths
     self.on_unknown = on_unknown
+    self.through_norms = through_norms
     self.groups = _UnionFind()
     self.values: dict[int, _Value] = {}
     self.macs: dict[str, float] = collections.defaultdict(float)
@@ -276,9 +291,14 @@ class _Tracer:
 
   # -- the pass -------------------------------------------------------------
 
-  def run(self, outputs: list[int]) -> None:
+  def run(self, outputs: list[int], live: set[int]) -> None:
+    """Labels every value the ``live`` equations compute; a dead one (a
+    slice whose only use is its shape, as ``make_causal_mask(x[..., 0])``)
+    constrains nothing."""
     random: set[int] = set()  # values drawn from a PRNG, and what they make
-    for eqn in self.graph.eqns:
+    for index, eqn in enumerate(self.graph.eqns):
+      if index not in live:
+        continue
       self.random_operand = any(i in random for i in eqn.inputs)
       if eqn.name in _RANDOM or (self.random_operand and all(
           self.value(i).kind != "act" or i in random for i in eqn.inputs)):
@@ -321,6 +341,10 @@ class _Tracer:
     labelled = [v for v in acts if v.axis is not None
                 and v.shape[v.axis] == shape[v.axis]]
     out = _Value("act", shape, uniform=uniform)
+    if self.through_norms and not labelled:
+      # A norm's per-token factor times its per-channel scale: the scale
+      # becomes a member where the product meets labelled channels.
+      out = self.scaled_statistic(shape, ins)
     if labelled:
       first = labelled[0]
       out = dataclasses.replace(first, shape=shape, uniform=uniform)
@@ -334,6 +358,12 @@ class _Tracer:
           for source in v.sources:
             if not self.member(first, source, axis, "out"):
               self.fix(first, "a parameter with its own values per channel")
+        elif (v.kind == "act" and v.axis is None and v.sources
+              and len(v.shape) == len(shape) and v.shape[axis] == shape[axis]
+              and axis in v.uniform):
+          for source in v.sources:
+            if not self.member(first, source, axis, "out"):
+              self.fix(first, "a parameter with its own values per channel")
         elif v.kind != "param" and full and v.axis != axis:
           if self.random_operand:
             what = ("random values (dropout in training mode? trace with "
@@ -342,6 +372,20 @@ class _Tracer:
             what = "a constant" if v.kind == "const" else "an input"
           self.fix(first, f"{what} with its own values per channel")
     self.values[eqn.outputs[0]] = out
+
+  def scaled_statistic(self, shape: tuple[int, ...],
+                       ins: list[_Value]) -> _Value:
+    """An unlabelled product of activations and parameters: ``uniform``
+    where the activations are, with the parameters' views as ``sources``."""
+    same_rank = [v for v in ins if len(v.shape) == len(shape)]
+    uniform = frozenset(range(len(shape))).intersection(*(
+        v.uniform | {a for a, n in enumerate(v.shape) if n != shape[a]}
+        for v in same_rank if v.kind != "param"))
+    sources = tuple(
+        (leaf, tuple(m if v.shape[a] == shape[a] else None
+                     for a, m in enumerate(axis_map)))
+        for v in same_rank for leaf, axis_map in v.sources)
+    return _Value("act", shape, uniform=uniform, sources=sources)
 
   def join(self, a: _Value, b: _Value) -> None:
     if a.axis != b.axis or not np.array_equal(a.group < 0, b.group < 0):
@@ -501,7 +545,18 @@ class _Tracer:
     self.drop_axes(eqn, ins[0], tuple(eqn.params["dimensions"]), None)
 
   def reduction(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
-    self.drop_axes(eqn, ins[0], tuple(eqn.params["axes"]),
+    v, axes = ins[0], tuple(eqn.params["axes"])
+    if (self.through_norms and eqn.name == "reduce_sum" and v.kind == "act"
+        and v.axis in axes):
+      # A norm's mean or variance: the statistic is one value per token,
+      # and the channels stay prunable (over fewer of them once shrunk).
+      for group in set(int(g) for g in v.group if g >= 0):
+        root = self.groups.find(group)
+        self.groups.statistics[root] = (
+            self.groups.statistics[root]
+            or f"`{eqn.name}` over the channels (a norm's statistics)")
+      v = dataclasses.replace(v, axis=None, group=None, channel=None)
+    self.drop_axes(eqn, v, axes,
                    f"a reduction over the channel axis (`{eqn.name}`, "
                    "e.g. LayerNorm)")
 
@@ -837,8 +892,13 @@ def _closure(graph: _graph.Graph, producer: dict[int, int], start: int) -> set[i
   return seen
 
 
+def _live(graph: _graph.Graph, producer: dict[int, int]) -> set[int]:
+  """The equations the model's outputs depend on."""
+  return set().union(*(_closure(graph, producer, o) for o in graph.outputs))
+
+
 def _blocks(graph: _graph.Graph, tracer: _Tracer, leaf_ids: list[int],
-            outputs: list[int]
+            outputs: list[int], live: set[int]
             ) -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, ...], int]]]:
   """Leaves of every residual branch ``x + f(x)`` that can be removed, and
   the layers of scan stacks that are nothing but such branches:
@@ -867,7 +927,6 @@ def _blocks(graph: _graph.Graph, tracer: _Tracer, leaf_ids: list[int],
         found.append(tuple(sorted(leaves)))
       elif leaves:
         in_rows.append((leaves, branch | {add_index}))
-  live = set().union(*(_closure(graph, producer, o) for o in outputs))
   return found, _removable_layers(graph, in_rows, live)
 
 
@@ -922,6 +981,7 @@ def _branch_leaves(graph, tracer, branch, branch_out, shortcut, add_index,
 
 def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
                    *args: Any, on_unknown: str = "error",
+                   through_norms: bool = False,
                    **kwargs: Any) -> _groups.Groups:
   """Every prunable structure of a model, found by tracing ``apply_fn``.
 
@@ -942,9 +1002,9 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
   channels go together.
 
   Channels that reach the model's output (the logits), that LayerNorm
-  mixes, or that are combined with per-channel inputs or constants
-  are not prunable; `Groups.unprunable` lists them with the reason, and
-  the kernels whose channels it does not follow by path.
+  mixes (unless ``through_norms``), or that are combined with per-channel
+  inputs or constants are not prunable; `Groups.unprunable` lists them with
+  the reason, and the kernels whose channels it does not follow by path.
 
   Trace in inference mode (``train=False``, batch norm on running
   averages): dropout's random mask makes every channel it meets unprunable.
@@ -972,6 +1032,15 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
     on_unknown: "error" (default): an op this tracer does not model that
       meets prunable channels raises NotImplementedError naming it;
       "unprunable": those channels are left unpruned instead.
+    through_norms: False (default): channels a norm reduces over (a
+      transformer's residual stream under LayerNorm or RMSNorm) are
+      unprunable. True: they form a group (its `ChannelGroup.statistics`
+      says why), the norms' scales and biases members. The masked model's
+      statistics then run over every channel, zeros included, and the
+      shrunk model's over the channels kept: the two are equal only where
+      the norms divide by the original width (a LayerNorm over 12 channels
+      with 4 removed differs by up to 0.5 on outputs of about 1).
+
     **kwargs: passed to ``apply_fn`` as constants (``train=False``).
 
   Returns:
@@ -988,9 +1057,11 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
   paths = _prunable.leaf_paths(variables)
   collections_level = _prunable.has_collections(variables)
   tracer = _Tracer(graph, paths, graph.leaf_ids, on_unknown,
-                   collections_level)
-  tracer.run(graph.outputs)
-  blocks, layers = _blocks(graph, tracer, graph.leaf_ids, graph.outputs)
+                   collections_level, through_norms)
+  live = _live(graph, graph.producers())
+  tracer.run(graph.outputs, live)
+  blocks, layers = _blocks(graph, tracer, graph.leaf_ids, graph.outputs,
+                           live)
   return _assemble(tracer, paths, blocks, layers, collections_level)
 
 
@@ -1053,7 +1124,8 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
         for (leaf, axis), (c, role) in sorted(merged.items()))
     channels.append(_groups.ChannelGroup(
         name, found.structures(group), members,
-        "heads" if found.heads[group] else "channels"))
+        "heads" if found.heads[group] else "channels",
+        found.statistics[group] or ""))
   block_list = (_named_blocks(paths, blocks, collections_level)
                 + _stack_layers(paths, layers, collections_level))
   for leaf, reason in sorted(tracer.opaque.items()):

@@ -63,12 +63,18 @@ class ChannelGroup:
 
   ``kind`` is ``"heads"`` for attention heads (each channel a head: its
   query, key and value slices and the output projection's rows), else
-  ``"channels"``.
+  ``"channels"``. ``statistics`` names what reduces over the channels (a
+  LayerNorm's mean and variance over a transformer's residual stream, with
+  ``channel_groups(..., through_norms=True)``); where it is not empty, the
+  masked model's statistics run over every channel, zeros included, and
+  `shrink`'s model computes them over the channels kept: the two are equal
+  only where the small model's norms divide by the original width.
   """
   name: str
   size: int
   members: tuple[Member, ...]
   kind: str = "channels"
+  statistics: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
