@@ -28,14 +28,21 @@ model at batch 1 and 64, measured in the same run.
     python -m examples.char_gpt --reductions 2 4      # ~25 min on 2 cores
     python -m examples.char_gpt --reductions 2 4 --no-layers
     python -m examples.char_gpt --reductions 2 4 --block-saliency parts
+    python -m examples.char_gpt --reductions 2 4 --no-layers --stream
     python -m examples.char_gpt --quick               # as the tests run it
 
 With layers in the ranking, a whole layer's Taylor saliency (``|sum g w|``
 over all its entries, which cancel) ranks every layer below every head and
 neuron, so the budget keeps as many whole layers as fit with those heads
 and neurons: ``--no-layers`` ranks heads and neurons alone, and does better.
+``--stream`` adds the residual stream's channels (embedding width) to the
+ranking; the shrunk model's LayerNorms then normalise over the channels
+kept, where the trained (masked) model's ran over all of them, zeros
+included, so the shrunk model is not the trained one: the record gives
+the bits per character of both.
 
-Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_seed<n>]``
+Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_stream][_seed<n>]``
+
 ``.{json,md,png}``.
 """
 
@@ -97,6 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser_.add_argument(
       "--block-saliency", choices=("total", "parts"), default="total",
       help="a layer's saliency: of all its entries, or the sum of its parts'")
+  parser_.add_argument(
+      "--stream", action="store_true",
+      help="rank the residual stream's channels too (`through_norms=True`):"
+           " the shrunk model's LayerNorms then run over fewer channels, not"
+           " the masked model's")
   args = parser_.parse_args(argv)
   apply_quick(args)
   if args.quick:
@@ -299,8 +311,10 @@ def plot(record, path) -> None:
                              ("Taylor one-shot", "taylor"))):
       shares = [run[method]["kept"][n] / sizes[n] for n in names]
       axis.bar(positions + offset, shares, 0.27, label=label)
-    axis.set_xticks(positions, [f"{n.split('/')[-2]}\n({sizes[n]})"
-                                for n in names], fontsize=8)
+    axis.set_xticks(positions, [
+        f"{n.removeprefix('layers/').removesuffix('/query')}\n({sizes[n]})"
+        for n in names], fontsize=8)
+
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("share kept (every layer)")
     axis.set_title(f"{run['reduction']}x fewer FLOPs", fontsize=9)
@@ -339,10 +353,12 @@ def main(argv=None) -> dict:
   steps = args.epochs * args.steps_per_epoch
   corpus, model, trainer, dense, dense_record = dense_stage(args)
   groups = optax_gsm.structured.channel_groups(
-      model.apply, {"params": dense}, jnp.asarray(corpus.train[0][:1]))
+      model.apply, {"params": dense}, jnp.asarray(corpus.train[0][:1]),
+      through_norms=args.stream)
   if args.no_layers:
     groups = groups.without([b.name for b in groups.blocks])
   stem = (f"stdlib_gpt{'_no_layers' if args.no_layers else ''}"
+          f"{'_stream' if args.stream else ''}"
           f"{'_parts' if args.block_saliency == 'parts' else ''}"
           f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
@@ -353,7 +369,8 @@ def main(argv=None) -> dict:
       "structures": ("heads and MLP neurons" if args.no_layers
                      else "heads, MLP neurons and layers"
                      + (" (a layer's saliency: the sum of its parts')"
-                        if args.block_saliency == "parts" else "")),
+                        if args.block_saliency == "parts" else "")
+                     + (", the residual stream" if args.stream else "")),
       "machine": machine_info(),
       "dense": dense_record,
       "group_sizes": {g.name: g.size for g in groups.channels},

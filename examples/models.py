@@ -130,19 +130,23 @@ class EncoderLayer(nn.Module):
   """A pre-LN transformer layer: ``x + attention(LN(x))``, then
   ``x + MLP(LN(x))`` (GELU); causal attention for a language model.
 
-  ``widths["attention/query"]`` is its number of heads (of ``width //
-  heads`` features each), ``widths["mlp_in"]`` its MLP width, and a branch
-  named in ``widths`` with 0 (``"attention+attention_norm"``,
-  ``"mlp_in+mlp_norm+mlp_out"``) is removed: only its shortcut is left.
+  ``widths["attention/query"]`` is its number of heads (of ``head_dim``
+  features each, by default the input width over ``heads``),
+  ``widths["mlp_in"]`` its MLP width, and a branch named in ``widths``
+  with 0 (``"attention+attention_norm"``, ``"mlp_in+mlp_norm+mlp_out"``)
+  is removed: only its shortcut is left. The residual stream's width is
+  the input's: a model whose stream was shrunk passes ``head_dim`` of the
+  original.
   """
   heads: int
   mlp_width: int
   causal: bool = False
   widths: Widths = nn.FrozenDict()
+  head_dim: int | None = None
 
   @nn.compact
   def __call__(self, x):
-    head_dim = x.shape[-1] // self.heads
+    head_dim = self.head_dim or x.shape[-1] // self.heads
     if self.widths.get("attention+attention_norm") != 0:
       heads = self.widths.get("attention/query", self.heads)
       mask = nn.make_causal_mask(x[..., 0]) if self.causal else None
@@ -168,7 +172,8 @@ class StackedEncoderLayer(EncoderLayer):
 class VisionTransformer(nn.Module):
   """A small ViT (Dosovitskiy et al. 2021) for 28x28x1 images: 4x4 patches
   (49 tokens), a learned position embedding, ``depth`` pre-LN layers
-  (``layer{i}``), mean pooling and a linear head."""
+  (``layer{i}``), mean pooling and a linear head. ``widths["patch_embed"]``:
+  the residual stream's width."""
   width: int = 64
   depth: int = 4
   heads: int = 4
@@ -179,15 +184,17 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x.reshape(x.shape[0], 28, 28, 1)
-    x = nn.Conv(self.width, (self.patch, self.patch), self.patch,
+    stream = self.widths.get("patch_embed", self.width)
+    x = nn.Conv(stream, (self.patch, self.patch), self.patch,
                 padding="VALID", name="patch_embed")(x)
-    x = x.reshape(x.shape[0], -1, self.width)
+    x = x.reshape(x.shape[0], -1, stream)
     x = x + self.param("position", nn.initializers.normal(0.02),
                        x.shape[1:])
     for layer in range(self.depth):
       name = f"layer{layer}"
       x = EncoderLayer(self.heads, self.mlp_width,
-                       widths=sub_widths(self.widths, name), name=name)(x)
+                       widths=sub_widths(self.widths, name),
+                       head_dim=self.width // self.heads, name=name)(x)
     x = nn.LayerNorm(name="final_norm")(x)
     return nn.Dense(10, name="head")(x.mean(axis=1))
 
@@ -198,7 +205,8 @@ class CharTransformer(nn.Module):
   layer; parameters ``layers/...`` with a leading layer axis), a final
   LayerNorm and a linear head over the vocabulary. Every layer of the
   stack has the same widths (``widths["layers/attention/query"]``, ...);
-  ``widths["layers"]`` is the number of layers kept. ``remat``: each
+  ``widths["layers"]`` is the number of layers kept, ``widths["embed"]``
+  the residual stream's width. ``remat``: each
   layer rematerialised in the backward pass (``nn.remat``), less memory
   for one more forward pass."""
   vocab: int
@@ -212,15 +220,18 @@ class CharTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens):
-    x = nn.Embed(self.vocab, self.width, name="embed")(tokens)
+    stream = self.widths.get("embed", self.width)
+    x = nn.Embed(self.vocab, stream, name="embed")(tokens)
     x = x + self.param("position", nn.initializers.normal(0.02),
-                       (self.context, self.width))[:tokens.shape[1]]
+                       (self.context, stream))[:tokens.shape[1]]
     layer = nn.remat(StackedEncoderLayer) if self.remat else StackedEncoderLayer
     stack = nn.scan(layer, variable_axes={"params": 0},
                     split_rngs={"params": True},
                     length=self.widths.get("layers", self.depth))
     x, _ = stack(self.heads, self.mlp_width, True,
-                 sub_widths(self.widths, "layers"), name="layers")(x, None)
+                 sub_widths(self.widths, "layers"),
+                 head_dim=self.width // self.heads, name="layers")(x, None)
+
     x = nn.LayerNorm(name="final_norm")(x)
     return nn.Dense(self.vocab, name="head")(x)
 

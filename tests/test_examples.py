@@ -392,7 +392,28 @@ def test_char_gpt_example_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_char_gpt_example_prunes_the_stream(tmp_path):
+  pytest.importorskip("matplotlib")
+  from examples import char_gpt
+  record = char_gpt.main(["--quick", "--no-layers", "--stream",
+                          "--out", str(tmp_path)])
+  run = record["runs"][0]
+  assert set(record["group_sizes"]) == {"embed", "layers/attention/query",
+                                        "layers/mlp_in"}
+  assert [u for u in record["unprunable"]
+          if u[1] != "removed by Groups.without"] == [["head", "model output"]]
+
+  for method in ("gsm", "l1", "taylor"):
+    assert run[method]["flops_reduction"] >= 2.0
+  # The shrunk model's norms run over the channels kept: it is a model of
+  # its own, whose logits the record compares with the masked model's.
+  assert run["gsm"]["shrunk_minus_masked_max_logit"] >= 0.0
+  assert (tmp_path / "stdlib_gpt_no_layers_stream_quick.json").exists()
+
+
+@pytest.mark.slow
 def test_char_gpt_unstructured_example_quick_mode(tmp_path):
+
   pytest.importorskip("matplotlib")
   from examples import char_gpt_unstructured
   record = char_gpt_unstructured.main(["--quick", "--out", str(tmp_path)])
