@@ -300,18 +300,39 @@ def test_jit_and_no_jit_agree(mlp):
                jitted, plain)
 
 
-def test_freeze_keeps_the_magnitude_choice(mlp):
+def test_freeze_keeps_the_saliency_choice(mlp):
   groups, params, loss = mlp
   tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0,
                                                freeze_mask_at=1)
   at_freeze, _ = _steps(tx, params, loss, 1, jit=True)
   _, state_two = _steps(tx, params, loss, 2, jit=True)
   _, state_four = _steps(tx, params, loss, 4, jit=True)
-  # At the freeze step the kept set is the one-shot magnitude choice on the
-  # params of that step, and it stays.
-  _, magnitude = optax_gsm.structured.prune_structures(at_freeze, groups, 4.0)
+  # At the freeze step the kept set is the one-shot Taylor choice on the
+  # params and gradients of that step, and it stays.
+  _, taylor = optax_gsm.structured.prune_structures(
+      at_freeze, groups, 4.0, saliency="taylor",
+      grads=jax.grad(loss)(at_freeze))
   for state in (state_two, state_four):
-    jax.tree.map(np.testing.assert_array_equal, state[0][0].kept, magnitude)
+    jax.tree.map(np.testing.assert_array_equal, state[0][0].kept, taylor)
+
+
+def test_a_dead_unit_with_large_weights_is_not_kept_at_the_freeze(mlp):
+  # A ReLU unit that never fires has no gradient, so no Taylor saliency,
+  # whatever its weights: kept alone in a layer, it would cut the model off.
+  groups, params, loss = mlp
+  dead = {**params,
+          "Dense_0": {"kernel": params["Dense_0"]["kernel"].at[:, 0].mul(10),
+                      "bias": params["Dense_0"]["bias"].at[0].set(-1e3)},
+          "Dense_1": {**params["Dense_1"],
+                      "kernel": params["Dense_1"]["kernel"].at[0].mul(10)}}
+  assert not np.any(np.asarray(jax.grad(loss)(dead)["Dense_0"]["bias"][0]))
+  tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0,
+                                               freeze_mask_at=0)
+  _, state = _steps(tx, dead, loss, 1, jit=True)
+  assert not state[0][0].kept.channels[0][0]
+  _, magnitude = optax_gsm.structured.prune_structures(dead, groups, 4.0)
+  assert magnitude.channels[0][0]  # the largest unit: kept by magnitude
+
 
 
 def test_total_steps_leaves_removed_structures_exactly_zero(mlp):

@@ -57,12 +57,15 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
     limit = _ranking.budget(plan, params, ratio_at(state.count), cost)
 
     def select(at_freeze):
+      # The freeze keeps what the saliency ranks now, not the largest
+      # structures (unstructured GSM's magnitude at the freeze): a dead
+      # ReLU channel with large weights has zero Taylor saliency but the
+      # largest norm, and kept alone it cut ResNet-20's stream to chance.
+      del at_freeze
       scores = _ranking.structure_scores(plan.resolved, updates, params,
                                          saliency, block_saliency)
-      if freeze_mask_at is not None:
-        scores = jnp.where(at_freeze, _ranking.structure_scores(
-            plan.resolved, updates, params, "magnitude"), scores)
       return _ranking.select(plan, params, scores, limit)
+
 
     kept = _active_set.refreshed(select, lambda: state.kept, state.count,
                                  mask_update_every, freeze_mask_at)
@@ -148,8 +151,12 @@ def structured_gsm(
     saliency: "taylor", "magnitude", or a callable ``(grads, params) ->
       per-entry contributions`` summed per structure.
     mask_update_every: see `optax_gsm.gsm`.
-    freeze_mask_at: see `optax_gsm.gsm` (the freeze keeps the structures of
-      largest norm).
+    freeze_mask_at: see `optax_gsm.gsm`; unlike `optax_gsm.gsm`, whose
+      freeze keeps the weights of largest magnitude, the freeze keeps what
+      ``saliency`` ranks at that step: a dead ReLU channel (no gradient,
+      large weights) would otherwise be kept, and alone in a layer it
+      leaves the model at chance.
+
     momentum_dtype: see `optax_gsm.gsm`.
     block_saliency: a block's (a residual branch's, a stack layer's)
       saliency: "total", that of all its entries together (which cancel over
