@@ -314,7 +314,6 @@ def plot(record, path) -> None:
     axis.set_xticks(positions, [
         f"{n.removeprefix('layers/').removesuffix('/query')}\n({sizes[n]})"
         for n in names], fontsize=8)
-
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("share kept (every layer)")
     axis.set_title(f"{run['reduction']}x fewer FLOPs", fontsize=9)

@@ -231,7 +231,6 @@ class CharTransformer(nn.Module):
     x, _ = stack(self.heads, self.mlp_width, True,
                  sub_widths(self.widths, "layers"),
                  head_dim=self.width // self.heads, name="layers")(x, None)
-
     x = nn.LayerNorm(name="final_norm")(x)
     return nn.Dense(self.vocab, name="head")(x)
 

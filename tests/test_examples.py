@@ -402,7 +402,6 @@ def test_char_gpt_example_prunes_the_stream(tmp_path):
                                         "layers/mlp_in"}
   assert [u for u in record["unprunable"]
           if u[1] != "removed by Groups.without"] == [["head", "model output"]]
-
   for method in ("gsm", "l1", "taylor"):
     assert run[method]["flops_reduction"] >= 2.0
   # The shrunk model's norms run over the channels kept: it is a model of
@@ -413,7 +412,6 @@ def test_char_gpt_example_prunes_the_stream(tmp_path):
 
 @pytest.mark.slow
 def test_char_gpt_unstructured_example_quick_mode(tmp_path):
-
   pytest.importorskip("matplotlib")
   from examples import char_gpt_unstructured
   record = char_gpt_unstructured.main(["--quick", "--out", str(tmp_path)])

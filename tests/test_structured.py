@@ -334,7 +334,6 @@ def test_a_dead_unit_with_large_weights_is_not_kept_at_the_freeze(mlp):
   assert magnitude.channels[0][0]  # the largest unit: kept by magnitude
 
 
-
 def test_total_steps_leaves_removed_structures_exactly_zero(mlp):
   groups, params, loss = mlp
   tx = optax_gsm.structured.structured_gsm_sgd(0.1, groups, 4.0, total_steps=10)

@@ -66,7 +66,6 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
                                          saliency, block_saliency)
       return _ranking.select(plan, params, scores, limit)
 
-
     kept = _active_set.refreshed(select, lambda: state.kept, state.count,
                                  mask_update_every, freeze_mask_at)
     masks = _groups.entry_masks(plan.resolved, kept, params)
@@ -156,7 +155,6 @@ def structured_gsm(
       ``saliency`` ranks at that step: a dead ReLU channel (no gradient,
       large weights) would otherwise be kept, and alone in a layer it
       leaves the model at chance.
-
     momentum_dtype: see `optax_gsm.gsm`.
     block_saliency: a block's (a residual branch's, a stack layer's)
       saliency: "total", that of all its entries together (which cancel over
