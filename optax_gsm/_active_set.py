@@ -65,7 +65,8 @@ def refreshed(select: Callable[[Any], Any], keep_old: Callable[[], Any],
 
   Every ``mask_update_every`` steps before ``freeze_mask_at`` the selection
   is refreshed from the saliency; at ``freeze_mask_at`` it is refreshed once
-  more (``at_freeze`` true: from magnitudes) and never again. One
+  more (``at_freeze`` true: `gsm` and N:M choose from magnitudes there,
+  structured GSM from its saliency) and never again. One
   ``lax.cond``, so only one selection runs per step.
   """
   if (isinstance(mask_update_every, int) and mask_update_every == 1
