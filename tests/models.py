@@ -141,20 +141,26 @@ class GroupedQueryAttention(nn.Module):
     return nn.DenseGeneral(width, axis=(-2, -1), name="out")(out)
 
 
-class CountedLayerNorm(nn.Module):
+def counted_layer_norm(x, count, scale, bias):
   """LayerNorm whose mean and variance divide by ``count`` channels (the
   model's original width): a residual stream shrunk from ``count`` channels
   normalises as the masked one, whose removed channels are zeros."""
+  mean = x.sum(-1, keepdims=True) / count
+  variance = (x * x).sum(-1, keepdims=True) / count - mean * mean
+  return (x - mean) * jax.lax.rsqrt(variance + 1e-6) * scale + bias
+
+
+class CountedLayerNorm(nn.Module):
+  """`counted_layer_norm` as a linen module."""
   count: int
 
   @nn.compact
   def __call__(self, x):
-    mean = x.sum(-1, keepdims=True) / self.count
-    variance = (x * x).sum(-1, keepdims=True) / self.count - mean * mean
-    y = (x - mean) * jax.lax.rsqrt(variance + 1e-6)
     features = x.shape[-1]
-    return (y * self.param("scale", nn.initializers.ones, (features,))
-            + self.param("bias", nn.initializers.zeros, (features,)))
+    return counted_layer_norm(
+        x, self.count,
+        self.param("scale", nn.initializers.ones, (features,)),
+        self.param("bias", nn.initializers.zeros, (features,)))
 
 
 class GqaTransformer(nn.Module):

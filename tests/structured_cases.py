@@ -4,6 +4,7 @@ CNN with batch norm, a transformer with ``nnx.MultiHeadAttention``), each
 with an apply function of ``(variables, x)`` in inference mode and a way to
 rebuild it from widths."""
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -40,24 +41,44 @@ class NnxResidualNet(nnx.Module):
     return self.head(x.mean((1, 2)))
 
 
+class NnxCountedLayerNorm(nnx.Module):
+  """`models.counted_layer_norm` as an NNX module."""
+
+  def __init__(self, features, count, *, rngs: nnx.Rngs):
+    del rngs
+    self.count = count
+    self.scale = nnx.Param(jnp.ones(features))
+    self.bias = nnx.Param(jnp.zeros(features))
+
+  def __call__(self, x):
+    return models.counted_layer_norm(x, self.count, self.scale[...],
+                                     self.bias[...])
+
+
 class NnxEncoderLayer(nnx.Module):
   """A pre-LN transformer layer; ``widths`` as `examples.models`'s (a
-  branch of width 0 is left out)."""
+  branch of width 0 is left out). ``stream``: the residual stream's width
+  (``width`` unless shrunk); ``counted_norms``: norms over ``width``
+  channels (`NnxCountedLayerNorm`)."""
 
-  def __init__(self, width, heads, mlp_width, widths, *, rngs: nnx.Rngs):
+  def __init__(self, width, heads, mlp_width, widths, *, rngs: nnx.Rngs,
+               stream=None, counted_norms=False):
+    stream = stream or width
+    norm = lambda: (NnxCountedLayerNorm(stream, width, rngs=rngs)
+                    if counted_norms else nnx.LayerNorm(stream, rngs=rngs))
     self.has_attention = widths.get("attention+attention_norm") != 0
     self.has_mlp = widths.get("mlp_in+mlp_norm+mlp_out") != 0
     if self.has_attention:
       kept_heads = widths.get("attention/query", heads)
-      self.attention_norm = nnx.LayerNorm(width, rngs=rngs)
+      self.attention_norm = norm()
       self.attention = nnx.MultiHeadAttention(
-          kept_heads, width, kept_heads * (width // heads), width,
+          kept_heads, stream, kept_heads * (width // heads), stream,
           decode=False, rngs=rngs)
     if self.has_mlp:
       hidden = widths.get("mlp_in", mlp_width)
-      self.mlp_norm = nnx.LayerNorm(width, rngs=rngs)
-      self.mlp_in = nnx.Linear(width, hidden, rngs=rngs)
-      self.mlp_out = nnx.Linear(hidden, width, rngs=rngs)
+      self.mlp_norm = norm()
+      self.mlp_in = nnx.Linear(stream, hidden, rngs=rngs)
+      self.mlp_out = nnx.Linear(hidden, stream, rngs=rngs)
 
   def __call__(self, x):
     if self.has_attention:
@@ -85,20 +106,23 @@ class NnxTransformer(nnx.Module):
 
 class NnxStackedTransformer(nnx.Module):
   """`NnxEncoderLayer` x 3 made by ``nnx.vmap`` and run by ``nnx.scan``;
-  ``widths["layers"]`` is the number of layers."""
+  ``widths["layers"]`` is the number of layers, ``widths["embed"]`` the
+  residual stream's width."""
 
-  def __init__(self, widths=None, *, rngs: nnx.Rngs):
+  def __init__(self, widths=None, *, rngs: nnx.Rngs, counted_norms=False):
     widths = widths or {}
     inner = _below(widths, "layers")
-    self.embed = nnx.Linear(4, 16, rngs=rngs)
+    stream = widths.get("embed", 16)
+    self.embed = nnx.Linear(4, stream, rngs=rngs)
 
     @nnx.split_rngs(splits=widths.get("layers", 3))
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def make(rngs):
-      return NnxEncoderLayer(16, 4, 24, inner, rngs=rngs)
+      return NnxEncoderLayer(16, 4, 24, inner, rngs=rngs, stream=stream,
+                             counted_norms=counted_norms)
 
     self.layers = make(rngs)
-    self.head = nnx.Linear(16, 3, rngs=rngs)
+    self.head = nnx.Linear(stream, 3, rngs=rngs)
 
   def __call__(self, x):
     @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
@@ -211,6 +235,9 @@ def case(name: str) -> Case:
     return _nnx_case(NnxTransformer, (2, 5, 4))
   if name == "nnx_scan":
     return _nnx_case(NnxStackedTransformer, (2, 5, 4))
+  if name == "nnx_scan_counted_norms":
+    return _nnx_case(functools.partial(NnxStackedTransformer,
+                                       counted_norms=True), (2, 5, 4))
   return linen_case(name)
 
 

@@ -213,3 +213,27 @@ def test_stream_of_scan_stacked_and_patch_models_is_one_group(name):
                    "mlp_norm/scale", "mlp_norm/bias"}
   assert groups.unprunable == (("head", "model output"),)
 
+
+
+@pytest.mark.parametrize("name", ["nnx_scan", "nnx_scan_counted_norms"])
+def test_stream_of_an_nnx_scan_stack_shrinks(name):
+  # Every stacked layer's norms, projections and biases lose the same
+  # stream channels; with norms over the original width the small stack
+  # computes what the masked one does.
+  case = structured_cases.case(name)
+  x = structured_cases.example_input(case)
+  groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x,
+                                               through_norms=True)
+  (stream,) = [g for g in groups.channels if g.statistics]
+  keep = structured_cases.random_keep(groups, seed=2, block_probability=1.0)
+  kept = int(np.sum(keep.channels[groups.channels.index(stream)]))
+  assert 0 < kept < stream.size
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
+  assert widths["embed"] == kept
+  expected = case.apply(
+      optax_gsm.structured.mask_structures(case.variables, groups, keep), x)
+  got = case.rebuild(widths)(small, x)
+  if name == "nnx_scan_counted_norms":
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+  else:
+    assert np.max(np.abs(got - expected)) > 1e-3
