@@ -166,6 +166,24 @@ def test_groups_of_another_model_and_an_empty_group_are_errors():
     optax_gsm.structured.shrink(case.variables, groups, empty)
 
 
+def _shrunk_stream_against_masked(case, groups, stream, x, exact):
+  """Shrinks a random part of the stream (every block kept) and compares
+  the small model with the masked one: equal to 1e-5 where ``exact``
+  (norms over the original width), else apart. Returns (kept, widths)."""
+  keep = structured_cases.random_keep(groups, seed=2, block_probability=1.0)
+  kept = int(np.sum(keep.channels[groups.channels.index(stream)]))
+  assert 0 < kept < stream.size
+  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
+  expected = case.apply(
+      optax_gsm.structured.mask_structures(case.variables, groups, keep), x)
+  got = case.rebuild(widths)(small, x)
+  if exact:
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+  else:
+    assert np.max(np.abs(got - expected)) > 1e-3
+  return kept, widths
+
+
 @pytest.mark.parametrize("name", ["gqa", "gqa_counted_norms"])
 def test_residual_stream_through_norms(name):
   # The stream (embedding, every branch's output, the norms' scales and
@@ -184,18 +202,9 @@ def test_residual_stream_through_norms(name):
   assert {m.path.split("/", 1)[1] for m in stream.members} >= {
       "embed/embedding", "attention_norm/scale", "mlp_norm/bias",
       "attention/out/kernel", "mlp_out/bias", "head/kernel"}
-  keep = structured_cases.random_keep(groups, seed=2, block_probability=1.0)
-  kept = int(np.sum(keep.channels[groups.channels.index(stream)]))
-  assert 0 < kept < stream.size
-  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
+  kept, widths = _shrunk_stream_against_masked(
+      case, groups, stream, x, exact=name == "gqa_counted_norms")
   assert widths["embed"] == widths["mlp_out"] == kept
-  expected = case.apply(
-      optax_gsm.structured.mask_structures(case.variables, groups, keep), x)
-  got = case.rebuild(widths)(small, x)
-  if name == "gqa_counted_norms":
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-  else:
-    assert np.max(np.abs(got - expected)) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["gpt", "vit", "nnx_scan"])
@@ -214,7 +223,6 @@ def test_stream_of_scan_stacked_and_patch_models_is_one_group(name):
   assert groups.unprunable == (("head", "model output"),)
 
 
-
 @pytest.mark.parametrize("name", ["nnx_scan", "nnx_scan_counted_norms"])
 def test_stream_of_an_nnx_scan_stack_shrinks(name):
   # Every stacked layer's norms, projections and biases lose the same
@@ -225,15 +233,6 @@ def test_stream_of_an_nnx_scan_stack_shrinks(name):
   groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x,
                                                through_norms=True)
   (stream,) = [g for g in groups.channels if g.statistics]
-  keep = structured_cases.random_keep(groups, seed=2, block_probability=1.0)
-  kept = int(np.sum(keep.channels[groups.channels.index(stream)]))
-  assert 0 < kept < stream.size
-  small, widths = optax_gsm.structured.shrink(case.variables, groups, keep)
+  kept, widths = _shrunk_stream_against_masked(
+      case, groups, stream, x, exact=name == "nnx_scan_counted_norms")
   assert widths["embed"] == kept
-  expected = case.apply(
-      optax_gsm.structured.mask_structures(case.variables, groups, keep), x)
-  got = case.rebuild(widths)(small, x)
-  if name == "nnx_scan_counted_norms":
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-  else:
-    assert np.max(np.abs(got - expected)) > 1e-3
