@@ -39,11 +39,12 @@ and neurons: ``--no-layers`` ranks heads and neurons alone, and does better.
 ranking; the shrunk model's LayerNorms then normalise over the channels
 kept, where the trained (masked) model's ran over all of them, zeros
 included, so the shrunk model is not the trained one: the record gives
-the bits per character of both.
+the bits per character of both. With ``--norm rms`` (RMSNorm, as Llama)
+`shrink` rescales the norms' scales and the shrunk model is the trained
+one.
 
-Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_stream][_seed<n>]``
-
-``.{json,md,png}``.
+Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_stream]``
+``[_rms][_seed<n>].{json,md,png}``.
 """
 
 import argparse
@@ -58,7 +59,7 @@ import optax
 import optax_gsm
 from examples import experiment
 from examples.measure import RESULTS, HelpFormatter, machine_info, time_call
-from examples.models import CharTransformer
+from examples.models import NORMS, CharTransformer
 from examples.structured_gsm import l1_uniform_for
 from examples.text_data import VOCAB, load_corpus
 from examples.training import Trainer
@@ -82,6 +83,10 @@ def parser(doc: str, out: pathlib.Path) -> argparse.ArgumentParser:
   result.add_argument("--depth", type=int, default=4)
   result.add_argument("--heads", type=int, default=4)
   result.add_argument("--mlp-width", type=int, default=512)
+  result.add_argument(
+      "--norm", choices=tuple(NORMS), default="layer",
+      help="LayerNorm, or RMSNorm (as Llama): a stream shrunk under RMSNorm "
+           "computes what the masked one does")
   result.add_argument("--seed", type=int, default=0)
   result.add_argument("--out", type=pathlib.Path, default=out)
   result.add_argument("--quick", action="store_true",
@@ -108,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
       "--stream", action="store_true",
       help="rank the residual stream's channels too (`through_norms=True`):"
            " the shrunk model's LayerNorms then run over fewer channels, not"
-           " the masked model's")
+           " the masked model's (RMSNorms are rescaled: exact)")
   args = parser_.parse_args(argv)
   apply_quick(args)
   if args.quick:
@@ -137,7 +142,8 @@ def _shrunk(args, groups, params, keep, corpus):
 def model_for(args, widths=None) -> CharTransformer:
   return CharTransformer(vocab=VOCAB, width=args.width, depth=args.depth,
                          heads=args.heads, mlp_width=args.mlp_width,
-                         context=args.context, widths=widths or {})
+                         context=args.context, norm=args.norm,
+                         widths=widths or {})
 
 
 def trainer_for(args, model, corpus) -> Trainer:
@@ -255,7 +261,8 @@ def markdown(record) -> str:
       f"Each method then has "
       f"{record['steps']} steps from the dense model (Taylor: none). "
       f"Machine: {record['machine']['cpu']}, "
-      f"{record['machine']['cpu_count']} cores.", "",
+      f"{record['machine']['cpu_count']} cores."
+      + (f" `{record['command']}`" if "command" in record else ""), "",
       "| FLOPs target | method | FLOPs reduction | params reduction | "
       "bits/char before | bits/char after | accuracy after | kept | "
       "speed-up b=1 | speed-up b=64 |", "|---" * 10 + "|"]
@@ -344,7 +351,8 @@ def dense_stage(args):
 def model_line(args) -> str:
   return (f"CharTransformer(width={args.width}, depth={args.depth}, "
           f"heads={args.heads}, mlp_width={args.mlp_width}, "
-          f"context={args.context}), nn.scan stack")
+          f"context={args.context}"
+          f"{', norm=rms' if args.norm == 'rms' else ''}), nn.scan stack")
 
 
 def main(argv=None) -> dict:
@@ -358,17 +366,19 @@ def main(argv=None) -> dict:
     groups = groups.without([b.name for b in groups.blocks])
   stem = (f"stdlib_gpt{'_no_layers' if args.no_layers else ''}"
           f"{'_stream' if args.stream else ''}"
+          f"{'_rms' if args.norm == 'rms' else ''}"
           f"{'_parts' if args.block_saliency == 'parts' else ''}"
           f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
   record = {
+      "command": experiment.command("examples.char_gpt", argv),
       "model": model_line(args),
       "corpus": corpus.description, "steps": steps, "batch": args.batch,
       "seed": args.seed, "peak_lr": PEAK_LR, "weight_decay": WEIGHT_DECAY,
-      "structures": ("heads and MLP neurons" if args.no_layers
-                     else "heads, MLP neurons and layers"
-                     + (" (a layer's saliency: the sum of its parts')"
-                        if args.block_saliency == "parts" else "")
+      "structures": (("heads and MLP neurons" if args.no_layers
+                      else "heads, MLP neurons and layers"
+                      + (" (a layer's saliency: the sum of its parts')"
+                         if args.block_saliency == "parts" else ""))
                      + (", the residual stream" if args.stream else "")),
       "machine": machine_info(),
       "dense": dense_record,

@@ -18,7 +18,7 @@ compression reached, the share of each leaf each method kept (a plot).
     python -m examples.char_gpt_unstructured --quick     # as the tests run it
 
 Writes (to ``--out``) ``results/char_gpt_unstructured/stdlib_gpt_<C>x``
-``[_seed<n>].{json,md,png}``.
+``[_rms][_seed<n>].{json,md,png}``.
 """
 
 import time
@@ -135,7 +135,8 @@ def main(argv=None) -> dict:
             "command": experiment.command("examples.char_gpt_unstructured",
                                           argv),
             "machine": machine_info(), "dense": dense_record, "runs": []}
-  stem = (f"stdlib_gpt_{args.ratio:g}x{f'_seed{args.seed}' if args.seed else ''}"
+  stem = (f"stdlib_gpt_{args.ratio:g}x{'_rms' if args.norm == 'rms' else ''}"
+          f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
   for name, tx in optimizers(args.ratio, steps).items():
     record["runs"].append(stage(trainer, dense, name, tx, args.epochs))

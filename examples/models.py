@@ -126,9 +126,13 @@ class CifarResNet(nn.Module):
     return nn.Dense(10, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
+NORMS = {"layer": nn.LayerNorm, "rms": nn.RMSNorm}
+
+
 class EncoderLayer(nn.Module):
   """A pre-LN transformer layer: ``x + attention(LN(x))``, then
   ``x + MLP(LN(x))`` (GELU); causal attention for a language model.
+  ``norm``: ``"layer"`` (LayerNorm) or ``"rms"`` (RMSNorm, as Llama).
 
   ``widths["attention/query"]`` is its number of heads (of ``head_dim``
   features each, by default the input width over ``heads``),
@@ -143,19 +147,21 @@ class EncoderLayer(nn.Module):
   causal: bool = False
   widths: Widths = nn.FrozenDict()
   head_dim: int | None = None
+  norm: str = "layer"
 
   @nn.compact
   def __call__(self, x):
     head_dim = self.head_dim or x.shape[-1] // self.heads
+    norm = NORMS[self.norm]
     if self.widths.get("attention+attention_norm") != 0:
       heads = self.widths.get("attention/query", self.heads)
       mask = nn.make_causal_mask(x[..., 0]) if self.causal else None
-      y = nn.LayerNorm(name="attention_norm")(x)
+      y = norm(name="attention_norm")(x)
       x = x + nn.MultiHeadDotProductAttention(
           heads, qkv_features=heads * head_dim, out_features=x.shape[-1],
           name="attention")(y, mask=mask)
     if self.widths.get("mlp_in+mlp_norm+mlp_out") != 0:
-      y = nn.LayerNorm(name="mlp_norm")(x)
+      y = norm(name="mlp_norm")(x)
       y = nn.gelu(nn.Dense(self.widths.get("mlp_in", self.mlp_width),
                            name="mlp_in")(y))
       x = x + nn.Dense(x.shape[-1], name="mlp_out")(y)
@@ -208,7 +214,8 @@ class CharTransformer(nn.Module):
   ``widths["layers"]`` is the number of layers kept, ``widths["embed"]``
   the residual stream's width. ``remat``: each
   layer rematerialised in the backward pass (``nn.remat``), less memory
-  for one more forward pass."""
+  for one more forward pass. ``norm``: ``"layer"`` or ``"rms"``, every
+  norm's kind."""
   vocab: int
   width: int = 128
   depth: int = 4
@@ -216,6 +223,7 @@ class CharTransformer(nn.Module):
   mlp_width: int = 512
   context: int = 128
   remat: bool = False
+  norm: str = "layer"
   widths: Widths = nn.FrozenDict()
 
   @nn.compact
@@ -230,8 +238,9 @@ class CharTransformer(nn.Module):
                     length=self.widths.get("layers", self.depth))
     x, _ = stack(self.heads, self.mlp_width, True,
                  sub_widths(self.widths, "layers"),
-                 head_dim=self.width // self.heads, name="layers")(x, None)
-    x = nn.LayerNorm(name="final_norm")(x)
+                 head_dim=self.width // self.heads, norm=self.norm,
+                 name="layers")(x, None)
+    x = NORMS[self.norm](name="final_norm")(x)
     return nn.Dense(self.vocab, name="head")(x)
 
 

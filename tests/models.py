@@ -150,6 +150,20 @@ def counted_layer_norm(x, count, scale, bias):
   return (x - mean) * jax.lax.rsqrt(variance + 1e-6) * scale + bias
 
 
+def rms_norm_by_hand(x, scale):
+  """RMSNorm as model code often writes it: normalised, then scaled."""
+  return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-6) * scale
+
+
+class RmsNormByHand(nn.Module):
+  """`rms_norm_by_hand` as a linen module."""
+
+  @nn.compact
+  def __call__(self, x):
+    return rms_norm_by_hand(
+        x, self.param("scale", nn.initializers.ones, (x.shape[-1],)))
+
+
 class CountedLayerNorm(nn.Module):
   """`counted_layer_norm` as a linen module."""
   count: int
@@ -166,21 +180,25 @@ class CountedLayerNorm(nn.Module):
 class GqaTransformer(nn.Module):
   """Token embedding, one pre-LN layer (grouped-query attention branch, MLP
   branch), mean over tokens, dense head. The residual stream's width is
-  ``widths["embed"]`` (and ``"mlp_out"``); ``counted_norms``: its norms
-  count the original width (`CountedLayerNorm`)."""
+  ``widths["embed"]`` (and ``"mlp_out"``); ``norm``: "layer"
+  (`nn.LayerNorm`), "counted" (LayerNorm over the original width,
+  `CountedLayerNorm`), "rms" (`nn.RMSNorm`) or "rms_by_hand"
+  (`RmsNormByHand`)."""
   vocab: int = 11
   width: int = 12
   heads: int = 4
   kv_heads: int = 2
   repeat: bool = False
-  counted_norms: bool = False
+  norm: str = "layer"
   widths: Widths = nn.FrozenDict()
 
   @nn.compact
   def __call__(self, tokens):
     def norm(name):
-      return (CountedLayerNorm(self.width, name=name) if self.counted_norms
-              else nn.LayerNorm(name=name))
+      return {"layer": lambda: nn.LayerNorm(name=name),
+              "counted": lambda: CountedLayerNorm(self.width, name=name),
+              "rms": lambda: nn.RMSNorm(name=name),
+              "rms_by_hand": lambda: RmsNormByHand(name=name)}[self.norm]()
 
     x = nn.Embed(self.vocab, self.widths.get("embed", self.width),
                  name="embed")(tokens)

@@ -58,14 +58,16 @@ class NnxCountedLayerNorm(nnx.Module):
 class NnxEncoderLayer(nnx.Module):
   """A pre-LN transformer layer; ``widths`` as `examples.models`'s (a
   branch of width 0 is left out). ``stream``: the residual stream's width
-  (``width`` unless shrunk); ``counted_norms``: norms over ``width``
-  channels (`NnxCountedLayerNorm`)."""
+  (``width`` unless shrunk); ``norm``: "layer" (`nnx.LayerNorm`), "counted"
+  (over ``width`` channels, `NnxCountedLayerNorm`) or "rms"
+  (`nnx.RMSNorm`)."""
 
   def __init__(self, width, heads, mlp_width, widths, *, rngs: nnx.Rngs,
-               stream=None, counted_norms=False):
+               stream=None, norm="layer"):
     stream = stream or width
-    norm = lambda: (NnxCountedLayerNorm(stream, width, rngs=rngs)
-                    if counted_norms else nnx.LayerNorm(stream, rngs=rngs))
+    norm = {"layer": lambda: nnx.LayerNorm(stream, rngs=rngs),
+            "counted": lambda: NnxCountedLayerNorm(stream, width, rngs=rngs),
+            "rms": lambda: nnx.RMSNorm(stream, rngs=rngs)}[norm]
     self.has_attention = widths.get("attention+attention_norm") != 0
     self.has_mlp = widths.get("mlp_in+mlp_norm+mlp_out") != 0
     if self.has_attention:
@@ -109,7 +111,7 @@ class NnxStackedTransformer(nnx.Module):
   ``widths["layers"]`` is the number of layers, ``widths["embed"]`` the
   residual stream's width."""
 
-  def __init__(self, widths=None, *, rngs: nnx.Rngs, counted_norms=False):
+  def __init__(self, widths=None, *, rngs: nnx.Rngs, norm="layer"):
     widths = widths or {}
     inner = _below(widths, "layers")
     stream = widths.get("embed", 16)
@@ -119,7 +121,7 @@ class NnxStackedTransformer(nnx.Module):
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def make(rngs):
       return NnxEncoderLayer(16, 4, 24, inner, rngs=rngs, stream=stream,
-                             counted_norms=counted_norms)
+                             norm=norm)
 
     self.layers = make(rngs)
     self.head = nnx.Linear(stream, 3, rngs=rngs)
@@ -196,8 +198,11 @@ def _linen_model(name: str):
           "gqa_repeat": (models.GqaTransformer(repeat=True), (2, 5)),
           "mqa_repeat": (models.GqaTransformer(kv_heads=1, repeat=True),
                          (2, 5)),
-          "gqa_counted_norms": (models.GqaTransformer(counted_norms=True),
-                                (2, 5))}[name]
+          "gqa_counted_norms": (models.GqaTransformer(norm="counted"),
+                                (2, 5)),
+          "gqa_rms_norms": (models.GqaTransformer(norm="rms"), (2, 5)),
+          "gqa_rms_norms_by_hand": (models.GqaTransformer(norm="rms_by_hand"),
+                                    (2, 5))}[name]
 
 
 def linen_case(name: str) -> Case:
@@ -235,9 +240,10 @@ def case(name: str) -> Case:
     return _nnx_case(NnxTransformer, (2, 5, 4))
   if name == "nnx_scan":
     return _nnx_case(NnxStackedTransformer, (2, 5, 4))
-  if name == "nnx_scan_counted_norms":
-    return _nnx_case(functools.partial(NnxStackedTransformer,
-                                       counted_norms=True), (2, 5, 4))
+  for norm in ("counted", "rms"):
+    if name == f"nnx_scan_{norm}_norms":
+      return _nnx_case(functools.partial(NnxStackedTransformer, norm=norm),
+                       (2, 5, 4))
   return linen_case(name)
 
 

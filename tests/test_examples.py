@@ -392,11 +392,12 @@ def test_char_gpt_example_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
-def test_char_gpt_example_prunes_the_stream(tmp_path):
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_char_gpt_example_prunes_the_stream(tmp_path, norm):
   pytest.importorskip("matplotlib")
   from examples import char_gpt
   record = char_gpt.main(["--quick", "--no-layers", "--stream",
-                          "--out", str(tmp_path)])
+                          "--norm", norm, "--out", str(tmp_path)])
   run = record["runs"][0]
   assert set(record["group_sizes"]) == {"embed", "layers/attention/query",
                                         "layers/mlp_in"}
@@ -404,10 +405,14 @@ def test_char_gpt_example_prunes_the_stream(tmp_path):
           if u[1] != "removed by Groups.without"] == [["head", "model output"]]
   for method in ("gsm", "l1", "taylor"):
     assert run[method]["flops_reduction"] >= 2.0
-  # The shrunk model's norms run over the channels kept: it is a model of
-  # its own, whose logits the record compares with the masked model's.
-  assert run["gsm"]["shrunk_minus_masked_max_logit"] >= 0.0
-  assert (tmp_path / "stdlib_gpt_no_layers_stream_quick.json").exists()
+  # The shrunk model's norms run over the channels kept: under LayerNorm a
+  # model of its own, whose logits the record compares with the masked
+  # model's; under RMSNorm (scales rescaled) the masked model.
+  difference = run["gsm"]["shrunk_minus_masked_max_logit"]
+  assert run["gsm"]["widths"]["embed"] < 32  # the quick model's width
+  assert difference < 1e-4 if norm == "rms" else difference > 1e-2
+  suffix = "_rms" if norm == "rms" else ""
+  assert (tmp_path / f"stdlib_gpt_no_layers_stream{suffix}_quick.json").exists()
 
 
 @pytest.mark.slow

@@ -1,5 +1,8 @@
 """shrink: the smaller model computes what the masked big one computes."""
 
+from collections.abc import Mapping
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,13 +187,20 @@ def _shrunk_stream_against_masked(case, groups, stream, x, exact):
   return kept, widths
 
 
-@pytest.mark.parametrize("name", ["gqa", "gqa_counted_norms"])
-def test_residual_stream_through_norms(name):
+_NORM_SCALES = ("params/attention_norm/scale", "params/mlp_norm/scale")
+
+
+@pytest.mark.parametrize("name, rescaled", [
+    ("gqa", ()), ("gqa_counted_norms", ()),
+    ("gqa_rms_norms", _NORM_SCALES),
+    ("gqa_rms_norms_by_hand", _NORM_SCALES)])
+def test_residual_stream_through_norms(name, rescaled):
   # The stream (embedding, every branch's output, the norms' scales and
   # biases, every kernel reading it) is one group once its norms' statistics
   # may run over fewer channels. Masked, removed channels are zeros among
-  # the statistics' terms; shrunk, they are gone: the same model only where
-  # the norms divide by the original width.
+  # the statistics' terms; shrunk, they are gone: the same model where the
+  # norms divide by the original width, or where they are RMSNorms whose
+  # scales shrink multiplies by sqrt(width / kept); not under LayerNorm.
   case = structured_cases.case(name)
   x = structured_cases.example_input(case)
   assert "embed" in dict(optax_gsm.structured.channel_groups(
@@ -200,10 +210,11 @@ def test_residual_stream_through_norms(name):
   (stream,) = [g for g in groups.channels if g.statistics]
   assert stream.name == "embed" and stream.size == 12
   assert {m.path.split("/", 1)[1] for m in stream.members} >= {
-      "embed/embedding", "attention_norm/scale", "mlp_norm/bias",
-      "attention/out/kernel", "mlp_out/bias", "head/kernel"}
+      "embed/embedding", "attention_norm/scale", "attention/out/kernel",
+      "mlp_out/bias", "head/kernel"}
+  assert stream.rescaled == rescaled
   kept, widths = _shrunk_stream_against_masked(
-      case, groups, stream, x, exact=name == "gqa_counted_norms")
+      case, groups, stream, x, exact=name != "gqa")
   assert widths["embed"] == widths["mlp_out"] == kept
 
 
@@ -223,16 +234,52 @@ def test_stream_of_scan_stacked_and_patch_models_is_one_group(name):
   assert groups.unprunable == (("head", "model output"),)
 
 
-@pytest.mark.parametrize("name", ["nnx_scan", "nnx_scan_counted_norms"])
+@pytest.mark.parametrize("name", ["nnx_scan", "nnx_scan_counted_norms",
+                                  "nnx_scan_rms_norms"])
 def test_stream_of_an_nnx_scan_stack_shrinks(name):
   # Every stacked layer's norms, projections and biases lose the same
-  # stream channels; with norms over the original width the small stack
-  # computes what the masked one does.
+  # stream channels; with norms over the original width, or RMSNorms (their
+  # stacked scales rescaled), the small stack computes what the masked one
+  # does.
   case = structured_cases.case(name)
   x = structured_cases.example_input(case)
   groups = optax_gsm.structured.channel_groups(case.apply, case.variables, x,
                                                through_norms=True)
   (stream,) = [g for g in groups.channels if g.statistics]
+  assert len(stream.rescaled) == (2 if name == "nnx_scan_rms_norms" else 0)
   kept, widths = _shrunk_stream_against_masked(
-      case, groups, stream, x, exact=name == "nnx_scan_counted_norms")
+      case, groups, stream, x, exact=name != "nnx_scan")
   assert widths["embed"] == kept
+
+
+class _RmsStream(nn.Module):
+  """A residual stream under one RMSNorm, with or without its scale."""
+  use_scale: bool = True
+  widths: Mapping[str, int] = nn.FrozenDict()
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.widths.get("Dense_0", 8))(x)
+    y = nn.RMSNorm(use_scale=self.use_scale)(x)
+    x = x + nn.Dense(self.widths.get("Dense_1", 8))(jax.nn.relu(
+        nn.Dense(self.widths.get("Dense_2", 6))(y)))
+    return nn.Dense(2)(x)
+
+
+@pytest.mark.parametrize("use_scale", [True, False])
+def test_rms_norm_is_exact_only_with_a_scale_to_rescale(use_scale):
+  model = _RmsStream(use_scale)
+  x = jax.random.normal(jax.random.key(1), (3, 5))
+  variables = model.init(jax.random.key(0), x)
+  groups = optax_gsm.structured.channel_groups(model.apply, variables, x,
+                                               through_norms=True)
+  (stream,) = [g for g in groups.channels if g.statistics]
+  assert stream.rescaled == (("params/RMSNorm_0/scale",) if use_scale
+                             else ())
+  keep = structured_cases.random_keep(groups, seed=1)
+  assert 0 < np.sum(keep.channels[groups.channels.index(stream)]) < 8
+  small, widths = optax_gsm.structured.shrink(variables, groups, keep)
+  expected = model.apply(
+      optax_gsm.structured.mask_structures(variables, groups, keep), x)
+  got = model.clone(widths=widths).apply(small, x)
+  assert np.allclose(got, expected, atol=1e-5) == use_scale

@@ -50,6 +50,10 @@ carry channel labels: per position, the (group, channel) it belongs to.
   parameter a member where it meets the labelled channels. A transformer's
   residual stream (embedding, every branch's output projection and bias,
   the norms' scales and biases, every kernel reading it) becomes one group.
+  A norm whose statistic is a mean of squares and that only multiplies the
+  channels, then a per-channel scale (RMSNorm), has its scale listed in
+  `ChannelGroup.rescaled`; one that subtracts a mean, or has no scale, is
+  not.
 - Equations the outputs do not depend on (a slice used only for its shape,
   as ``make_causal_mask(x[..., 0])``) are skipped: they constrain nothing.
 - Any other op that meets labelled channels is an error naming the op
@@ -139,8 +143,12 @@ class _UnionFind:
     self.members: list[list[tuple]] = []
     self.fixed: list[str | None] = []
     self.heads: list[bool] = []
-    # Why a group's channels are reduced over (`through_norms`), or None.
+    # Why a group's channels are reduced over (`through_norms`), or None;
+    # the scales of its norms, ``(leaf, axis)``; why `shrink` cannot make
+    # those norms exact by rescaling their scales, or None.
     self.statistics: list[str | None] = []
+    self.norm_scales: list[set[tuple[int, int]]] = []
+    self.inexact: list[str | None] = []
     self.factor: list[int] = []
 
   def new(self, size: int, name: str) -> int:
@@ -151,6 +159,8 @@ class _UnionFind:
     self.fixed.append(None)
     self.heads.append(False)
     self.statistics.append(None)
+    self.norm_scales.append(set())
+    self.inexact.append(None)
     self.factor.append(1)
     return len(self.parent) - 1
 
@@ -183,12 +193,21 @@ class _UnionFind:
       self.fixed[a] = self.fixed[a] or self.fixed[b]
       self.heads[a] = self.heads[a] or self.heads[b]
       self.statistics[a] = self.statistics[a] or self.statistics[b]
+      self.norm_scales[a] |= self.norm_scales[b]
+      self.inexact[a] = self.inexact[a] or self.inexact[b]
 
   def fix(self, groups, reason: str) -> None:
-    for group in set(int(g) for g in np.asarray(groups).ravel() if g >= 0):
-      root = self.find(group)
-      if self.fixed[root] is None:
-        self.fixed[root] = reason
+    for group in self.roots(groups):
+      if self.fixed[group] is None:
+        self.fixed[group] = reason
+
+  def roots(self, groups) -> set[int]:
+    """The sets of these labels (-1: none)."""
+    return {self.find(int(g)) for g in np.asarray(groups).ravel() if g >= 0}
+
+  def not_rescalable(self, groups, reason: str) -> None:
+    for group in self.roots(groups):
+      self.inexact[group] = self.inexact[group] or reason
 
 
 class _Tracer:
@@ -209,6 +228,12 @@ class _Tracer:
     # channel j is one structure across the stack (the stack stays a stack).
     self.scan_length = {s.leaf: s.length for s in graph.scanned}
     self.stack_group: dict[tuple[int, int], int] = {}
+    # With `through_norms`: squares of labelled channels, per-token
+    # statistics derived from a reduction over them, and channels divided
+    # by a statistic that no scale has multiplied yet.
+    self.squares: set[int] = set()
+    self.derived: set[int] = set()
+    self.unscaled: set[int] = set()
     # Leaves read inside control flow no walker follows, and why.
     self.opaque: dict[int, str] = {}
     for leaf, index in enumerate(leaf_ids):
@@ -312,6 +337,8 @@ class _Tracer:
             handler = name
       if handler is not None:
         getattr(self, handler)(eqn, ins)
+        if self.through_norms and eqn.outputs:
+          self.follow_norm(eqn, ins)
       else:
         if eqn.name in _graph.OPAQUE_CONTROL_FLOW:
           for v in ins:
@@ -386,6 +413,64 @@ class _Tracer:
                      for a, m in enumerate(axis_map)))
         for v in same_rank for leaf, axis_map in v.sources)
     return _Value("act", shape, uniform=uniform, sources=sources)
+
+  def follow_norm(self, eqn: _graph.Eqn, ins: list[_Value]) -> None:
+    """Tells root-mean-square norms with a per-channel scale (`shrink`
+    rescales the scale by ``sqrt(width / width kept)``: exact up to the
+    norm's epsilon) from norms it cannot make exact: a mean subtracted
+    (LayerNorm), or no scale to rescale."""
+    out, name = eqn.outputs[0], eqn.name
+    result = self.values[out]
+    first = ins[0]
+    if name in _PASS_THROUGH:
+      for found in (self.squares, self.derived, self.unscaled):
+        if eqn.inputs[0] in found:
+          found.add(out)
+      return
+    labelled = first.kind == "act" and first.axis is not None
+    if labelled and (name == "square" or (
+        name == "integer_pow" and eqn.params["y"] == 2) or (
+            name == "mul" and eqn.inputs[0] == eqn.inputs[1])):
+      self.squares.add(out)
+      return
+    if name == "reduce_sum" and labelled and first.axis in eqn.params["axes"]:
+      self.derived.add(out)
+      if eqn.inputs[0] not in self.squares:
+        self.groups.not_rescalable(first.group, "a mean subtracted")
+      return
+    derived = [v for i, v in zip(eqn.inputs, ins) if i in self.derived]
+    unscaled = [v for i, v in zip(eqn.inputs, ins) if i in self.unscaled]
+    if derived and result.kind == "act" and result.axis is None:
+      self.derived.add(out)  # still one value per token
+    elif derived and name != "mul":
+      self.groups.not_rescalable(
+          result.group, "a statistic added to the channels (a mean "
+          "subtracted)")
+    elif derived:
+      # The statistic meets the channels, already scaled (Flax's norms) or
+      # to be scaled next (``x * rsqrt(mean(x * x)) * scale``).
+      sources = [s for v in derived for s in v.sources]
+      if sources:
+        self.norm_scale(result, sources)
+      else:
+        self.unscaled.add(out)
+    if unscaled:
+      sources = [s for v in ins if v.kind == "param" for s in v.sources]
+      if name == "mul" and sources and result.axis is not None:
+        self.norm_scale(result, sources)
+      else:
+        for v in unscaled:
+          self.groups.not_rescalable(v.group, "a norm without a scale")
+
+  def norm_scale(self, channels: _Value, sources) -> None:
+    for leaf, axis_map in sources:
+      leaf_axis = axis_map[channels.axis]
+      if leaf_axis is None:
+        self.groups.not_rescalable(channels.group,
+                                   "a norm's scale not per channel")
+      for group in self.groups.roots(channels.group):
+        if leaf_axis is not None:
+          self.groups.norm_scales[group].add((leaf, leaf_axis))
 
   def join(self, a: _Value, b: _Value) -> None:
     if a.axis != b.axis or not np.array_equal(a.group < 0, b.group < 0):
@@ -844,6 +929,9 @@ class _Tracer:
     self.default_outputs(eqn, ins)
 
 
+# Ops that keep a value as it is, for `_Tracer.follow_norm`.
+_PASS_THROUGH = frozenset(
+    "convert_element_type copy copy_p reduce_precision".split())
 _HANDLERS = {name: name for name in (
     "broadcast_in_dim", "reshape", "transpose", "squeeze", "pad", "slice",
     "concatenate", "dot_general", "conv_general_dilated", "gather")}
@@ -1037,8 +1125,10 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
       unprunable. True: they form a group (its `ChannelGroup.statistics`
       says why), the norms' scales and biases members. The masked model's
       statistics then run over every channel, zeros included, and the
-      shrunk model's over the channels kept: the two are equal only where
-      the norms divide by the original width (in the tests' transformer, 4 of
+      shrunk model's over the channels kept. Under RMSNorm with a scale
+      `shrink` rescales the scales and the two are equal (up to the norms'
+      epsilon; `ChannelGroup.rescaled`); under LayerNorm only where the
+      norms divide by the original width (in the tests' transformer, 4 of
       12 channels removed: up to 0.33 off on outputs up to 1.17).
     **kwargs: passed to ``apply_fn`` as constants (``train=False``).
 
@@ -1121,10 +1211,14 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
     members = tuple(
         _groups.Member(paths[leaf], axis, np.asarray(c, np.int32), role)
         for (leaf, axis), (c, role) in sorted(merged.items()))
+    rescaled = ()
+    if found.statistics[group] and not found.inexact[group]:
+      rescaled = tuple(sorted({paths[leaf]
+                               for leaf, _ in found.norm_scales[group]}))
     channels.append(_groups.ChannelGroup(
         name, found.structures(group), members,
         "heads" if found.heads[group] else "channels",
-        found.statistics[group] or ""))
+        found.statistics[group] or "", rescaled))
   block_list = (_named_blocks(paths, blocks, collections_level)
                 + _stack_layers(paths, layers, collections_level))
   for leaf, reason in sorted(tracer.opaque.items()):

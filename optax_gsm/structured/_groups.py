@@ -64,17 +64,24 @@ class ChannelGroup:
   ``kind`` is ``"heads"`` for attention heads (each channel a head: its
   query, key and value slices and the output projection's rows), else
   ``"channels"``. ``statistics`` names what reduces over the channels (a
-  LayerNorm's mean and variance over a transformer's residual stream, with
+  norm's statistics over a transformer's residual stream, with
   ``channel_groups(..., through_norms=True)``); where it is not empty, the
   masked model's statistics run over every channel, zeros included, and
-  `shrink`'s model computes them over the channels kept: the two are equal
-  only where the small model's norms divide by the original width.
+  `shrink`'s model computes them over the channels kept. ``rescaled``
+  lists the scales of those norms where every one is a root-mean-square
+  norm with a per-channel scale (RMSNorm): `shrink` multiplies each by
+  ``sqrt(width / width kept)``, and the small model computes what the
+  masked one does (up to the norms' epsilon, which then acts as epsilon
+  times the kept share). Where ``statistics`` is set and ``rescaled`` is
+  empty (LayerNorm subtracts a mean, or a norm has no scale), the two are
+  equal only where the small model's norms divide by the original width.
   """
   name: str
   size: int
   members: tuple[Member, ...]
   kind: str = "channels"
   statistics: str = ""
+  rescaled: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,14 +101,30 @@ def _axis_matrix(length: int, claims) -> np.ndarray:
   return matrix
 
 
+def _norm_scales(groups: _groups.Groups, paths: list[str]) -> dict[int, int]:
+  """The leaf and axis of every norm scale `ChannelGroup.rescaled` names."""
+  table = {path: index for index, path in enumerate(paths)}
+  found = {}
+  for group in groups.channels:
+    for member in group.members:
+      leaf = _groups.find_leaf(table, member.path)
+      if member.path in group.rescaled and leaf is not None:
+        found[leaf] = member.axis
+  return found
+
+
 def reduce_channels(variables: chex.ArrayTree, groups: _groups.Groups,
-                    maps: list[ChannelMap], removed_blocks: np.ndarray
+                    maps: list[ChannelMap], removed_blocks: np.ndarray, *,
+                    rescale_norms: bool = False
                     ) -> tuple[chex.ArrayTree, Widths]:
   """The smaller variables for one `ChannelMap` per group, and the widths:
   what `shrink` (keep or drop) and `merge_clusters` (sum a cluster into one
-  channel) share."""
+  channel) share. ``rescale_norms``: multiply the scales of root-mean-square
+  norms over fewer channels by ``sqrt(width / width kept)`` (`shrink`)."""
   leaves, treedef = jax.tree.flatten(variables)
   resolved = _groups.resolve(groups, variables)
+  paths = _prunable.leaf_paths(variables)
+  norm_scales = _norm_scales(groups, paths) if rescale_norms else {}
   claims = {}
   for index, (members, channel_map) in enumerate(zip(resolved.channels,
                                                      maps)):
@@ -123,8 +139,12 @@ def reduce_channels(variables: chex.ArrayTree, groups: _groups.Groups,
         matrix = _axis_matrix(value.shape[axis], on_axis)
         moved = np.moveaxis(value, axis, -1).astype(np.float64) @ matrix
         value = np.moveaxis(moved, -1, axis).astype(np.asarray(leaf).dtype)
+    if index in norm_scales:
+      # mean(x * x) over fewer channels is larger by width / width kept.
+      axis = norm_scales[index]
+      value = (value * np.sqrt(np.shape(leaf)[axis] / value.shape[axis])
+               ).astype(value.dtype)
     small.append(jnp.asarray(value))
-  paths = _prunable.leaf_paths(variables)
   widths: Widths = {}
   for members, channel_map in zip(resolved.channels, maps):
     for m in members:
@@ -219,7 +239,7 @@ def shrink(variables: chex.ArrayTree, groups: _groups.Groups,
     maps.append(ChannelMap(target=np.where(kept, np.cumsum(kept) - 1, -1),
                            representative=kept))
   return reduce_channels(variables, groups, maps,
-                         ~np.asarray(keep.blocks, bool))
+                         ~np.asarray(keep.blocks, bool), rescale_norms=True)
 
 
 def _without(variables: Any, paths: list[str], leaves: list[Any],
