@@ -213,6 +213,7 @@ def test_residual_stream_through_norms(name, rescaled):
       "embed/embedding", "attention_norm/scale", "attention/out/kernel",
       "mlp_out/bias", "head/kernel"}
   assert stream.rescaled == rescaled
+  assert ("LayerNorm" in stream.statistics) == (not rescaled)
   kept, widths = _shrunk_stream_against_masked(
       case, groups, stream, x, exact=name != "gqa")
   assert widths["embed"] == widths["mlp_out"] == kept
@@ -276,6 +277,8 @@ def test_rms_norm_is_exact_only_with_a_scale_to_rescale(use_scale):
   (stream,) = [g for g in groups.channels if g.statistics]
   assert stream.rescaled == (("params/RMSNorm_0/scale",) if use_scale
                              else ())
+  assert ("cannot rescale: a norm without a scale" in stream.statistics
+          ) != use_scale
   keep = structured_cases.random_keep(groups, seed=1)
   assert 0 < np.sum(keep.channels[groups.channels.index(stream)]) < 8
   small, widths = optax_gsm.structured.shrink(variables, groups, keep)

@@ -436,7 +436,8 @@ class _Tracer:
     if name == "reduce_sum" and labelled and first.axis in eqn.params["axes"]:
       self.derived.add(out)
       if eqn.inputs[0] not in self.squares:
-        self.groups.not_rescalable(first.group, "a mean subtracted")
+        self.groups.not_rescalable(first.group,
+                                   "a mean over the channels (LayerNorm)")
       return
     derived = [v for i, v in zip(eqn.inputs, ins) if i in self.derived]
     unscaled = [v for i, v in zip(eqn.inputs, ins) if i in self.unscaled]
@@ -444,8 +445,8 @@ class _Tracer:
       self.derived.add(out)  # still one value per token
     elif derived and name != "mul":
       self.groups.not_rescalable(
-          result.group, "a statistic added to the channels (a mean "
-          "subtracted)")
+          result.group, "a statistic meets the channels other than as a "
+          "factor")
     elif derived:
       # The statistic meets the channels, already scaled (Flax's norms) or
       # to be scaled next (``x * rsqrt(mean(x * x)) * scale``).
@@ -1211,14 +1212,15 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
     members = tuple(
         _groups.Member(paths[leaf], axis, np.asarray(c, np.int32), role)
         for (leaf, axis), (c, role) in sorted(merged.items()))
-    rescaled = ()
-    if found.statistics[group] and not found.inexact[group]:
+    statistics, rescaled = found.statistics[group] or "", ()
+    if statistics and found.inexact[group]:
+      statistics += f"; `shrink` cannot rescale: {found.inexact[group]}"
+    elif statistics:
       rescaled = tuple(sorted({paths[leaf]
                                for leaf, _ in found.norm_scales[group]}))
     channels.append(_groups.ChannelGroup(
         name, found.structures(group), members,
-        "heads" if found.heads[group] else "channels",
-        found.statistics[group] or "", rescaled))
+        "heads" if found.heads[group] else "channels", statistics, rescaled))
   block_list = (_named_blocks(paths, blocks, collections_level)
                 + _stack_layers(paths, layers, collections_level))
   for leaf, reason in sorted(tracer.opaque.items()):

@@ -73,8 +73,9 @@ class ChannelGroup:
   ``sqrt(width / width kept)``, and the small model computes what the
   masked one does (up to the norms' epsilon, which then acts as epsilon
   times the kept share). Where ``statistics`` is set and ``rescaled`` is
-  empty (LayerNorm subtracts a mean, or a norm has no scale), the two are
-  equal only where the small model's norms divide by the original width.
+  empty (LayerNorm subtracts a mean, or a norm has no scale: ``statistics``
+  ends with the reason), the two are equal only where the small model's
+  norms divide by the original width.
   """
   name: str
   size: int
