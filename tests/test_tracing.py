@@ -196,6 +196,9 @@ def test_unknown_op_is_an_error_naming_it_or_unprunable_on_request():
   assert ("sorted", "op `sort`") in groups.unprunable
   with pytest.raises(ValueError, match="on_unknown"):
     optax_gsm.structured.channel_groups(model.apply, variables, x, on_unknown="skip")
+  with pytest.raises(TypeError, match="`through_norms` must be True or False"):
+    optax_gsm.structured.channel_groups(model.apply, variables, x,
+                                        through_norms="yes")
 
 
 def test_groups_without_removes_by_name_and_rejects_unknown_names():

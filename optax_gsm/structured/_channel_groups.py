@@ -88,7 +88,7 @@ from typing import Any
 import chex
 import numpy as np
 
-from optax_gsm import _graph, _prunable
+from optax_gsm import _graph, _prunable, _validation
 from optax_gsm.structured import _groups
 
 _ELEMENTWISE = frozenset("""
@@ -1143,6 +1143,7 @@ def channel_groups(apply_fn: Callable[..., Any], variables: chex.ArrayTree,
   if on_unknown not in ("error", "unprunable"):
     raise ValueError(
         f"`on_unknown` must be 'error' or 'unprunable'; got {on_unknown!r}.")
+  _validation.check_bool("through_norms", through_norms)
   graph = _graph.trace(apply_fn, variables, args, kwargs)
   paths = _prunable.leaf_paths(variables)
   collections_level = _prunable.has_collections(variables)
