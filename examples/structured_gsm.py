@@ -251,7 +251,8 @@ def markdown(record) -> str:
            f"Dense: {record['dense']['accuracy']:.4f} "
            f"({record['dense']['steps']} steps). Each method then has "
            f"{record['steps']} steps; machine: {record['machine']['cpu']}, "
-           f"{record['machine']['cpu_count']} cores.", ""]
+           f"{record['machine']['cpu_count']} cores."
+           + (f" `{record['command']}`" if "command" in record else ""), ""]
   if "n_of_m" in record:
     r = record["n_of_m"]
     lines += ["| 2:4 method | accuracy |", "|---|---|",
@@ -345,7 +346,9 @@ def main(argv=None):
   setup = experiment.Setup(args)
   suffix = "_quick" if args.quick else ""
   model, trainer, params, batch_stats, dense = experiment.dense_stage(setup)
-  record = {**setup.record(dense), "runs": []}
+  record = {**setup.record(dense),
+            "command": experiment.command("examples.structured_gsm", argv),
+            "runs": []}
   if args.n_of_m:
     record["n_of_m"] = n_of_m_stages(setup, trainer, params,
                                      tuple(args.n_of_m))
