@@ -29,10 +29,12 @@ dense model plus fine-tuning with the pattern fixed, on the same budget.
     python -m examples.structured_gsm --model resnet20 --reductions 2 4
     python -m examples.structured_gsm --model lenet5 --reductions 2 4
     python -m examples.structured_gsm --n-of-m 2 4
+    python -m examples.structured_gsm --model vit --no-blocks   # heads, neurons
     python -m examples.structured_gsm --quick     # as the tests run it
 
-Writes (to ``--out``) ``results/structured/mnist_<model>.json``, a Markdown
-table and a PNG of the channels each method kept beside it.
+Writes (to ``--out``) ``results/structured/mnist_<model>[_no_blocks]``
+``[_seed<n>].json``, a Markdown table and a PNG of the channels each method
+kept beside it.
 """
 
 import json
@@ -252,6 +254,7 @@ def markdown(record) -> str:
            f"({record['dense']['steps']} steps). Each method then has "
            f"{record['steps']} steps; machine: {record['machine']['cpu']}, "
            f"{record['machine']['cpu_count']} cores."
+           + (f" Ranked: {record['ranked']}." if "ranked" in record else "")
            + (f" `{record['command']}`" if "command" in record else ""), ""]
   if "n_of_m" in record:
     r = record["n_of_m"]
@@ -336,6 +339,9 @@ def main(argv=None):
   parser.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
   parser.add_argument("--n-of-m", type=int, nargs=2, default=None,
                       help="2:4 GSM on LeNet-300-100 instead")
+  parser.add_argument(
+      "--no-blocks", action="store_true",
+      help="rank channels (heads, neurons) only: no residual branch leaves")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -359,6 +365,10 @@ def main(argv=None):
   variables = setup.variables(params, batch_stats)
   groups = setup.groups(model, variables)
   stem = setup.stem
+  if args.no_blocks:
+    groups = groups.without([b.name for b in groups.blocks])
+    stem = stem.replace(setup.model_name, f"{setup.model_name}_no_blocks", 1)
+    record["ranked"] = "channels, heads and neurons only (no branch leaves)"
   record["groups"] = [g.name for g in groups.channels]
   for reduction in args.reductions:
     gsm_record, small, widths = gsm_stage(setup, trainer, groups, params,

@@ -121,12 +121,16 @@ def test_family_step_benchmark_times_every_method_or_says_why_not():
 
 
 @pytest.mark.slow
-def test_structured_example_quick_mode(tmp_path):
+@pytest.mark.parametrize("no_blocks", [False, True])
+def test_structured_example_quick_mode(tmp_path, no_blocks):
   mnist_or_skip()
   from examples import structured_gsm
-  record = structured_gsm.main(["--quick", "--out", str(tmp_path)])
+  record = structured_gsm.main(["--quick", "--out", str(tmp_path)]
+                               + ["--no-blocks"] * no_blocks)
   (run,) = record["runs"]
   gsm = run["gsm"]
+  if no_blocks:  # every residual branch stays
+    assert "ranked" in record and 0 not in gsm["widths"].values()
   # The shrunk model computes what the masked one computes.
   assert gsm["accuracy_shrunk"] == pytest.approx(gsm["accuracy_masked"],
                                                  abs=2e-4)
@@ -134,8 +138,9 @@ def test_structured_example_quick_mode(tmp_path):
   assert 1.8 < gsm["flops_reduction"] < 2.2
   assert 1.8 < run["l1"]["flops_reduction"] < 2.2
   assert run["inference"]["shrunk_batch256_ms"] > 0
+  stem = f"mnist_resnet8{'_no_blocks' * no_blocks}_quick"
   for suffix in (".json", ".md", "_channels.png"):
-    assert (tmp_path / f"mnist_resnet8_quick{suffix}").exists()
+    assert (tmp_path / f"{stem}{suffix}").exists()
 
 
 @pytest.mark.slow
