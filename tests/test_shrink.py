@@ -286,3 +286,8 @@ def test_rms_norm_is_exact_only_with_a_scale_to_rescale(use_scale):
       optax_gsm.structured.mask_structures(variables, groups, keep), x)
   got = model.clone(widths=widths).apply(small, x)
   assert np.allclose(got, expected, atol=1e-5) == use_scale
+  # Rounded widths: zero channels among the statistic's terms, as masked.
+  small, widths = optax_gsm.structured.shrink(variables, groups, keep,
+                                              round_to=3)
+  got = model.clone(widths=widths).apply(small, x)
+  assert np.allclose(got, expected, atol=1e-5) == use_scale
