@@ -209,7 +209,7 @@ class CharTransformer(nn.Module):
   """A GPT-style character language model: token and position embeddings,
   ``depth`` causal pre-LN layers stacked by ``nn.scan`` (one compiled
   layer; parameters ``layers/...`` with a leading layer axis), a final
-  LayerNorm and a linear head over the vocabulary. Every layer of the
+  norm and a linear head over the vocabulary. Every layer of the
   stack has the same widths (``widths["layers/attention/query"]``, ...);
   ``widths["layers"]`` is the number of layers kept, ``widths["embed"]``
   the residual stream's width. ``remat``: each
