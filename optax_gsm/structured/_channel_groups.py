@@ -469,9 +469,9 @@ class _Tracer:
       if leaf_axis is None:
         self.groups.not_rescalable(channels.group,
                                    "a norm's scale not per channel")
+        continue
       for group in self.groups.roots(channels.group):
-        if leaf_axis is not None:
-          self.groups.norm_scales[group].add((leaf, leaf_axis))
+        self.groups.norm_scales[group].add((leaf, leaf_axis))
 
   def join(self, a: _Value, b: _Value) -> None:
     if a.axis != b.axis or not np.array_equal(a.group < 0, b.group < 0):
