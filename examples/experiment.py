@@ -120,10 +120,13 @@ class Setup:
 
   @property
   def stem(self) -> str:
-    """The records' file stem: ``mnist_<model>`` (``_seed<n>`` for a seed
-    other than 0, ``_quick`` in quick mode)."""
+    return self.stem_for()
+
+  def stem_for(self, variant: str = "") -> str:
+    """The records' file stem: ``mnist_<model><variant>`` (``_seed<n>`` for
+    a seed other than 0, ``_quick`` in quick mode)."""
     seed = f"_seed{self.args.seed}" if self.args.seed else ""
-    return (f"mnist_{self.model_name}{seed}"
+    return (f"mnist_{self.model_name}{variant}{seed}"
             f"{'_quick' if self.args.quick else ''}")
 
   def sgd(self) -> optax.GradientTransformation:

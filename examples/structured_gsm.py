@@ -364,10 +364,9 @@ def main(argv=None):
     return record
   variables = setup.variables(params, batch_stats)
   groups = setup.groups(model, variables)
-  stem = setup.stem
+  stem = setup.stem_for("_no_blocks" if args.no_blocks else "")
   if args.no_blocks:
     groups = groups.without([b.name for b in groups.blocks])
-    stem = stem.replace(setup.model_name, f"{setup.model_name}_no_blocks", 1)
     record["ranked"] = "channels, heads and neurons only (no branch leaves)"
   record["groups"] = [g.name for g in groups.channels]
   for reduction in args.reductions:
