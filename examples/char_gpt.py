@@ -13,9 +13,9 @@ of steps:
    their cost), MLP neurons and whole layers in one global ranking; every
    layer of the stack keeps the same heads and neurons, so the shrunk model
    is still a scan stack; `shrink`, no fine-tuning;
-2. uniform L1 pruning (the same share of heads and of neurons, the smallest
-   sum of ``|w|`` removed) to the same FLOPs, shrunk, then fine-tuned with
-   AdamW for T steps;
+2. uniform L1 and, separately, L2 pruning (the same share of heads and of
+   neurons, those with the smallest norm of their output weights removed)
+   to the same FLOPs, shrunk, then fine-tuned with AdamW for T steps;
 3. one-shot Taylor pruning (post-training, no fine-tuning, as LLM-Pruner
    scores structures): ``|sum g w|`` per structure with the gradient of 8
    training batches, the same global ranking per FLOP and budget.
@@ -60,7 +60,7 @@ import optax_gsm
 from examples import experiment
 from examples.measure import RESULTS, HelpFormatter, machine_info, time_call
 from examples.models import NORMS, CharTransformer
-from examples.structured_gsm import l1_uniform_for
+from examples.structured_gsm import uniform_for
 from examples.text_data import VOCAB, load_corpus
 from examples.training import Trainer
 
@@ -196,16 +196,17 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
   return record, small, model
 
 
-def l1_stage(args, corpus, groups, dense, reduction, steps):
-  keep = l1_uniform_for(groups, dense, reduction)
+def uniform_stage(args, corpus, groups, dense, reduction, steps, order):
+  """Uniform L``order``-norm pruning, then fine-tuning with AdamW."""
+  keep = uniform_for(groups, dense, reduction, order)
   small, _, _, trainer = _shrunk(args, groups, dense, keep, corpus)
   pruned = quality(trainer, small)
   tuned, _, timing = trainer.train(small, adamw(steps), args.epochs,
-                                   desc=f"L1 {reduction}x")
+                                   desc=f"L{order} {reduction}x")
   record = {"pruned": pruned, "fine_tuned": quality(trainer, tuned),
             "kept": _kept(groups, keep),
             **_reductions(groups, dense, keep), **timing}
-  print(f"L1 {reduction}x: {pruned['bits_per_char']:.3f} bits pruned, "
+  print(f"L{order} {reduction}x: {pruned['bits_per_char']:.3f} bits pruned, "
         f"{record['fine_tuned']['bits_per_char']:.3f} fine-tuned", flush=True)
   return record
 
@@ -267,7 +268,7 @@ def markdown(record) -> str:
       "bits/char before | bits/char after | accuracy after | kept | "
       "speed-up b=1 | speed-up b=64 |", "|---" * 10 + "|"]
   for run in record["runs"]:
-    g, l1, taylor, t = run["gsm"], run["l1"], run["taylor"], run["inference"]
+    g, taylor, t = run["gsm"], run["taylor"], run["inference"]
     kept = lambda r: ", ".join(f"{k.split('/')[-1]} {v}"
                                for k, v in r["kept"].items())
     lines += [
@@ -276,12 +277,15 @@ def markdown(record) -> str:
         f"{g['trained']['bits_per_char']:.3f} (trained) | "
         f"{g['shrunk']['bits_per_char']:.3f} (shrunk) | "
         f"{g['shrunk']['accuracy']:.4f} | {kept(g)} | "
-        f"{t['speedup_batch1']:.2f}x | {t['speedup_batch64']:.2f}x |",
-        f"| {run['reduction']}x | L1 uniform + fine-tuning | "
-        f"{l1['flops_reduction']:.2f}x | {l1['params_reduction']:.2f}x | "
-        f"{l1['pruned']['bits_per_char']:.3f} (pruned) | "
-        f"{l1['fine_tuned']['bits_per_char']:.3f} (fine-tuned) | "
-        f"{l1['fine_tuned']['accuracy']:.4f} | {kept(l1)} | | |",
+        f"{t['speedup_batch1']:.2f}x | {t['speedup_batch64']:.2f}x |"]
+    lines += [
+        f"| {run['reduction']}x | L{key[1]} uniform + fine-tuning | "
+        f"{b['flops_reduction']:.2f}x | {b['params_reduction']:.2f}x | "
+        f"{b['pruned']['bits_per_char']:.3f} (pruned) | "
+        f"{b['fine_tuned']['bits_per_char']:.3f} (fine-tuned) | "
+        f"{b['fine_tuned']['accuracy']:.4f} | {kept(b)} | | |"
+        for key, b in ((k, run[k]) for k in ("l1", "l2") if k in run)]
+    lines += [
         f"| {run['reduction']}x | Taylor one-shot | "
         f"{taylor['flops_reduction']:.2f}x | "
         f"{taylor['params_reduction']:.2f}x | | "
@@ -313,11 +317,14 @@ def plot(record, path) -> None:
   names = list(sizes)
   positions = np.arange(len(names))
   for axis, run in zip(axes[0], runs):
-    for offset, (label, method) in zip(
-        (-0.27, 0.0, 0.27), (("structured GSM", "gsm"), ("L1 uniform", "l1"),
-                             ("Taylor one-shot", "taylor"))):
+    methods = [(label, method) for label, method in (
+        ("structured GSM", "gsm"), ("L1 uniform", "l1"), ("L2 uniform", "l2"),
+        ("Taylor one-shot", "taylor")) if method in run]
+    width = 0.8 / len(methods)
+    for index, (label, method) in enumerate(methods):
       shares = [run[method]["kept"][n] / sizes[n] for n in names]
-      axis.bar(positions + offset, shares, 0.27, label=label)
+      axis.bar(positions + width * (index - (len(methods) - 1) / 2), shares,
+               width, label=label)
     axis.set_xticks(positions, [
         f"{n.removeprefix('layers/').removesuffix('/query')}\n({sizes[n]})"
         for n in names], fontsize=8)
@@ -389,7 +396,8 @@ def main(argv=None) -> dict:
                                         reduction, steps)
     record["runs"].append({
         "reduction": reduction, "gsm": gsm,
-        "l1": l1_stage(args, corpus, groups, dense, reduction, steps),
+        "l1": uniform_stage(args, corpus, groups, dense, reduction, steps, 1),
+        "l2": uniform_stage(args, corpus, groups, dense, reduction, steps, 2),
         "taylor": taylor_stage(args, corpus, trainer, groups, dense,
                                reduction),
         "inference": inference_times(args, corpus, model, dense, small_model,

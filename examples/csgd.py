@@ -137,8 +137,8 @@ def main(argv=None):
     gsm, _, _ = structured_gsm.gsm_stage(setup, trainer, groups, params,
                                          batch_stats, reduction)
     run = {"ratio": ratio, "csgd": csgd, "gsm": gsm,
-           "l1": structured_gsm.l1_stage(setup, channel_groups, params,
-                                         batch_stats, reduction),
+           "l1": structured_gsm.uniform_stage(setup, channel_groups, params,
+                                            batch_stats, reduction),
            "inference": structured_gsm.inference_times(
                setup, variables, small, widths, 0.2 if args.quick else 2.0)}
     record["runs"].append(run)

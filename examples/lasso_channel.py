@@ -98,7 +98,7 @@ def lasso_stage(setup, apply, groups, variables, widths, inputs, reduction):
 
 def l1_stage(setup, groups, variables, widths, reduction):
   counts = [widths.get(g.name, g.size) for g in groups.channels]
-  keep = structured_gsm.l1_keep(groups, variables["params"], counts)
+  keep = structured_gsm.norm_keep(groups, variables["params"], counts)
   small, small_widths = optax_gsm.structured.shrink(variables, groups, keep)
   pruned, tuned, _ = fine_tune(setup, small, small_widths,
                                f"L1 {reduction}x fine-tune")

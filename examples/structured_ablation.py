@@ -156,8 +156,8 @@ def main(argv=None):
                            **result})
     experiment.save(record, markdown(record), args.out, stem)
   if not args.no_baseline:
-    record["l1"] = structured_gsm.l1_stage(setup, groups, params, batch_stats,
-                                           args.reduction)
+    record["l1"] = structured_gsm.uniform_stage(setup, groups, params, batch_stats,
+                                                args.reduction)
     experiment.save(record, markdown(record), args.out, stem)
   plot(record, args.out / f"{stem}_channels.png")
   print(markdown(record))

@@ -48,7 +48,7 @@ ACCURACY = {"gsm": "accuracy_shrunk", "l1": "accuracy_fine_tuned",
 
 def cell(setup, trainer, groups, params, batch_stats, reduction, methods):
   """Every method from one dense model to ``reduction`` fewer FLOPs."""
-  uniform = structured_gsm.l1_uniform_for(groups, params, reduction)
+  uniform = structured_gsm.uniform_for(groups, params, reduction)
   stages = {
       "gsm": lambda: structured_gsm.gsm_stage(
           setup, trainer, groups, params, batch_stats, reduction)[0],

@@ -14,7 +14,10 @@ shortcuts, 3 stages), at each FLOPs reduction asked for:
 4. the baseline on the same data and step budget: uniform per-layer
    L1-norm filter pruning (Li et al., ICLR 2017: in every channel group
    the same share of channels, the smallest sum of ``|w|`` of their filters
-   removed) to the same FLOPs, shrunk, then fine-tuned for T steps;
+   removed) to the same FLOPs, shrunk, then fine-tuned for T steps; with
+   ``--baselines`` also (or instead) uniform L2-norm pruning (``l2``) and
+   global Taylor pruning (``taylor``: one ranking by saliency per FLOP, its
+   one-shot accuracy before fine-tuning recorded too);
 5. CPU inference time of the dense and the GSM-shrunk model at batch 1 and
    256, measured in the same run.
 
@@ -29,7 +32,8 @@ dense model plus fine-tuning with the pattern fixed, on the same budget.
     python -m examples.structured_gsm --model resnet20 --reductions 2 4
     python -m examples.structured_gsm --model lenet5 --reductions 2 4
     python -m examples.structured_gsm --n-of-m 2 4
-    python -m examples.structured_gsm --model vit --no-blocks   # heads, neurons
+    python -m examples.structured_gsm --model vit --no-blocks \
+        --baselines l1 l2 taylor    # heads and neurons; three baselines
     python -m examples.structured_gsm --quick     # as the tests run it
 
 Writes (to ``--out``) ``results/structured/mnist_<model>[_no_blocks]``
@@ -52,20 +56,25 @@ from examples.training import predict
 
 OUT = RESULTS / "structured"
 CALIBRATION_STEPS = 30  # bisection steps of the baseline's uniform share
+# The baselines `--baselines` can run, by their key in a record's run.
+BASELINES = {"l1": "L1 uniform", "l2": "L2 uniform", "taylor": "global Taylor"}
 
 
-def l1_keep(groups, params, counts):
-  """Li et al.: per group, the ``counts[i]`` channels with the largest sum
-  of |w| over their output filters."""
+def norm_keep(groups, params, counts, order: int = 1):
+  """Per group, the ``counts[i]`` channels whose output filters have the
+  largest norm: L1 (``order=1``, the sum of |w|, Li et al.) or L2
+  (``order=2``, over all of a channel's filters together; a head's query,
+  key and value slices are one filter)."""
   leaves = dict(zip(_paths(params), jax.tree.leaves(params)))
   channels = []
   for group, count in zip(groups.channels, counts):
+    # The sum of |w|^order ranks channels as the norm does.
     norms = np.zeros(group.size)
     for member in group.members:
       leaf = leaves.get(member.path.partition("/")[2])
       if member.role == "out" and leaf is not None and (
           member.path.endswith("kernel")):
-        moved = np.moveaxis(np.abs(np.asarray(leaf)), member.axis, 0)
+        moved = np.moveaxis(np.abs(np.asarray(leaf)) ** order, member.axis, 0)
         norms += moved.reshape(moved.shape[0], -1).sum(1)
     kept = np.zeros(group.size, bool)
     kept[np.argsort(-norms, kind="stable")[:count]] = True
@@ -74,10 +83,10 @@ def l1_keep(groups, params, counts):
                                  np.ones(len(groups.blocks), bool))
 
 
-def l1_uniform_keep(groups, params, keep_fraction):
-  """`l1_keep` with the same share kept in every group."""
-  return l1_keep(groups, params, [max(1, round(keep_fraction * g.size))
-                                  for g in groups.channels])
+def uniform_keep(groups, params, keep_fraction, order: int = 1):
+  """`norm_keep` with the same share kept in every group."""
+  return norm_keep(groups, params, [max(1, round(keep_fraction * g.size))
+                                    for g in groups.channels], order)
 
 
 def _paths(tree):
@@ -98,9 +107,9 @@ def share_for(groups, params, reduction, keep_for):
   return low
 
 
-def l1_uniform_for(groups, params, reduction):
-  """The uniform keep fraction that reaches the FLOPs reduction."""
-  keep_for = lambda share: l1_uniform_keep(groups, params, share)
+def uniform_for(groups, params, reduction, order: int = 1):
+  """Uniform norm pruning (`uniform_keep`) to the FLOPs reduction."""
+  keep_for = lambda share: uniform_keep(groups, params, share, order)
   return keep_for(share_for(groups, params, reduction, keep_for))
 
 
@@ -183,12 +192,13 @@ def fine_tune_stage(setup, groups, params, batch_stats, keep, desc):
   return record
 
 
-def l1_stage(setup, groups, params, batch_stats, reduction):
-  """Uniform L1-norm filter pruning to ``reduction`` fewer FLOPs, then
-  fine-tuning."""
+def uniform_stage(setup, groups, params, batch_stats, reduction,
+                  order: int = 1):
+  """Uniform L1-norm (``order=1``) or L2-norm filter pruning to
+  ``reduction`` fewer FLOPs, then fine-tuning."""
   return fine_tune_stage(setup, groups, params, batch_stats,
-                         l1_uniform_for(groups, params, reduction),
-                         f"L1 {reduction}x")
+                         uniform_for(groups, params, reduction, order),
+                         f"L{order} {reduction}x")
 
 
 def taylor_stage(setup, trainer, groups, params, batch_stats, reduction):
@@ -268,18 +278,22 @@ def markdown(record) -> str:
             "trained | masked | shrunk | blocks removed | speed-up b=1 | "
             "speed-up b=256 |", "|---" * 10 + "|"]
   for run in record["runs"]:
-    g, l1 = run["gsm"], run["l1"]
-    t = run["inference"]
+    g, t = run["gsm"], run["inference"]
     lines.append(
         f"| {run['reduction']}x | structured GSM | {g['flops_reduction']:.2f}x"
         f" | {g['params_reduction']:.2f}x | {g['accuracy_trained']:.4f} | "
         f"{g['accuracy_masked']:.4f} | {g['accuracy_shrunk']:.4f} | "
         f"{', '.join(g['blocks_removed']) or '-'} | "
         f"{t['speedup_batch1']:.2f}x | {t['speedup_batch256']:.2f}x |")
-    lines.append(
-        f"| {run['reduction']}x | L1 uniform + fine-tune | "
-        f"{l1['flops_reduction']:.2f}x | | {l1['accuracy_pruned']:.4f} "
-        f"(pruned) | | {l1['accuracy_fine_tuned']:.4f} (fine-tuned) | - | | |")
+    for key, label in BASELINES.items():
+      if key in run:
+        b = run[key]
+        lines.append(
+            f"| {run['reduction']}x | {label} + fine-tune | "
+            f"{b['flops_reduction']:.2f}x | | {b['accuracy_pruned']:.4f} "
+            f"(pruned{', one-shot' if key == 'taylor' else ''}) | | "
+            f"{b['accuracy_fine_tuned']:.4f} (fine-tuned) | "
+            f"{', '.join(b['blocks_removed']) or '-'} | | |")
   lines += ["", "Inference (ms, dense / shrunk): " + "; ".join(
       f"{run['reduction']}x: b=1 {run['inference']['dense_batch1_ms']:.2f} / "
       f"{run['inference']['shrunk_batch1_ms']:.2f}, b=256 "
@@ -316,12 +330,16 @@ def plot(record, path):
     removed = run["gsm"]["blocks_removed"]
     inside = np.array([any(group_in_block(n, b) for b in removed) for n in names])
     kept = np.where(inside, 0.0, run["gsm"]["kept_fraction"])
-    axis.bar(positions - 0.2, kept, 0.4, label="structured GSM")
-    axis.bar(positions[inside] - 0.2, np.full(inside.sum(), 1.0), 0.4,
-             fill=False, hatch="//", edgecolor="tab:blue",
+    baselines = [key for key in BASELINES if key in run]
+    width = 0.8 / (1 + len(baselines))
+    offsets = width * (np.arange(1 + len(baselines)) - len(baselines) / 2)
+    axis.bar(positions + offsets[0], kept, width, label="structured GSM")
+    axis.bar(positions[inside] + offsets[0], np.full(inside.sum(), 1.0),
+             width, fill=False, hatch="//", edgecolor="tab:blue",
              label="block removed by GSM")
-    axis.bar(positions + 0.2, run["l1"]["kept_fraction"], 0.4,
-             label="L1 uniform")
+    for offset, key in zip(offsets[1:], baselines):
+      axis.bar(positions + offset, run[key]["kept_fraction"], width,
+               label=BASELINES[key])
     axis.set_title("\n".join(textwrap.wrap(
         f"{record['model']}, {run['reduction']}x fewer FLOPs; blocks GSM "
         f"removed: {', '.join(removed) or 'none'}", 100)), fontsize=9)
@@ -342,6 +360,11 @@ def main(argv=None):
   parser.add_argument(
       "--no-blocks", action="store_true",
       help="rank channels (heads, neurons) only: no residual branch leaves")
+  parser.add_argument(
+      "--baselines", nargs="+", choices=tuple(BASELINES), default=["l1"],
+      help="l1 / l2: uniform L1- / L2-norm pruning; taylor: global Taylor "
+           "pruning (its one-shot accuracy is recorded too); each then "
+           "fine-tuned for the budget")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -372,11 +395,15 @@ def main(argv=None):
   for reduction in args.reductions:
     gsm_record, small, widths = gsm_stage(setup, trainer, groups, params,
                                           batch_stats, reduction)
-    run = {"reduction": reduction, "gsm": gsm_record,
-           "l1": l1_stage(setup, groups, params, batch_stats, reduction),
-           "inference": inference_times(
-               setup, variables, small, widths,
-               0.2 if args.quick else 2.0)}
+    run = {"reduction": reduction, "gsm": gsm_record}
+    for baseline in args.baselines:
+      run[baseline] = (
+          taylor_stage(setup, trainer, groups, params, batch_stats, reduction)
+          if baseline == "taylor" else uniform_stage(
+              setup, groups, params, batch_stats, reduction,
+              order=int(baseline[1])))
+    run["inference"] = inference_times(setup, variables, small, widths,
+                                       0.2 if args.quick else 2.0)
     record["runs"].append(run)
     experiment.save(record, markdown(record), args.out, stem)
   plot(record, args.out / f"{stem}_channels.png")

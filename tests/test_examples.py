@@ -125,12 +125,18 @@ def test_family_step_benchmark_times_every_method_or_says_why_not():
 def test_structured_example_quick_mode(tmp_path, no_blocks):
   mnist_or_skip()
   from examples import structured_gsm
-  record = structured_gsm.main(["--quick", "--out", str(tmp_path)]
-                               + ["--no-blocks"] * no_blocks)
+  # Ranked without branches, the run takes every baseline.
+  record = structured_gsm.main(
+      ["--quick", "--out", str(tmp_path)]
+      + (["--no-blocks", "--baselines", "l1", "l2", "taylor"] if no_blocks
+         else []))
   (run,) = record["runs"]
   gsm = run["gsm"]
   if no_blocks:  # every residual branch stays
     assert "ranked" in record and 0 not in gsm["widths"].values()
+    assert 0 < run["taylor"]["accuracy_pruned"] <= 1
+    assert 1.8 < run["l2"]["flops_reduction"] < 2.2
+    assert "| L2 uniform + fine-tune |" in structured_gsm.markdown(record)
   # The shrunk model computes what the masked one computes.
   assert gsm["accuracy_shrunk"] == pytest.approx(gsm["accuracy_masked"],
                                                  abs=2e-4)
@@ -390,7 +396,7 @@ def test_char_gpt_example_quick_mode(tmp_path):
              - run["gsm"]["trained"]["bits_per_char"]) < 1e-4
   assert set(record["group_sizes"]) == {"layers/attention/query",
                                         "layers/mlp_in"}
-  for method in ("gsm", "l1", "taylor"):
+  for method in ("gsm", "l1", "l2", "taylor"):
     assert run[method]["flops_reduction"] >= 2.0
   for suffix in (".json", ".md", ".png"):
     assert (tmp_path / f"stdlib_gpt_quick{suffix}").exists()
@@ -408,7 +414,7 @@ def test_char_gpt_example_prunes_the_stream(tmp_path, norm):
                                         "layers/mlp_in"}
   assert [u for u in record["unprunable"]
           if u[1] != "removed by Groups.without"] == [["head", "model output"]]
-  for method in ("gsm", "l1", "taylor"):
+  for method in ("gsm", "l1", "l2", "taylor"):
     assert run[method]["flops_reduction"] >= 2.0
   # The shrunk model's norms run over the channels kept: under LayerNorm a
   # model of its own, whose logits the record compares with the masked
@@ -434,6 +440,29 @@ def test_char_gpt_unstructured_example_quick_mode(tmp_path):
   assert gsm["final"] == gsm["trained"]
   for suffix in (".json", ".md", ".png"):
     assert (tmp_path / f"stdlib_gpt_10x_quick{suffix}").exists()
+
+
+def test_uniform_baseline_ranks_by_the_norm_asked_for():
+  # Unit 0's output weights are 1, 1, 1, 1 (L1 4, L2 2); unit 1's are
+  # 3, 0, 0, 0 (L1 3, L2 3): L1 keeps unit 0, L2 unit 1.
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from examples.structured_gsm import norm_keep
+  model = nn.Sequential([nn.Dense(2), nn.relu, nn.Dense(1)])
+  x = jnp.ones((1, 4))
+  variables = model.init(jax.random.key(0), x)
+  kernel = np.array([[1.0, 3.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+  params = {"layers_0": {**variables["params"]["layers_0"],
+                         "kernel": jnp.asarray(kernel)},
+            "layers_2": variables["params"]["layers_2"]}
+  groups = optax_gsm.structured.channel_groups(model.apply,
+                                               {"params": params}, x)
+  (group,) = groups.channels
+  kept = [norm_keep(groups, params, [1], order).channels[0].tolist()
+          for order in (1, 2)]
+  assert group.size == 2 and kept == [[True, False], [False, True]]
 
 
 def test_plot_draws_groups_of_removed_branches_as_removed():
