@@ -374,6 +374,35 @@ def test_structure_cost_is_the_shrunk_models_size():
   assert after == sum(np.size(w) for w in jax.tree.leaves(small["params"]))
 
 
+@pytest.mark.parametrize("decay", [None, 0.0, 0.9])
+def test_averaged_saliency_ranks_by_more_than_the_last_batch(decay):
+  import flax.linen as nn
+  model = nn.Sequential([nn.Dense(2), nn.relu, nn.Dense(1)])
+  x = jnp.ones((1, 3))
+  params = jax.tree.map(jnp.ones_like, model.init(jax.random.key(0), x))
+  groups = optax_gsm.structured.channel_groups(model.apply, params, x)
+  # Each hidden unit costs 5 of the 11 parameters: 1.8x keeps one of two.
+  tx = optax_gsm.structured.structured_gsm(groups, 1.8,
+                                           saliency_decay=decay)
+  state = tx.init(params)
+  square = np.zeros(2)
+  # With all weights 1, a unit's Taylor saliency is the sum of its
+  # gradients: unit 0 leads by far on the first batch, unit 1 a little on
+  # the second.
+  for first_kernel_row in ([10.0, 1.0], [1.0, 2.0]):
+    grads = jax.tree.map(jnp.zeros_like, params)
+    grads["params"]["layers_0"]["kernel"] = grads["params"]["layers_0"][
+        "kernel"].at[0].set(jnp.asarray(first_kernel_row))
+    _, state = tx.update(grads, state, params)
+    square = (decay or 0.0) * square + (1 - (decay or 0.0)) * np.square(
+        first_kernel_row)
+  gsm_state = state[0]
+  np.testing.assert_allclose(gsm_state.saliency_square, square, rtol=1e-6)
+  kept = optax_gsm.structured.kept_structures(state).channels[0]
+  np.testing.assert_array_equal(kept, [True, False] if decay else
+                                [False, True])
+
+
 def test_bad_arguments_are_clear_errors(mlp):
   groups, params, _ = mlp
   with pytest.raises(ValueError, match="compression_ratio.*channels every "
@@ -392,6 +421,12 @@ def test_bad_arguments_are_clear_errors(mlp):
   jax.jit(optax.inject_hyperparams(
       optax_gsm.structured.structured_gsm_sgd, static_args=("min_kept_share",))(
           0.1, groups, 2.0, min_kept_share=0.1).init)(params)
+  for decay in (-0.1, 1.0):
+    with pytest.raises(ValueError, match="`saliency_decay`"):
+      optax_gsm.structured.structured_gsm_adamw(0.1, groups, 2.0,
+                                                saliency_decay=decay)
+  with pytest.raises(TypeError, match="static_args=\\('saliency_decay',\\)"):
+    jax.jit(injected(0.1, groups, 2.0, saliency_decay=0.9).init)(params)
   with pytest.raises(ValueError, match="`cost` must be one of"):
     optax_gsm.structured.structured_gsm(groups, 2.0, cost="latency")
   with pytest.raises(ValueError, match="`saliency` of structures"):

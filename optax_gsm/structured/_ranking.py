@@ -311,6 +311,20 @@ def check_min_kept_share(min_kept_share: float | None) -> None:
                           high=1.0)
 
 
+def check_saliency_decay(saliency_decay: float | None) -> None:
+  """None, or a concrete decay in [0, 1) (the ranking it selects is built
+  with the optimizer)."""
+  if saliency_decay is None:
+    return
+  if isinstance(saliency_decay, jax.core.Tracer):
+    raise TypeError(
+        "`saliency_decay` must be a concrete float, fixed when the optimizer "
+        "is built. Under `optax.inject_hyperparams`, pass "
+        "`static_args=('saliency_decay',)`.")
+  _validation.check_range("saliency_decay", saliency_decay, low=0.0,
+                          high=1.0, high_inclusive=False)
+
+
 def floors(sizes: tuple[int, ...],
            min_kept_share: float | None) -> tuple[int, ...]:
   """The channels each group keeps whatever the budget: its share rounded

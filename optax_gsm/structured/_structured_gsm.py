@@ -28,28 +28,36 @@ class StructuredGSMState(NamedTuple):
     mask: pytree of bool like the params: the entries of kept structures
       (and entries in no structure).
     kept: the `StructureMask` of the last update (`kept_structures`).
+    saliency_square: per structure (channels, then blocks), the moving
+      average of its squared saliency over the refreshes
+      (``saliency_decay``; without it, the last refresh's square).
   """
   count: jax.Array
   mask: chex.ArrayTree
   kept: _groups.StructureMask
+  saliency_square: jax.Array
 
 
 def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
                               mask_update_every, freeze_mask_at,
-                              block_saliency, min_kept_share
+                              block_saliency, min_kept_share,
+                              saliency_decay
                               ) -> optax.GradientTransformation:
   """The masked gradient of the structures ranked kept."""
   mask_update_every, freeze_mask_at = _active_set.check_refresh(
       mask_update_every, freeze_mask_at)
 
   def init_fn(params):
+    structures = 0
     if jax.tree.leaves(params):  # not `optax.tree.map_params` placeholders
       plan = _ranking.plan(groups, params, cost, min_kept_share)
       _ranking.budget(plan, params, ratio_at(0), cost)
+      structures = sum(plan.resolved.sizes) + len(plan.resolved.blocks)
     return StructuredGSMState(
         count=jnp.zeros([], jnp.int32),
         mask=_active_set.all_true_like(params),
-        kept=_groups.all_kept(groups))
+        kept=_groups.all_kept(groups),
+        saliency_square=jnp.zeros([structures], jnp.float32))
 
   def update_fn(updates, state, params=None):
     _active_set.check_update_args("structured_gsm", updates, params)
@@ -64,10 +72,17 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
       del at_freeze
       scores = _ranking.structure_scores(plan.resolved, updates, params,
                                          saliency, block_saliency)
-      return _ranking.select(plan, params, scores, limit)
+      if saliency_decay is None:
+        return _ranking.select(plan, params, scores, limit), jnp.square(scores)
+      square = (saliency_decay * state.saliency_square
+                + (1 - saliency_decay) * jnp.square(scores))
+      # Zero-initialised and not debiased: every structure's average is
+      # short by the same factor, which leaves the ranking unchanged.
+      return _ranking.select(plan, params, jnp.sqrt(square), limit), square
 
-    kept = _active_set.refreshed(select, lambda: state.kept, state.count,
-                                 mask_update_every, freeze_mask_at)
+    kept, square = _active_set.refreshed(
+        select, lambda: (state.kept, state.saliency_square), state.count,
+        mask_update_every, freeze_mask_at)
     masks = _groups.entry_masks(plan.resolved, kept, params)
     kernels = jax.tree.leaves(_prunable.default_prunable(params))
     direction = _active_set.masked_gradient(
@@ -75,7 +90,8 @@ def _scale_by_kept_structures(groups, cost, ratio_at, saliency, decays,
         active_decays=[decays.active if kernel else decays.unranked
                        for kernel in kernels])
     return direction, StructuredGSMState(
-        count=optax.safe_increment(state.count), mask=masks, kept=kept)
+        count=optax.safe_increment(state.count), mask=masks, kept=kept,
+        saliency_square=square)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -97,6 +113,7 @@ def structured_gsm(
     momentum_dtype: chex.ArrayDType | None = None,
     block_saliency: str = "total",
     min_kept_share: float | None = None,
+    saliency_decay: float | None = None,
 ) -> optax.GradientTransformation:
   r"""Structured GSM: one global ranking over channels and residual blocks.
 
@@ -164,6 +181,13 @@ def structured_gsm(
       group keeps at least this share of its channels (rounded up, and
       always one), its best ranked, whatever the budget. Fixed when the
       optimizer is built (under ``optax.inject_hyperparams``, a static arg).
+    saliency_decay: None (the current batch's saliency alone), or d in
+      [0, 1): rank each structure by the root of the moving average of its
+      squared saliency over the refreshes, ``a_S <- d a_S + (1 - d)
+      T_S^2``, so that the freeze does not rest on one batch (Molchanov et
+      al. average theirs over the batches between prunings). Fixed when the
+      optimizer is built (under ``optax.inject_hyperparams``, a static
+      arg).
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs the variables
@@ -174,6 +198,7 @@ def structured_gsm(
   _ranking.check_cost(cost)
   _ranking.check_block_saliency(block_saliency)
   _ranking.check_min_kept_share(min_kept_share)
+  _ranking.check_saliency_decay(saliency_decay)
   decays = _active_set.check_decays(weight_decay, passive_weight_decay,
                                     unprunable_weight_decay)
   return _active_set.with_momentum(
@@ -181,7 +206,7 @@ def structured_gsm(
           groups, cost, ratio_at,
           _ranking.as_contribution_saliency(saliency), decays,
           mask_update_every, freeze_mask_at, block_saliency,
-          min_kept_share),
+          min_kept_share, saliency_decay),
       momentum, nesterov, momentum_dtype)
 
 
@@ -205,6 +230,7 @@ def structured_gsm_sgd(
     momentum_dtype: chex.ArrayDType | None = None,
     block_saliency: str = "total",
     min_kept_share: float | None = None,
+    saliency_decay: float | None = None,
 ) -> optax.GradientTransformation:
   r"""`structured_gsm` chained with ``optax.scale_by_learning_rate``.
 
@@ -233,6 +259,7 @@ def structured_gsm_sgd(
     momentum_dtype: see `optax_gsm.gsm`.
     block_saliency: see `structured_gsm`.
     min_kept_share: see `structured_gsm`.
+    saliency_decay: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -246,7 +273,7 @@ def structured_gsm_sgd(
       nesterov=nesterov, unprunable_weight_decay=unprunable_weight_decay,
       saliency=saliency, mask_update_every=mask_update_every,
       momentum_dtype=momentum_dtype, block_saliency=block_saliency,
-      min_kept_share=min_kept_share)
+      min_kept_share=min_kept_share, saliency_decay=saliency_decay)
 
 
 def scale_by_structured_gsm_adam(
@@ -263,6 +290,7 @@ def scale_by_structured_gsm_adam(
     freeze_mask_at: int | None = None,
     block_saliency: str = "total",
     min_kept_share: float | None = None,
+    saliency_decay: float | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam's direction of the gradient masked to the kept structures.
 
@@ -305,6 +333,7 @@ def scale_by_structured_gsm_adam(
     freeze_mask_at: see `structured_gsm`.
     block_saliency: see `structured_gsm`.
     min_kept_share: see `structured_gsm`.
+    saliency_decay: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs ``params``.
@@ -316,6 +345,7 @@ def scale_by_structured_gsm_adam(
   _ranking.check_cost(cost)
   _ranking.check_block_saliency(block_saliency)
   _ranking.check_min_kept_share(min_kept_share)
+  _ranking.check_saliency_decay(saliency_decay)
   return optax.chain(
       _scale_by_kept_structures(
           groups, cost,
@@ -323,7 +353,7 @@ def scale_by_structured_gsm_adam(
                                                   sparsity),
           _ranking.as_contribution_saliency(saliency),
           _active_set.check_decays(0.0, 0.0, 0.0), mask_update_every,
-          freeze_mask_at, block_saliency, min_kept_share),
+          freeze_mask_at, block_saliency, min_kept_share, saliency_decay),
       optax.scale_by_adam(b1, b2, eps))
 
 
@@ -346,6 +376,7 @@ def structured_gsm_adamw(
     zero_passive_at: int | None = None,
     block_saliency: str = "total",
     min_kept_share: float | None = None,
+    saliency_decay: float | None = None,
 ) -> optax.GradientTransformation:
   r"""Structured GSM with AdamW: `scale_by_structured_gsm_adam`, AdamW's
   decoupled weight decay and the learning rate.
@@ -377,6 +408,7 @@ def structured_gsm_adamw(
     zero_passive_at: see `optax_gsm.gsm_sgd`.
     block_saliency: see `structured_gsm`.
     min_kept_share: see `structured_gsm`.
+    saliency_decay: see `structured_gsm`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -386,7 +418,8 @@ def structured_gsm_adamw(
           scale_by_structured_gsm_adam, groups, compression_ratio,
           sparsity=sparsity, cost=cost, b1=b1, b2=b2, eps=eps,
           saliency=saliency, mask_update_every=mask_update_every,
-          block_saliency=block_saliency, min_kept_share=min_kept_share),
+          block_saliency=block_saliency, min_kept_share=min_kept_share,
+          saliency_decay=saliency_decay),
       learning_rate, total_steps, b1=b1, weight_decay=weight_decay,
       mask=mask, freeze_mask_at=freeze_mask_at,
       zero_passive_at=zero_passive_at)
