@@ -19,16 +19,24 @@ Variants (``--variants``; the default is every one):
   parts          a block's saliency as the sum of its parts'
   zero40         removed structures shrunk to zero by 40% of T (not 60%)
   early          frozen at 10% of T, zero by 30%
+  average90      each structure ranked by its saliency averaged over the
+                 refreshes (``saliency_decay=0.9``, about 10 batches)
+  average99      the same over about 100 batches (``saliency_decay=0.99``)
   momentum99     momentum 0.99 (the paper's), not the examples' 0.9
   ramp           the FLOPs target reached gradually: 1x at step 0 to the
                  full reduction at the freeze (20% of T)
   channels       channels alone: no residual block can go
 
+``--no-blocks`` takes the blocks out of every variant's ranking (the
+structured guide's advice for transformers).
+
     python -m examples.structured_ablation --model resnet20 --epochs 5 --batch 64
+    python -m examples.structured_ablation --model vit --no-blocks \
+        --variants default early average90 average99 --no-baseline
     python -m examples.structured_ablation --quick       # as the tests run it
 
-Writes (to ``--out``) ``mnist_<model>_<C>x.json``, a Markdown table and a
-PNG of the channels each variant kept.
+Writes (to ``--out``) ``mnist_<model>[_no_blocks][_seed<n>]_<C>x.json``,
+a Markdown table and a PNG of the channels each variant kept.
 """
 
 import pathlib
@@ -51,6 +59,8 @@ VARIANTS = {
     "zero40": lambda steps, c: {"zero_passive_at": round(0.4 * steps)},
     "early": lambda steps, c: {"freeze_mask_at": round(0.1 * steps),
                                "zero_passive_at": round(0.3 * steps)},
+    "average90": lambda steps, c: {"saliency_decay": 0.9},
+    "average99": lambda steps, c: {"saliency_decay": 0.99},
     "momentum99": lambda steps, c: {"momentum": 0.99},
     "ramp": lambda steps, c: {"compression_ratio": optax.linear_schedule(
         1.0, c, round(0.2 * steps))},
@@ -131,6 +141,9 @@ def main(argv=None):
                       default=list(VARIANTS))
   parser.add_argument("--no-baseline", action="store_true",
                       help="skip uniform L1 + fine-tuning")
+  parser.add_argument(
+      "--no-blocks", action="store_true",
+      help="rank channels (heads, neurons) only in every variant")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -139,12 +152,15 @@ def main(argv=None):
   setup = experiment.Setup(args)
   model, trainer, params, batch_stats, dense = experiment.dense_stage(setup)
   groups = setup.groups(model, setup.variables(params, batch_stats))
+  if args.no_blocks:
+    groups = groups.without([b.name for b in groups.blocks])
   record = {**setup.record(dense), "reduction": args.reduction,
             "command": experiment.command("examples.structured_ablation",
                                           argv),
             "groups": [g.name for g in groups.channels],
             "blocks": len(groups.blocks), "runs": []}
-  stem = f"{setup.stem}_{args.reduction:g}x"
+  stem = (f"{setup.stem_for('_no_blocks' if args.no_blocks else '')}_"
+          f"{args.reduction:g}x")
   for variant in args.variants:
     options = VARIANTS[variant](setup.steps, args.reduction)
     structures = STRUCTURES.get(variant, lambda g: g)(groups)

@@ -154,10 +154,11 @@ def test_structured_ablation_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_ablation
   record = structured_ablation.main(["--quick", "--variants", "default",
-                                     "floor25", "ramp", "channels", "--out",
-                                     str(tmp_path)])
-  default, floor, ramp, channels = record["runs"]
+                                     "floor25", "ramp", "channels",
+                                     "average90", "--out", str(tmp_path)])
+  default, floor, ramp, channels, average = record["runs"]
   assert default["options"] == {}
+  assert average["options"] == {"saliency_decay": 0.9}
   assert floor["options"] == {"min_kept_share": 0.25}
   assert ramp["options"] == {"compression_ratio": "schedule"}
   # The floor holds in every group; with channels alone no block goes;
