@@ -293,7 +293,7 @@ def markdown(record) -> str:
             f"{b['flops_reduction']:.2f}x | | {b['accuracy_pruned']:.4f} "
             f"(pruned{', one-shot' if key == 'taylor' else ''}) | | "
             f"{b['accuracy_fine_tuned']:.4f} (fine-tuned) | "
-            f"{', '.join(b['blocks_removed']) or '-'} | | |")
+            f"{', '.join(b.get('blocks_removed', [])) or '-'} | | |")
   lines += ["", "Inference (ms, dense / shrunk): " + "; ".join(
       f"{run['reduction']}x: b=1 {run['inference']['dense_batch1_ms']:.2f} / "
       f"{run['inference']['shrunk_batch1_ms']:.2f}, b=256 "
