@@ -334,9 +334,10 @@ def plot(record, path):
     width = 0.8 / (1 + len(baselines))
     offsets = width * (np.arange(1 + len(baselines)) - len(baselines) / 2)
     axis.bar(positions + offsets[0], kept, width, label="structured GSM")
-    axis.bar(positions[inside] + offsets[0], np.full(inside.sum(), 1.0),
-             width, fill=False, hatch="//", edgecolor="tab:blue",
-             label="block removed by GSM")
+    if inside.any():
+      axis.bar(positions[inside] + offsets[0], np.full(inside.sum(), 1.0),
+               width, fill=False, hatch="//", edgecolor="tab:blue",
+               label="block removed by GSM")
     for offset, key in zip(offsets[1:], baselines):
       axis.bar(positions + offset, run[key]["kept_fraction"], width,
                label=BASELINES[key])
