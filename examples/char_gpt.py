@@ -44,7 +44,7 @@ the bits per character of both. With ``--norm rms`` (RMSNorm, as Llama)
 one.
 
 Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_stream]``
-``[_rms][_seed<n>].{json,md,png}``.
+``[_rms][_parts][_decay<d>][_seed<n>].{json,md,png}``.
 """
 
 import argparse
@@ -114,6 +114,10 @@ def parse_args(argv=None) -> argparse.Namespace:
       help="rank the residual stream's channels too (`through_norms=True`):"
            " the shrunk model's LayerNorms then run over fewer channels, not"
            " the masked model's (RMSNorms are rescaled: exact)")
+  parser_.add_argument(
+      "--saliency-decay", type=float, default=None,
+      help="rank by each structure's saliency averaged over the refreshes "
+           "(structured GSM's `saliency_decay`); None: the current batch's")
   args = parser_.parse_args(argv)
   apply_quick(args)
   if args.quick:
@@ -172,7 +176,7 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
   tx = optax_gsm.structured.structured_gsm_adamw(
       experiment.schedule(PEAK_LR, steps), groups, reduction, cost="flops",
       total_steps=steps, weight_decay=WEIGHT_DECAY,
-      block_saliency=args.block_saliency)
+      block_saliency=args.block_saliency, saliency_decay=args.saliency_decay)
   trained, opt_state, timing = trainer.train(
       dense, tx, args.epochs, desc=f"structured GSM {reduction}x")
   keep = optax_gsm.structured.kept_structures(opt_state)
@@ -375,7 +379,9 @@ def main(argv=None) -> dict:
           f"{'_stream' if args.stream else ''}"
           f"{'_rms' if args.norm == 'rms' else ''}"
           f"{'_parts' if args.block_saliency == 'parts' else ''}"
-          f"{f'_seed{args.seed}' if args.seed else ''}"
+          + (f"_decay{args.saliency_decay:g}"
+             if args.saliency_decay is not None else "")
+          + f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
   record = {
       "command": experiment.command("examples.char_gpt", argv),
@@ -386,7 +392,10 @@ def main(argv=None) -> dict:
                       else "heads, MLP neurons and layers"
                       + (" (a layer's saliency: the sum of its parts')"
                          if args.block_saliency == "parts" else ""))
-                     + (", the residual stream" if args.stream else "")),
+                     + (", the residual stream" if args.stream else "")
+                     + (f"; saliency averaged over the refreshes "
+                        f"(saliency_decay={args.saliency_decay})"
+                        if args.saliency_decay is not None else "")),
       "machine": machine_info(),
       "dense": dense_record,
       "group_sizes": {g.name: g.size for g in groups.channels},

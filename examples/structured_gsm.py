@@ -37,8 +37,8 @@ dense model plus fine-tuning with the pattern fixed, on the same budget.
     python -m examples.structured_gsm --quick     # as the tests run it
 
 Writes (to ``--out``) ``results/structured/mnist_<model>[_no_blocks]``
-``[_seed<n>].json``, a Markdown table and a PNG of the channels each method
-kept beside it.
+``[_decay<d>][_seed<n>].json``, a Markdown table and a PNG of the channels
+each method kept beside it.
 """
 
 import json
@@ -265,6 +265,9 @@ def markdown(record) -> str:
            f"{record['steps']} steps; machine: {record['machine']['cpu']}, "
            f"{record['machine']['cpu_count']} cores."
            + (f" Ranked: {record['ranked']}." if "ranked" in record else "")
+           + (f" GSM's saliency averaged over its refreshes "
+              f"(`saliency_decay={record['saliency_decay']}`)."
+              if "saliency_decay" in record else "")
            + (f" `{record['command']}`" if "command" in record else ""), ""]
   if "n_of_m" in record:
     r = record["n_of_m"]
@@ -366,6 +369,10 @@ def main(argv=None):
       help="l1 / l2: uniform L1- / L2-norm pruning; taylor: global Taylor "
            "pruning (its one-shot accuracy is recorded too); each then "
            "fine-tuned for the budget")
+  parser.add_argument(
+      "--saliency-decay", type=float, default=None,
+      help="rank by each structure's saliency averaged over the refreshes "
+           "(structured GSM's `saliency_decay`); None: the current batch's")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -388,14 +395,19 @@ def main(argv=None):
     return record
   variables = setup.variables(params, batch_stats)
   groups = setup.groups(model, variables)
-  stem = setup.stem_for("_no_blocks" if args.no_blocks else "")
+  decay = args.saliency_decay
+  stem = setup.stem_for(("_no_blocks" if args.no_blocks else "")
+                        + (f"_decay{decay:g}" if decay is not None else ""))
   if args.no_blocks:
     groups = groups.without([b.name for b in groups.blocks])
     record["ranked"] = "channels, heads and neurons only (no branch leaves)"
+  if decay is not None:
+    record["saliency_decay"] = decay
   record["groups"] = [g.name for g in groups.channels]
   for reduction in args.reductions:
     gsm_record, small, widths = gsm_stage(setup, trainer, groups, params,
-                                          batch_stats, reduction)
+                                          batch_stats, reduction,
+                                          saliency_decay=decay)
     run = {"reduction": reduction, "gsm": gsm_record}
     for baseline in args.baselines:
       run[baseline] = (

@@ -125,11 +125,12 @@ def test_family_step_benchmark_times_every_method_or_says_why_not():
 def test_structured_example_quick_mode(tmp_path, no_blocks):
   mnist_or_skip()
   from examples import structured_gsm
-  # Ranked without branches, the run takes every baseline.
+  # Ranked without branches, the run takes every baseline and averages
+  # the saliency.
   record = structured_gsm.main(
       ["--quick", "--out", str(tmp_path)]
-      + (["--no-blocks", "--baselines", "l1", "l2", "taylor"] if no_blocks
-         else []))
+      + (["--no-blocks", "--baselines", "l1", "l2", "taylor",
+          "--saliency-decay", "0.9"] if no_blocks else []))
   (run,) = record["runs"]
   gsm = run["gsm"]
   if no_blocks:  # every residual branch stays
@@ -144,7 +145,7 @@ def test_structured_example_quick_mode(tmp_path, no_blocks):
   assert 1.8 < gsm["flops_reduction"] < 2.2
   assert 1.8 < run["l1"]["flops_reduction"] < 2.2
   assert run["inference"]["shrunk_batch256_ms"] > 0
-  stem = f"mnist_resnet8{'_no_blocks' * no_blocks}_quick"
+  stem = f"mnist_resnet8{'_no_blocks_decay0.9' * no_blocks}_quick"
   for suffix in (".json", ".md", "_channels.png"):
     assert (tmp_path / f"{stem}{suffix}").exists()
 
@@ -408,8 +409,10 @@ def test_char_gpt_example_quick_mode(tmp_path):
 def test_char_gpt_example_prunes_the_stream(tmp_path, norm):
   pytest.importorskip("matplotlib")
   from examples import char_gpt
+  # The RMSNorm run also ranks by the averaged saliency.
   record = char_gpt.main(["--quick", "--no-layers", "--stream",
-                          "--norm", norm, "--out", str(tmp_path)])
+                          "--norm", norm, "--out", str(tmp_path)]
+                         + ["--saliency-decay", "0.9"] * (norm == "rms"))
   run = record["runs"][0]
   assert set(record["group_sizes"]) == {"embed", "layers/attention/query",
                                         "layers/mlp_in"}
@@ -423,8 +426,9 @@ def test_char_gpt_example_prunes_the_stream(tmp_path, norm):
   difference = run["gsm"]["shrunk_minus_masked_max_logit"]
   assert run["gsm"]["widths"]["embed"] < 32  # the quick model's width
   assert difference < 1e-4 if norm == "rms" else difference > 1e-2
-  suffix = "_rms" if norm == "rms" else ""
+  suffix = "_rms_decay0.9" if norm == "rms" else ""
   assert (tmp_path / f"stdlib_gpt_no_layers_stream{suffix}_quick.json").exists()
+  assert ("saliency_decay=0.9" in record["structures"]) == (norm == "rms")
 
 
 @pytest.mark.slow
