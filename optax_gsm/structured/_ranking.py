@@ -298,31 +298,33 @@ class StructuredPlan(NamedTuple):
   floors: tuple[int, ...]
 
 
+def _check_static_float(name: str, value: float | None, why: str,
+                        **bounds) -> None:
+  """None, or a concrete float within ``bounds`` (`check_range`'s): ``why``
+  says what it fixes when the optimizer is built."""
+  if value is None:
+    return
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"`{name}` must be a concrete float: {why} when the optimizer is "
+        "built. Under `optax.inject_hyperparams`, pass "
+        f"`static_args=('{name}',)`.")
+  _validation.check_range(name, value, **bounds)
+
+
 def check_min_kept_share(min_kept_share: float | None) -> None:
   """None, or a concrete share in [0, 1] (it sets the selection's shapes)."""
-  if min_kept_share is None:
-    return
-  if isinstance(min_kept_share, jax.core.Tracer):
-    raise TypeError(
-        "`min_kept_share` must be a concrete float: it fixes how many "
-        "channels each group keeps when the optimizer is built. Under "
-        "`optax.inject_hyperparams`, pass `static_args=('min_kept_share',)`.")
-  _validation.check_range("min_kept_share", min_kept_share, low=0.0,
-                          high=1.0)
+  _check_static_float("min_kept_share", min_kept_share,
+                      "it fixes how many channels each group keeps",
+                      low=0.0, high=1.0)
 
 
 def check_saliency_decay(saliency_decay: float | None) -> None:
-  """None, or a concrete decay in [0, 1) (the ranking it selects is built
-  with the optimizer)."""
-  if saliency_decay is None:
-    return
-  if isinstance(saliency_decay, jax.core.Tracer):
-    raise TypeError(
-        "`saliency_decay` must be a concrete float, fixed when the optimizer "
-        "is built. Under `optax.inject_hyperparams`, pass "
-        "`static_args=('saliency_decay',)`.")
-  _validation.check_range("saliency_decay", saliency_decay, low=0.0,
-                          high=1.0, high_inclusive=False)
+  """None, or a concrete decay in [0, 1) (it chooses the ranking)."""
+  _check_static_float("saliency_decay", saliency_decay,
+                      "it chooses between the averaged ranking and the "
+                      "current batch's", low=0.0, high=1.0,
+                      high_inclusive=False)
 
 
 def floors(sizes: tuple[int, ...],
