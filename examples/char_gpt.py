@@ -60,7 +60,7 @@ import optax_gsm
 from examples import experiment
 from examples.measure import RESULTS, HelpFormatter, machine_info, time_call
 from examples.models import NORMS, CharTransformer
-from examples.structured_gsm import uniform_for
+from examples.structured_gsm import UNIFORM_ORDERS, uniform_for
 from examples.text_data import VOCAB, load_corpus
 from examples.training import Trainer
 
@@ -283,12 +283,13 @@ def markdown(record) -> str:
         f"{g['shrunk']['accuracy']:.4f} | {kept(g)} | "
         f"{t['speedup_batch1']:.2f}x | {t['speedup_batch64']:.2f}x |"]
     lines += [
-        f"| {run['reduction']}x | L{key[1]} uniform + fine-tuning | "
+        f"| {run['reduction']}x | L{order} uniform + fine-tuning | "
         f"{b['flops_reduction']:.2f}x | {b['params_reduction']:.2f}x | "
         f"{b['pruned']['bits_per_char']:.3f} (pruned) | "
         f"{b['fine_tuned']['bits_per_char']:.3f} (fine-tuned) | "
         f"{b['fine_tuned']['accuracy']:.4f} | {kept(b)} | | |"
-        for key, b in ((k, run[k]) for k in ("l1", "l2") if k in run)]
+        for key, order in UNIFORM_ORDERS.items() if key in run
+        for b in (run[key],)]
     lines += [
         f"| {run['reduction']}x | Taylor one-shot | "
         f"{taylor['flops_reduction']:.2f}x | "
@@ -405,8 +406,8 @@ def main(argv=None) -> dict:
                                         reduction, steps)
     record["runs"].append({
         "reduction": reduction, "gsm": gsm,
-        "l1": uniform_stage(args, corpus, groups, dense, reduction, steps, 1),
-        "l2": uniform_stage(args, corpus, groups, dense, reduction, steps, 2),
+        **{key: uniform_stage(args, corpus, groups, dense, reduction, steps,
+                              order) for key, order in UNIFORM_ORDERS.items()},
         "taylor": taylor_stage(args, corpus, trainer, groups, dense,
                                reduction),
         "inference": inference_times(args, corpus, model, dense, small_model,

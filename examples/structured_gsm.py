@@ -58,6 +58,8 @@ OUT = RESULTS / "structured"
 CALIBRATION_STEPS = 30  # bisection steps of the baseline's uniform share
 # The baselines `--baselines` can run, by their key in a record's run.
 BASELINES = {"l1": "L1 uniform", "l2": "L2 uniform", "taylor": "global Taylor"}
+# The uniform baselines' record keys and the norm each ranks by.
+UNIFORM_ORDERS = {"l1": 1, "l2": 2}
 
 
 def norm_keep(groups, params, counts, order: int = 1):
@@ -414,7 +416,7 @@ def main(argv=None):
           taylor_stage(setup, trainer, groups, params, batch_stats, reduction)
           if baseline == "taylor" else uniform_stage(
               setup, groups, params, batch_stats, reduction,
-              order=int(baseline[1])))
+              order=UNIFORM_ORDERS[baseline]))
     run["inference"] = inference_times(setup, variables, small, widths,
                                        0.2 if args.quick else 2.0)
     record["runs"].append(run)
