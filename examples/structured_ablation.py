@@ -35,10 +35,16 @@ structured guide's advice for transformers).
         --variants default early average90 average99 --no-baseline
     python -m examples.structured_ablation --quick       # as the tests run it
 
+A variant whose options cannot reach ``--reduction`` (a floor that keeps
+more than the budget) is recorded with the reason and the run goes on.
+``--resume`` keeps the variants (and the baseline) the record already has
+and runs those of ``--variants``, again where the record has them.
+
 Writes (to ``--out``) ``mnist_<model>[_no_blocks][_seed<n>]_<C>x.json``,
 a Markdown table and a PNG of the channels each variant kept.
 """
 
+import json
 import pathlib
 
 import numpy as np
@@ -83,12 +89,17 @@ def markdown(record) -> str:
            f"Dense {record['dense']['accuracy']:.4f} after "
            f"{record['dense']['steps']} steps; each variant then has "
            f"{record['steps']} steps of {record['batch']} from the dense "
-           f"model, on the same batches. Command: `{record['command']}`.", "",
+           f"model, on the same batches. "
+           f"{_commands_line(record)}", "",
            "| variant | options | accuracy (trained = shrunk) | with the "
            "running BN averages | FLOPs reduction | blocks removed | "
            "smallest group kept | wall s |",
            "|---" * 8 + "|"]
   for run in record["runs"]:
+    if "infeasible" in run:
+      lines.append(f"| {run['variant']} | `{run['options']}` | infeasible: "
+                   f"{run['infeasible']} | | | | | |")
+      continue
     running = run.get("accuracy_running_stats")
     lines.append(
         f"| {run['variant']} | `{run['options']}` | "
@@ -105,11 +116,23 @@ def markdown(record) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _commands_line(record) -> str:
+  """The record's command, and those of the variants it kept (--resume)."""
+  earlier = [c for c in dict.fromkeys(r.get("command") for r in
+                                      record["runs"])
+             if c and c != record["command"]]
+  return (f"Command: `{record['command']}`."
+          + (" Variants kept from earlier runs: "
+             + "; ".join(f"`{c}`" for c in earlier) + "."
+             if earlier else ""))
+
+
 def plot(record, path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  names, runs = record["groups"], record["runs"]
+  names = record["groups"]
+  runs = [r for r in record["runs"] if "infeasible" not in r]
   figure, axis = plt.subplots(figsize=(10, 4))
   width = 0.8 / (len(runs) + 1)
   positions = np.arange(len(names))
@@ -128,7 +151,8 @@ def plot(record, path) -> None:
   axis.set_ylabel("channels kept (0: in a removed block)")
   axis.set_title(f"{record['model']}, {record['reduction']:g}x fewer FLOPs, "
                  f"{record['steps']} steps", fontsize=9)
-  axis.legend(fontsize=6, ncol=2)
+  if runs or record.get("l1"):
+    axis.legend(fontsize=6, ncol=2)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -144,6 +168,8 @@ def main(argv=None):
   parser.add_argument(
       "--no-blocks", action="store_true",
       help="rank channels (heads, neurons) only in every variant")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep the variants the record already has")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -161,15 +187,28 @@ def main(argv=None):
             "blocks": len(groups.blocks), "runs": []}
   stem = (f"{setup.stem_for('_no_blocks' if args.no_blocks else '')}_"
           f"{args.reduction:g}x")
+  earlier, baseline = (earlier_runs(args.out / f"{stem}.json", record)
+                       if args.resume else ({}, None))
+  if args.no_baseline and baseline:
+    record["l1"] = baseline
+  record["runs"] = [run for variant, run in earlier.items()
+                    if variant not in args.variants]
   for variant in args.variants:
     options = VARIANTS[variant](setup.steps, args.reduction)
     structures = STRUCTURES.get(variant, lambda g: g)(groups)
-    result, _, _ = structured_gsm.gsm_stage(
-        setup, trainer, structures, params, batch_stats, args.reduction,
-        **options)
+    run = {"variant": variant, "options": describe(options),
+           "command": record["command"]}
+    try:
+      result, _, _ = structured_gsm.gsm_stage(
+          setup, trainer, structures, params, batch_stats, args.reduction,
+          **options)
+    except ValueError as error:
+      if "`compression_ratio`" not in str(error):
+        raise
+      print(f"{variant}: infeasible: {error}", flush=True)
+      result = {"infeasible": str(error)}
     # ``result`` carries the stage's training time (``wall_seconds``).
-    record["runs"].append({"variant": variant, "options": describe(options),
-                           **result})
+    record["runs"] = in_variant_order(record["runs"] + [{**run, **result}])
     experiment.save(record, markdown(record), args.out, stem)
   if not args.no_baseline:
     record["l1"] = structured_gsm.uniform_stage(setup, groups, params, batch_stats,
@@ -178,6 +217,26 @@ def main(argv=None):
   plot(record, args.out / f"{stem}_channels.png")
   print(markdown(record))
   return record
+
+
+def earlier_runs(path: pathlib.Path, record: dict) -> tuple[dict, dict | None]:
+  """The runs of the record at ``path`` by variant, and its L1 baseline,
+  checked to come from the same dense model and budget."""
+  if not path.exists():
+    return {}, None
+  earlier = json.loads(path.read_text())
+  for key in ("model", "reduction", "steps", "batch", "groups"):
+    if earlier.get(key) != record.get(key):
+      raise SystemExit(f"--resume: {path} has {key}={earlier.get(key)!r}, "
+                       f"this run {record.get(key)!r}: not the same "
+                       "experiment.")
+  runs = {run["variant"]: {"command": earlier["command"], **run}
+          for run in earlier["runs"]}
+  return runs, earlier.get("l1")
+
+
+def in_variant_order(runs: list) -> list:
+  return sorted(runs, key=lambda run: list(VARIANTS).index(run["variant"]))
 
 
 if __name__ == "__main__":

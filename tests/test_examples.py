@@ -154,10 +154,19 @@ def test_structured_example_quick_mode(tmp_path, no_blocks):
 def test_structured_ablation_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_ablation
-  record = structured_ablation.main(["--quick", "--variants", "default",
-                                     "floor25", "ramp", "channels",
-                                     "average90", "--out", str(tmp_path)])
-  default, floor, ramp, channels, average = record["runs"]
+  structured_ablation.main(["--quick", "--variants", "ramp", "average90",
+                            "default", "--out", str(tmp_path)])
+  # --resume keeps the record's variants and baseline and runs the rest
+  # (default again), in the variants' order.
+  record = structured_ablation.main([
+      "--quick", "--resume", "--no-baseline", "--variants", "floor25",
+      "channels", "default", "--out", str(tmp_path)])
+  assert [r["variant"] for r in record["runs"]] == [
+      "default", "floor25", "average90", "ramp", "channels"]
+  assert "l1" in record
+  default, floor, average, ramp, channels = record["runs"]
+  assert "--resume" in default["command"]
+  assert "--resume" not in ramp["command"]
   assert default["options"] == {}
   assert average["options"] == {"saliency_decay": 0.9}
   assert floor["options"] == {"min_kept_share": 0.25}
@@ -170,8 +179,24 @@ def test_structured_ablation_quick_mode(tmp_path):
     assert run["accuracy_shrunk"] == pytest.approx(run["accuracy_masked"],
                                                    abs=2e-4)
     assert 3.5 < run["flops_reduction"] < 4.5
-  assert "L1 uniform" in (tmp_path / "mnist_resnet8_quick_4x.md").read_text()
+  markdown = (tmp_path / "mnist_resnet8_quick_4x.md").read_text()
+  assert "L1 uniform" in markdown
+  assert "Variants kept from earlier runs" in markdown
   assert (tmp_path / "mnist_resnet8_quick_4x_channels.png").exists()
+
+
+@pytest.mark.slow
+def test_structured_ablation_records_an_infeasible_variant(tmp_path):
+  mnist_or_skip()
+  from examples import structured_ablation
+  record = structured_ablation.main([
+      "--quick", "--reduction", "1e6", "--variants", "default", "floor25",
+      "--no-baseline", "--out", str(tmp_path)])
+  assert [r["variant"] for r in record["runs"]] == ["default", "floor25"]
+  for run in record["runs"]:
+    assert "the most it can be" in run["infeasible"]
+  assert "infeasible" in (tmp_path / "mnist_resnet8_quick_1e+06x.md"
+                          ).read_text()
 
 
 @pytest.mark.slow
