@@ -39,6 +39,7 @@ from benchmarks._common import (
   time_call,
   write_record,
 )
+from examples.measure import bar_offsets
 from examples.models import CifarResNet, Mlp, VisionTransformer
 
 LR = 0.01
@@ -246,9 +247,9 @@ def plot(records, path) -> None:
   import matplotlib.pyplot as plt
   methods = [m for m in records[0]["methods"] if m != "momentum_sgd"]
   figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-  width = 0.8 / len(records)
-  for i, record in enumerate(records):
-    x = np.arange(len(methods)) + i * width
+  width, offsets = bar_offsets(len(records))
+  for offset, record in zip(offsets, records):
+    x = np.arange(len(methods)) + offset
     for axis, key in zip(axes, ("step_ratio", "compile_ratio")):
       values = [record["methods"][m].get(key, np.nan) for m in methods]
       axis.bar(x, values, width, label=f"{record['model']} "
@@ -256,8 +257,8 @@ def plot(records, path) -> None:
   for axis, title in zip(axes, ("training step time / momentum SGD's",
                                 "step compile time / momentum SGD's")):
     axis.axhline(1.0, color="black", linewidth=0.8)
-    axis.set_xticks(np.arange(len(methods)) + 0.4 - width / 2)
-    axis.set_xticklabels(methods, rotation=40, ha="right")
+    axis.set_xticks(np.arange(len(methods)), methods, rotation=40,
+                    ha="right")
     axis.set_title(title)
     axis.legend(fontsize=8)
   axes[0].set_yscale("log")  # TRP on 1000-wide Dense kernels: ~18x

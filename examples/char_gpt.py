@@ -58,7 +58,13 @@ import optax
 
 import optax_gsm
 from examples import experiment
-from examples.measure import RESULTS, HelpFormatter, machine_info, time_call
+from examples.measure import (
+  RESULTS,
+  HelpFormatter,
+  bar_offsets,
+  machine_info,
+  time_call,
+)
 from examples.models import NORMS, CharTransformer
 from examples.structured_gsm import UNIFORM_ORDERS, uniform_for
 from examples.text_data import VOCAB, load_corpus
@@ -325,11 +331,10 @@ def plot(record, path) -> None:
     methods = [(label, method) for label, method in (
         ("structured GSM", "gsm"), ("L1 uniform", "l1"), ("L2 uniform", "l2"),
         ("Taylor one-shot", "taylor")) if method in run]
-    width = 0.8 / len(methods)
-    for index, (label, method) in enumerate(methods):
+    width, offsets = bar_offsets(len(methods))
+    for offset, (label, method) in zip(offsets, methods):
       shares = [run[method]["kept"][n] / sizes[n] for n in names]
-      axis.bar(positions + width * (index - (len(methods) - 1) / 2), shares,
-               width, label=label)
+      axis.bar(positions + offset, shares, width, label=label)
     axis.set_xticks(positions, [
         f"{n.removeprefix('layers/').removesuffix('/query')}\n({sizes[n]})"
         for n in names], fontsize=8)

@@ -29,7 +29,7 @@ import optax
 import optax_gsm
 from examples import char_gpt, experiment
 from examples.gradual_magnitude import gradual_magnitude_pruning
-from examples.measure import RESULTS, machine_info
+from examples.measure import RESULTS, bar_offsets, machine_info
 
 OUT = RESULTS / "char_gpt_unstructured"
 
@@ -104,10 +104,10 @@ def plot(record, path) -> None:
   names = list(record["runs"][0]["leaf_density"])
   positions = np.arange(len(names))
   figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(names)), 3.6))
-  width = 0.8 / len(record["runs"])
-  for i, run in enumerate(record["runs"]):
-    axis.bar(positions + (i - (len(record["runs"]) - 1) / 2) * width,
-             [run["leaf_density"][n] for n in names], width,
+  width, offsets = bar_offsets(len(record["runs"]))
+  for offset, run in zip(offsets, record["runs"]):
+    axis.bar(positions + offset, [run["leaf_density"][n] for n in names],
+             width,
              label=f"{run['method']} ({run['final']['bits_per_char']:.3f} "
              "bits/char)")
   axis.set_xticks(positions, [n.removeprefix("params/") for n in names],

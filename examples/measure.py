@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 # Where the examples write, relative to the working directory (git ignores
 # it); the records kept in git came from the same commands with
@@ -51,6 +52,13 @@ def machine_info() -> dict[str, Any]:
       "device": getattr(device, "device_kind", str(device)),
       "device_count": jax.device_count(),
   }
+
+
+def bar_offsets(count: int, span: float = 0.8) -> tuple[float, np.ndarray]:
+  """The width of ``count`` bars side by side within ``span`` of one x
+  position, and each bar's offset from it (centred)."""
+  width = span / count
+  return width, width * (np.arange(count) - (count - 1) / 2)
 
 
 def time_call(fn: Callable[[], Any], *, min_repeats: int = 3,

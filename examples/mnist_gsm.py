@@ -71,12 +71,13 @@ import pathlib
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optax_gsm
 from examples import experiment
 from examples.gradual_magnitude import gradual_magnitude_pruning
-from examples.measure import RESULTS, HelpFormatter
+from examples.measure import RESULTS, HelpFormatter, bar_offsets
 from examples.mnist_data import load_mnist, normalise
 from examples.models import MNIST_MODELS
 from examples.training import Trainer
@@ -306,16 +307,15 @@ def plot_densities(record, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   names = list(record["gsm"][0]["layer_density"])
-  width = 0.8 / len(record["gsm"])
+  width, offsets = bar_offsets(len(record["gsm"]))
+  positions = np.arange(len(names))
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  for i, gsm in enumerate(record["gsm"]):
-    ax.bar([n + i * width for n in range(len(names))],
-           [gsm["layer_density"][n] for n in names], width,
-           label=f"GSM {gsm['variant']}")
+  for offset, gsm in zip(offsets, record["gsm"]):
+    ax.bar(positions + offset, [gsm["layer_density"][n] for n in names],
+           width, label=f"GSM {gsm['variant']}")
   ax.axhline(1 / record["compression_ratio"], color="k", ls="--",
              label="uniform 1/C")
-  ax.set_xticks([n + 0.4 - width / 2 for n in range(len(names))])
-  ax.set_xticklabels(names, rotation=20, fontsize=8)
+  ax.set_xticks(positions, names, rotation=20, fontsize=8)
   ax.set_yscale("log")
   ax.set_ylabel("density (kept / size)")
   ax.set_title(f"{record['model']} at {record['compression_ratio']:g}x")

@@ -51,7 +51,7 @@ import numpy as np
 import optax
 
 from examples import experiment, structured_gsm
-from examples.measure import RESULTS
+from examples.measure import RESULTS, bar_offsets
 
 OUT = RESULTS / "structured_ablation"
 
@@ -134,20 +134,19 @@ def plot(record, path) -> None:
   names = record["groups"]
   runs = [r for r in record["runs"] if "infeasible" not in r]
   figure, axis = plt.subplots(figsize=(10, 4))
-  width = 0.8 / (len(runs) + 1)
+  width, offsets = bar_offsets(len(runs) + 1)
   positions = np.arange(len(names))
-  for i, run in enumerate(runs):
+  for offset, run in zip(offsets, runs):
     inside = np.array([any(structured_gsm.group_in_block(n, b)
                            for b in run["blocks_removed"]) for n in names])
     kept = np.where(inside, 0.0, run["kept_fraction"])
-    axis.bar(positions + i * width, kept, width,
+    axis.bar(positions + offset, kept, width,
              label=f"{run['variant']} ({run['accuracy_shrunk']:.1%})")
   if record.get("l1"):
-    axis.bar(positions + len(runs) * width, record["l1"]["kept_fraction"],
+    axis.bar(positions + offsets[-1], record["l1"]["kept_fraction"],
              width, color="0.6", label="L1 uniform "
              f"({record['l1']['accuracy_fine_tuned']:.1%} fine-tuned)")
-  axis.set_xticks(positions + 0.4, names, rotation=45, ha="right",
-                  fontsize=7)
+  axis.set_xticks(positions, names, rotation=45, ha="right", fontsize=7)
   axis.set_ylabel("channels kept (0: in a removed block)")
   axis.set_title(f"{record['model']}, {record['reduction']:g}x fewer FLOPs, "
                  f"{record['steps']} steps", fontsize=9)

@@ -51,7 +51,7 @@ import optax
 
 import optax_gsm
 from examples import experiment
-from examples.measure import RESULTS, time_call
+from examples.measure import RESULTS, bar_offsets, time_call
 from examples.training import predict
 
 OUT = RESULTS / "structured"
@@ -336,8 +336,7 @@ def plot(record, path):
     inside = np.array([any(group_in_block(n, b) for b in removed) for n in names])
     kept = np.where(inside, 0.0, run["gsm"]["kept_fraction"])
     baselines = [key for key in BASELINES if key in run]
-    width = 0.8 / (1 + len(baselines))
-    offsets = width * (np.arange(1 + len(baselines)) - len(baselines) / 2)
+    width, offsets = bar_offsets(1 + len(baselines))
     axis.bar(positions + offsets[0], kept, width, label="structured GSM")
     if inside.any():
       axis.bar(positions[inside] + offsets[0], np.full(inside.sum(), 1.0),
