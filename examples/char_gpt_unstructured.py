@@ -4,17 +4,22 @@ The dense model of ``examples.char_gpt`` (the same corpus, scan-stacked
 CharTransformer, AdamW schedule and seed), then, from it and for the same
 T steps, C times fewer non-zero kernel and embedding weights:
 
-  GSM AdamW          ``optax_gsm.gsm_adamw(lr, C, total_steps=T)``: one
-                     global top-Q over all prunable leaves, then `prune`
-  gradual magnitude  AdamW, then Zhu & Gupta's gradual magnitude pruning
-                     (2018): one global ranking by |w|, the cubic ramp over
-                     the first half of T, the mask refreshed every T/20
-                     steps; the pruned weights stay zero
+  GSM AdamW     ``optax_gsm.gsm_adamw(lr, C, total_steps=T)``: one global
+                top-Q over all prunable leaves, then `prune`
+  GM AdamW      AdamW, then Zhu & Gupta's gradual magnitude pruning (2018):
+                one global ranking by |w|, the cubic ramp over the first
+                half of T, the mask refreshed every T/20 steps; the pruned
+                weights stay zero
+  GSM momentum  ``optax_gsm.gsm_sgd(..., momentum=0.9, total_steps=T)``,
+                peak ``--momentum-lr``: does GSM on a transformer need
+                AdamW?
+  GM momentum   momentum SGD (the same schedule), then the same gradual
+                magnitude pruning
 
 Reported: test bits per character and next-character accuracy, the
 compression reached, the share of each leaf each method kept (a plot).
 
-    python -m examples.char_gpt_unstructured             # ~15 min on 2 cores
+    python -m examples.char_gpt_unstructured             # ~20 min on 2 cores
     python -m examples.char_gpt_unstructured --quick     # as the tests run it
 
 Writes (to ``--out``) ``results/char_gpt_unstructured/stdlib_gpt_<C>x``
@@ -32,19 +37,28 @@ from examples.gradual_magnitude import gradual_magnitude_pruning
 from examples.measure import RESULTS, bar_offsets, machine_info
 
 OUT = RESULTS / "char_gpt_unstructured"
+# Momentum SGD's peak learning rate from the AdamW-trained dense model.
+MOMENTUM_LR = 0.05
 
 
-def optimizers(ratio: float, steps: int) -> dict:
+def optimizers(ratio: float, steps: int,
+               momentum_lr: float) -> dict[str, optax.GradientTransformation]:
   lr = experiment.schedule(char_gpt.PEAK_LR, steps)
+  sgd_lr = experiment.schedule(momentum_lr, steps)
+  # The pruning step last: it returns the update that zeroes the pruned.
+  gradual = gradual_magnitude_pruning(
+      ratio, ramp_steps=max(1, steps // 2), update_every=max(1, steps // 20),
+      scope="global")
+  momentum = optax.chain(optax.add_decayed_weights(experiment.WEIGHT_DECAY),
+                         optax.sgd(sgd_lr, momentum=experiment.MOMENTUM))
   return {
       "GSM AdamW": optax_gsm.gsm_adamw(lr, ratio, total_steps=steps,
                                        weight_decay=char_gpt.WEIGHT_DECAY),
-      # The pruning step last: it returns the update that zeroes the pruned.
-      "gradual magnitude": optax.chain(
-          char_gpt.adamw(steps),
-          gradual_magnitude_pruning(ratio, ramp_steps=max(1, steps // 2),
-                                    update_every=max(1, steps // 20),
-                                    scope="global")),
+      "GM AdamW": optax.chain(char_gpt.adamw(steps), gradual),
+      "GSM momentum": optax_gsm.gsm_sgd(
+          sgd_lr, ratio, total_steps=steps, momentum=experiment.MOMENTUM,
+          weight_decay=experiment.WEIGHT_DECAY),
+      "GM momentum": optax.chain(momentum, gradual),
   }
 
 
@@ -78,8 +92,10 @@ def markdown(record) -> str:
       f"Dense (AdamW, {record['steps']} steps of {record['batch']}, seed "
       f"{record['seed']}): {dense['bits_per_char']:.3f} bits per character, "
       f"accuracy {dense['accuracy']:.4f}. Each method then has "
-      f"{record['steps']} steps from the dense model, the same AdamW "
-      f"schedule and batches. Machine: {record['machine']['cpu']}, "
+      f"{record['steps']} steps from the dense model on the same batches, "
+      f"the AdamW ones with the dense stage's schedule, the momentum ones "
+      f"with peak {record.get('momentum_lr', '-')}. "
+      f"Machine: {record['machine']['cpu']}, "
       f"{record['machine']['cpu_count']} cores. `{record['command']}`", "",
       "| method | compression | bits/char | accuracy | before `prune` | "
       "largest removed abs(w) | s/step |", "|---|---|---|---|---|---|---|"]
@@ -125,6 +141,8 @@ def main(argv=None) -> dict:
   arguments = char_gpt.parser(__doc__, OUT)
   arguments.add_argument("--ratio", type=float, default=10.0,
                          help="C: prunable weights over non-zero ones")
+  arguments.add_argument("--momentum-lr", type=float, default=MOMENTUM_LR,
+                         help="peak learning rate of the momentum methods")
   args = arguments.parse_args(argv)
   char_gpt.apply_quick(args)
   steps = args.epochs * args.steps_per_epoch
@@ -132,13 +150,14 @@ def main(argv=None) -> dict:
   record = {"model": char_gpt.model_line(args), "corpus": corpus.description,
             "compression_ratio": args.ratio, "steps": steps,
             "batch": args.batch, "seed": args.seed,
+            "momentum_lr": args.momentum_lr,
             "command": experiment.command("examples.char_gpt_unstructured",
                                           argv),
             "machine": machine_info(), "dense": dense_record, "runs": []}
   stem = (f"stdlib_gpt_{args.ratio:g}x{'_rms' if args.norm == 'rms' else ''}"
           f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
-  for name, tx in optimizers(args.ratio, steps).items():
+  for name, tx in optimizers(args.ratio, steps, args.momentum_lr).items():
     record["runs"].append(stage(trainer, dense, name, tx, args.epochs))
     experiment.save(record, markdown(record), args.out, stem)
   plot(record, args.out / f"{stem}.png")

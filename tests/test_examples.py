@@ -462,12 +462,13 @@ def test_char_gpt_unstructured_example_quick_mode(tmp_path):
   from examples import char_gpt_unstructured
   record = char_gpt_unstructured.main(["--quick", "--out", str(tmp_path)])
   runs = {r["method"]: r for r in record["runs"]}
-  assert set(runs) == {"GSM AdamW", "gradual magnitude"}
+  assert set(runs) == {"GSM AdamW", "GM AdamW", "GSM momentum", "GM momentum"}
   for run in runs.values():
     assert run["compression"] == pytest.approx(10.0, rel=1e-3)
-  gsm = runs["GSM AdamW"]  # the lossless default: the prune changes nothing
-  assert gsm["largest_removed"] == 0.0
-  assert gsm["final"] == gsm["trained"]
+  for name in ("GSM AdamW", "GSM momentum"):
+    gsm = runs[name]  # the lossless default: the prune changes nothing
+    assert gsm["largest_removed"] == 0.0
+    assert gsm["final"] == gsm["trained"]
   for suffix in (".json", ".md", ".png"):
     assert (tmp_path / f"stdlib_gpt_10x_quick{suffix}").exists()
 
