@@ -340,7 +340,12 @@ def plot(record, path) -> None:
         for n in names], fontsize=8)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("share kept (every layer)")
-    axis.set_title(f"{run['reduction']}x fewer FLOPs", fontsize=9)
+    layers = [f"{label.removeprefix('structured ').split()[0]} "
+              f"{run[method]['kept']['layers']}"
+              for label, method in methods if "layers" in run[method]["kept"]]
+    axis.set_title(f"{run['reduction']}x fewer FLOPs"
+                   + (f"; layers kept: {', '.join(layers)}" if layers else ""),
+                   fontsize=9)
     axis.legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
