@@ -134,17 +134,21 @@ def plot(record, path) -> None:
   names = record["groups"]
   runs = [r for r in record["runs"] if "infeasible" not in r]
   figure, axis = plt.subplots(figsize=(10, 4))
-  width, offsets = bar_offsets(len(runs) + 1)
+  width, offsets = bar_offsets(len(runs) + bool(record.get("l1")))
   positions = np.arange(len(names))
-  for offset, run in zip(offsets, runs):
+  # Distinct hues first (tab20's even entries), then their light shades:
+  # more variants than the default cycle's ten colours.
+  colours = [plt.colormaps["tab20"](i) for i in (*range(0, 20, 2),
+                                                 *range(1, 20, 2))]
+  for offset, run, colour in zip(offsets, runs, colours):
     inside = np.array([any(structured_gsm.group_in_block(n, b)
                            for b in run["blocks_removed"]) for n in names])
     kept = np.where(inside, 0.0, run["kept_fraction"])
-    axis.bar(positions + offset, kept, width,
+    axis.bar(positions + offset, kept, width, color=colour,
              label=f"{run['variant']} ({run['accuracy_shrunk']:.1%})")
   if record.get("l1"):
     axis.bar(positions + offsets[-1], record["l1"]["kept_fraction"],
-             width, color="0.6", label="L1 uniform "
+             width, color="black", label="L1 uniform "
              f"({record['l1']['accuracy_fine_tuned']:.1%} fine-tuned)")
   axis.set_xticks(positions, names, rotation=45, ha="right", fontsize=7)
   axis.set_ylabel("channels kept (0: in a removed block)")
