@@ -154,10 +154,12 @@ class Setup:
     return lambda v, x: predict(model.apply, v["params"], v.get("batch_stats"),
                                 x)
 
-  def groups(self, model, variables):
-    """The model's structures, traced on one training image."""
-    return optax_gsm.structured.channel_groups(self.inference_apply(model), variables,
-                                    jnp.asarray(self.train[0][:1]))
+  def groups(self, model, variables, through_norms: bool = False):
+    """The model's structures, traced on one training image
+    (``through_norms``: the residual stream too)."""
+    return optax_gsm.structured.channel_groups(
+        self.inference_apply(model), variables, jnp.asarray(self.train[0][:1]),
+        through_norms=through_norms)
 
   def init(self, model, seed=None):
     return model.init(jax.random.key(self.args.seed if seed is None else seed),

@@ -34,11 +34,19 @@ dense model plus fine-tuning with the pattern fixed, on the same budget.
     python -m examples.structured_gsm --n-of-m 2 4
     python -m examples.structured_gsm --model vit --no-blocks \
         --baselines l1 l2 taylor    # heads and neurons; three baselines
+    python -m examples.structured_gsm --model vit --stream \
+        --reductions 4      # heads, neurons, branches and the stream
     python -m examples.structured_gsm --quick     # as the tests run it
 
+``--stream`` ranks a transformer's residual stream (the ViT's patch
+embedding width, through every LayerNorm) with the rest; the shrunk
+model's LayerNorms then average over the channels kept, where the trained
+(masked) model's averaged over all of them, zeros included: the table
+gives both accuracies.
+
 Writes (to ``--out``) ``results/structured/mnist_<model>[_no_blocks]``
-``[_decay<d>][_seed<n>].json``, a Markdown table and a PNG of the channels
-each method kept beside it.
+``[_stream][_decay<d>][_seed<n>].json``, a Markdown table and a PNG of the
+channels each method kept beside it.
 """
 
 import json
@@ -371,6 +379,9 @@ def main(argv=None):
            "pruning (its one-shot accuracy is recorded too); each then "
            "fine-tuned for the budget")
   parser.add_argument(
+      "--stream", action="store_true",
+      help="rank a transformer's residual stream too (through its norms)")
+  parser.add_argument(
       "--saliency-decay", type=float, default=None,
       help="rank by each structure's saliency averaged over the refreshes "
            "(structured GSM's `saliency_decay`); None: the current batch's")
@@ -395,13 +406,19 @@ def main(argv=None):
                     f"{suffix}")
     return record
   variables = setup.variables(params, batch_stats)
-  groups = setup.groups(model, variables)
+  groups = setup.groups(model, variables, through_norms=args.stream)
   decay = args.saliency_decay
   stem = setup.stem_for(("_no_blocks" if args.no_blocks else "")
+                        + ("_stream" if args.stream else "")
                         + (f"_decay{decay:g}" if decay is not None else ""))
   if args.no_blocks:
     groups = groups.without([b.name for b in groups.blocks])
-    record["ranked"] = "channels, heads and neurons only (no branch leaves)"
+  if args.no_blocks or args.stream:
+    record["ranked"] = ("channels, heads and neurons"
+                        + ("" if args.no_blocks else ", branches")
+                        + (", the residual stream" if args.stream else "")
+                        + (" only (no branch leaves)" if args.no_blocks
+                           else ""))
   if decay is not None:
     record["saliency_decay"] = decay
   record["groups"] = [g.name for g in groups.channels]

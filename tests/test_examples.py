@@ -151,6 +151,24 @@ def test_structured_example_quick_mode(tmp_path, no_blocks):
 
 
 @pytest.mark.slow
+def test_structured_example_ranks_the_vit_stream(tmp_path):
+  mnist_or_skip()
+  from examples import structured_gsm
+  record = structured_gsm.main(["--quick", "--model", "vit", "--stream",
+                                "--out", str(tmp_path)])
+  assert record["groups"][0] == "patch_embed"
+  assert "residual stream" in record["ranked"]
+  (run,) = record["runs"]
+  widths = run["gsm"]["widths"]
+  # One stream width: the embedding and every branch's output projection.
+  assert {widths[n] for n in widths if n == "patch_embed"
+          or n.endswith(("/attention/out", "/mlp_out"))} == {
+              widths["patch_embed"]}
+  assert 1.8 < run["gsm"]["flops_reduction"] < 2.2
+  assert (tmp_path / "mnist_vit_stream_quick.md").exists()
+
+
+@pytest.mark.slow
 def test_structured_ablation_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_ablation
