@@ -35,11 +35,12 @@ LEARNING_RATES = {"lenet5": 0.02, "lenet300": 0.02, "resnet20": 0.05,
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 MODELS = {
-    "lenet5": lambda depth, widths: LeNet5(widths=widths),
-    "resnet20": lambda depth, widths: CifarResNet(depth, widths=widths),
-    "lenet300": lambda depth, widths: LeNet300100(widths=widths),
-    "mlp": lambda depth, widths: Mlp(),
-    "vit": lambda depth, widths: VisionTransformer(widths=widths),
+    "lenet5": lambda args, widths: LeNet5(widths=widths),
+    "resnet20": lambda args, widths: CifarResNet(args.depth, widths=widths),
+    "lenet300": lambda args, widths: LeNet300100(widths=widths),
+    "mlp": lambda args, widths: Mlp(),
+    "vit": lambda args, widths: VisionTransformer(norm=args.norm,
+                                                  widths=widths),
 }
 
 
@@ -60,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, model: str,
   parser.add_argument("--model", choices=list(MODELS), default=model)
   parser.add_argument("--depth", type=int, default=20,
                       help="ResNet depth, 6n + 2")
+  parser.add_argument("--norm", choices=("layer", "rms"), default="layer",
+                      help="the ViT's norms: LayerNorm or RMSNorm")
   parser.add_argument("--epochs", type=int, default=epochs)
   parser.add_argument("--steps-per-epoch", type=int, default=steps_per_epoch)
   parser.add_argument("--batch", type=int, default=batch)
@@ -87,8 +90,11 @@ def command(module: str, argv: list[str] | None) -> str:
 
 
 def model_name(args) -> str:
-  """``resnet<depth>`` or the ``--model`` name."""
-  return f"resnet{args.depth}" if args.model == "resnet20" else args.model
+  """``resnet<depth>``, or the ``--model`` name (``vit_rms`` with
+  RMSNorms)."""
+  if args.model == "resnet20":
+    return f"resnet{args.depth}"
+  return args.model + ("_rms" if args.norm == "rms" else "")
 
 
 def schedule(peak: float, steps: int) -> optax.Schedule:
@@ -134,7 +140,7 @@ class Setup:
                        optax.sgd(self.schedule, momentum=MOMENTUM))
 
   def model(self, widths=None):
-    return MODELS[self.args.model](self.args.depth, widths or {})
+    return MODELS[self.args.model](self.args, widths or {})
 
   def trainer(self, model):
     return Trainer(model, self.train, self.test,

@@ -179,12 +179,14 @@ class VisionTransformer(nn.Module):
   """A small ViT (Dosovitskiy et al. 2021) for 28x28x1 images: 4x4 patches
   (49 tokens), a learned position embedding, ``depth`` pre-LN layers
   (``layer{i}``), mean pooling and a linear head. ``widths["patch_embed"]``:
-  the residual stream's width."""
+  the residual stream's width. ``norm``: ``"layer"`` or ``"rms"``, every
+  norm's kind."""
   width: int = 64
   depth: int = 4
   heads: int = 4
   mlp_width: int = 128
   patch: int = 4
+  norm: str = "layer"
   widths: Widths = nn.FrozenDict()
 
   @nn.compact
@@ -200,8 +202,9 @@ class VisionTransformer(nn.Module):
       name = f"layer{layer}"
       x = EncoderLayer(self.heads, self.mlp_width,
                        widths=sub_widths(self.widths, name),
-                       head_dim=self.width // self.heads, name=name)(x)
-    x = nn.LayerNorm(name="final_norm")(x)
+                       head_dim=self.width // self.heads, norm=self.norm,
+                       name=name)(x)
+    x = NORMS[self.norm](name="final_norm")(x)
     return nn.Dense(10, name="head")(x.mean(axis=1))
 
 

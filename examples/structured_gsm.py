@@ -42,7 +42,8 @@ dense model plus fine-tuning with the pattern fixed, on the same budget.
 embedding width, through every LayerNorm) with the rest; the shrunk
 model's LayerNorms then average over the channels kept, where the trained
 (masked) model's averaged over all of them, zeros included: the table
-gives both accuracies.
+gives both accuracies. With ``--norm rms`` (RMSNorms, as Llama) `shrink`
+rescales the norms' scales and the shrunk model is the trained one.
 
 Writes (to ``--out``) ``results/structured/mnist_<model>[_no_blocks]``
 ``[_stream][_decay<d>][_seed<n>].json``, a Markdown table and a PNG of the

@@ -154,8 +154,9 @@ def test_structured_example_quick_mode(tmp_path, no_blocks):
 def test_structured_example_ranks_the_vit_stream(tmp_path):
   mnist_or_skip()
   from examples import structured_gsm
-  record = structured_gsm.main(["--quick", "--model", "vit", "--stream",
-                                "--out", str(tmp_path)])
+  record = structured_gsm.main(["--quick", "--model", "vit", "--norm", "rms",
+                                "--stream", "--out", str(tmp_path)])
+  assert record["model"] == "vit_rms"
   assert record["groups"][0] == "patch_embed"
   assert "residual stream" in record["ranked"]
   (run,) = record["runs"]
@@ -165,7 +166,10 @@ def test_structured_example_ranks_the_vit_stream(tmp_path):
           or n.endswith(("/attention/out", "/mlp_out"))} == {
               widths["patch_embed"]}
   assert 1.8 < run["gsm"]["flops_reduction"] < 2.2
-  assert (tmp_path / "mnist_vit_stream_quick.md").exists()
+  # RMSNorms rescaled by `shrink`: the shrunk model is the masked one.
+  assert run["gsm"]["accuracy_shrunk"] == pytest.approx(
+      run["gsm"]["accuracy_masked"], abs=2e-4)
+  assert (tmp_path / "mnist_vit_rms_stream_quick.md").exists()
 
 
 @pytest.mark.slow
