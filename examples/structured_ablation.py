@@ -154,8 +154,7 @@ def plot(record, path) -> None:
   axis.set_ylabel("channels kept (0: in a removed block)")
   axis.set_title(f"{record['model']}, {record['reduction']:g}x fewer FLOPs, "
                  f"{record['steps']} steps", fontsize=9)
-  if runs or record.get("l1"):
-    axis.legend(fontsize=6, ncol=2)
+  axis.legend(fontsize=6, ncol=2)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -217,7 +216,10 @@ def main(argv=None):
     record["l1"] = structured_gsm.uniform_stage(setup, groups, params, batch_stats,
                                                 args.reduction)
     experiment.save(record, markdown(record), args.out, stem)
-  plot(record, args.out / f"{stem}_channels.png")
+  if any("infeasible" not in r for r in record["runs"]) or record.get("l1"):
+    plot(record, args.out / f"{stem}_channels.png")
+  else:
+    print("no feasible variant and no baseline: nothing to plot", flush=True)
   print(markdown(record))
   return record
 

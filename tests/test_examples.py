@@ -219,6 +219,7 @@ def test_structured_ablation_records_an_infeasible_variant(tmp_path):
     assert "the most it can be" in run["infeasible"]
   assert "infeasible" in (tmp_path / "mnist_resnet8_quick_1e+06x.md"
                           ).read_text()
+  assert not (tmp_path / "mnist_resnet8_quick_1e+06x_channels.png").exists()
 
 
 @pytest.mark.slow
