@@ -6,7 +6,9 @@ structured GSM (channels and blocks, ``cost="flops"``), N:M GSM, GSM with
 density bounds, C-SGD, TRP (nuclear norm + projection at their default
 ``every``), Path-SGD (where the model is a plain ReLU network: its ``kappa``
 is derived from the model and refuses batch norm, max-pooling and
-attention) and fine-tuning under a fixed mask.
+attention) and fine-tuning under a fixed mask. TRP runs twice: as built
+(its decompositions' LAPACK on one thread, ``lapack_threads=1``) and with
+LAPACK's threads as the process had them (``trp_lapack_threads_default``).
 
 Per method and model: the time of a whole training step (forward, backward,
 update; parameters and optimizer state donated, as in training) in
@@ -22,6 +24,7 @@ Synthetic data: speed does not depend on the pixels.
 """
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -53,7 +56,8 @@ MODELS = {
 # Targets of the step time over momentum SGD's (ratio - 1).
 TARGETS = {"gsm": 0.05, "structured_gsm": 0.05, "n_of_m_gsm": 0.05,
            "gsm_density_bounds": 0.05, "centripetal_sgd": 0.05,
-           "fine_tuning_mask": 0.05, "trp": 0.10, "path_sgd": 0.5}
+           "fine_tuning_mask": 0.05, "trp": 0.10,
+           "trp_lapack_threads_default": 0.10, "path_sgd": 0.5}
 
 
 def _momentum_sgd() -> optax.GradientTransformation:
@@ -66,6 +70,28 @@ def _input_axis_multiple_of(params, m: int):
   first conv on 3 input channels cannot be 2:4)."""
   return jax.tree.map(lambda w, f: bool(f) and w.shape[-2] % m == 0, params,
                       optax_gsm.default_prunable(params))
+
+
+def _trp(matrices, lapack_threads: int | None
+         ) -> optax.GradientTransformation:
+  return optax.chain(
+      optax_gsm.low_rank.add_nuclear_norm(1e-4, prunable=matrices,
+                                          lapack_threads=lapack_threads),
+      _momentum_sgd(),
+      optax_gsm.low_rank.low_rank_projection(prunable=matrices,
+                                             lapack_threads=lapack_threads))
+
+
+@contextlib.contextmanager
+def _lapack_threads(threads: int | None):
+  """LAPACK's threads set to ``threads`` inside (None: left as they are)."""
+  before = (None if threads is None else
+            optax_gsm.low_rank.limit_lapack_threads(threads))
+  try:
+    yield
+  finally:
+    if before is not None:
+      optax_gsm.low_rank.limit_lapack_threads(before)
 
 
 def optimizers(model, variables, images
@@ -95,10 +121,8 @@ def optimizers(model, variables, images
           LR, optax_gsm.centripetal.cluster_channels(variables, groups,
                                                      ratio=2.0),
           weight_decay=DECAY),
-      "trp": optax.chain(
-          optax_gsm.low_rank.add_nuclear_norm(1e-4, prunable=matrices),
-          _momentum_sgd(),
-          optax_gsm.low_rank.low_rank_projection(prunable=matrices)),
+      "trp": _trp(matrices, lapack_threads=1),
+      "trp_lapack_threads_default": _trp(matrices, lapack_threads=None),
       "fine_tuning_mask": optax.chain(
           _momentum_sgd(),
           optax_gsm.freeze_pruned(optax_gsm.magnitude_mask(params, 10.0))),
@@ -168,13 +192,15 @@ def update_seconds(params, tx) -> float:
   return time_call(call, warmup=3, min_repeats=20, max_repeats=200)
 
 
-def measure(name: str, rounds: int, steps_per_call: int) -> dict:
+def measure(name: str, rounds: int, steps_per_call: int,
+            process_lapack_threads: int | None) -> dict:
   build, input_shape = MODELS[name]
   model = build()
   batch = synthetic_batch(input_shape)
   variables = model.init(jax.random.PRNGKey(0), batch[0])
   methods = optimizers(model, variables, batch[0])
   runnable = {m: tx for m, tx in methods.items() if not isinstance(tx, str)}
+  threads = {"trp_lapack_threads_default": process_lapack_threads}
   timers, compiles, state_bytes = {}, {}, {}
   for method, tx in runnable.items():
     timers[method], compiles[method], state_bytes[method] = step_timer(
@@ -183,12 +209,15 @@ def measure(name: str, rounds: int, steps_per_call: int) -> dict:
   times = {method: [] for method in runnable}
   for round_index in range(rounds):
     for method, timer in timers.items():
-      times[method].append(timer())
+      with _lapack_threads(threads.get(method)):
+        times[method].append(timer())
     print(f"{name} round {round_index}: " + ", ".join(
         f"{m} {t[-1] * 1e3:.1f}" for m, t in times.items()) + " ms",
           flush=True)
-  updates = {m: update_seconds(variables["params"], tx)
-             for m, tx in runnable.items()}
+  updates = {}
+  for method, tx in runnable.items():
+    with _lapack_threads(threads.get(method)):
+      updates[method] = update_seconds(variables["params"], tx)
   sgd = times["momentum_sgd"]
   results = {}
   for method in methods:
@@ -283,10 +312,15 @@ def main(argv=None):
   args = parser.parse_args(argv)
   names = ["mlp"] if args.quick else args.models
   rounds, steps = (1, 1) if args.quick else (args.rounds, args.steps)
-  records = [measure(name, rounds, steps) for name in names]
+  # LAPACK's threads before TRP sets them to one.
+  process_lapack_threads = optax_gsm.low_rank.limit_lapack_threads(1)
+  records = [measure(name, rounds, steps, process_lapack_threads)
+             for name in names]
   text = table(records)
   if not args.quick:
-    write_record("family_step", {"results": records, "table": text})
+    write_record("family_step", {
+        "results": records, "table": text,
+        "lapack_threads_default": process_lapack_threads})
     plot(records, RESULTS / "family_step.png")
   return records
 

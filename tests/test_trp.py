@@ -226,3 +226,36 @@ def test_every_m_runs_the_svd_only_on_its_steps(make):
   second, _ = tx.update(zeros, state, params)
   assert any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(first))
   assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(second))
+
+
+def _lapack_threads() -> int:
+  from optax_gsm.low_rank import _lapack
+  return max(c.num_threads
+             for c in _lapack._lapack_blas_pools().lib_controllers)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **k: optax_gsm.low_rank.add_nuclear_norm(1e-2, **k),
+    lambda **k: optax_gsm.low_rank.low_rank_projection(**k)])
+def test_building_on_cpu_sets_the_lapack_threads(make):
+  before = optax_gsm.low_rank.limit_lapack_threads(2)
+  try:
+    make(lapack_threads=None)  # leaves the process alone
+    assert _lapack_threads() == 2
+    make()
+    assert _lapack_threads() == 1
+    with pytest.raises(ValueError, match="`lapack_threads` must be an int"):
+      make(lapack_threads=0)
+  finally:
+    optax_gsm.low_rank.limit_lapack_threads(before)
+
+
+def test_limit_lapack_threads_returns_what_it_replaced():
+  before = optax_gsm.low_rank.limit_lapack_threads(3)
+  try:
+    assert optax_gsm.low_rank.limit_lapack_threads(1) == 3
+    assert _lapack_threads() == 1
+    with pytest.raises(ValueError, match="`threads` must be an int >= 1"):
+      optax_gsm.low_rank.limit_lapack_threads(0)
+  finally:
+    optax_gsm.low_rank.limit_lapack_threads(before)

@@ -33,6 +33,7 @@ import optax
 from jax import lax
 
 from optax_gsm import _prunable, _validation
+from optax_gsm.low_rank._lapack import limit_on_cpu
 
 _SCHEMES = ("channel", "spatial")
 
@@ -181,7 +182,8 @@ class NuclearNormState(NamedTuple):
 
 def add_nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
                  scheme: str = "channel", every: int = 1,
-                 prunable: _prunable.Prunable = None
+                 prunable: _prunable.Prunable = None,
+                 lapack_threads: int | None = 1
                  ) -> optax.GradientTransformation:
   r"""Adds TRP's nuclear-norm sub-gradient to each prunable kernel's gradient.
 
@@ -201,6 +203,10 @@ def add_nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
     prunable: which kernels (default: Flax kernels; each must be rank 2 or
       4). The paper leaves the last classifier out: pass e.g.
       ``"*/kernel"`` minus it as a pytree of bools.
+    lapack_threads: on a CPU backend, the threads of the LAPACK that
+      computes the decompositions, set when this is built
+      (`limit_lapack_threads`: more threads spin between calls on the cores
+      the training step needs); None leaves the process's setting.
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params``.
@@ -209,6 +215,7 @@ def add_nuclear_norm(strength: jax.typing.ArrayLike, *, energy: float = 0.9,
   _check_energy(energy)
   _check_scheme(scheme)
   every = _validation.check_int("every", every, low=1)
+  limit_on_cpu(lapack_threads)
 
   def term(params):
     flags, _ = _kernels(params, prunable)
@@ -236,6 +243,9 @@ def truncate_rank(params: chex.ArrayTree, *, energy: float = 0.9,
       if step % m == 0:
         params = optax_gsm.low_rank.truncate_rank(params, energy=0.9)
       params, opt_state = train_step(params, opt_state, batch)
+
+  On CPU call `limit_lapack_threads` once before such a loop (the
+  transformations do it themselves).
 
   Args:
     params: the params.
@@ -269,7 +279,8 @@ class LowRankProjectionState(NamedTuple):
 
 def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
                         every: int = 1, prunable: _prunable.Prunable = None,
-                        ranks: Mapping[str, int] | None = None
+                        ranks: Mapping[str, int] | None = None,
+                        lapack_threads: int | None = 1
                         ) -> optax.GradientTransformation:
   r"""TRP's projection inside the optimizer: adds ``P(W) - W`` every m steps.
 
@@ -286,6 +297,7 @@ def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
     every: m >= 1.
     prunable: which kernels (default: Flax kernels).
     ranks: fixed ranks per kernel path instead of ``energy``.
+    lapack_threads: as in `add_nuclear_norm`.
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params``.
@@ -293,6 +305,7 @@ def low_rank_projection(*, energy: float = 0.9, scheme: str = "channel",
   _check_energy(energy)
   _check_scheme(scheme)
   every = _validation.check_int("every", every, low=1)
+  limit_on_cpu(lapack_threads)
 
   def term(params):
     projected = truncate_rank(params, energy=energy, scheme=scheme,
