@@ -6,7 +6,7 @@ for more work, on the cores XLA's next operations need: with TRP's
 decompositions in a training step, the step ran 1.2-1.4x slower than
 momentum SGD's on ResNet-20 and a small ViT (``benchmarks/family_step.py``),
 though the decompositions themselves took 1-2% of it. With one thread the
-spinning stops, and the small decompositions TRP needs run faster too.
+spinning stops.
 """
 
 import pathlib
