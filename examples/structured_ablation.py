@@ -128,11 +128,16 @@ def _commands_line(record) -> str:
 
 
 def plot(record, path) -> None:
+  """What each feasible variant and the L1 baseline kept; nothing is
+  written when there is neither."""
+  runs = [r for r in record["runs"] if "infeasible" not in r]
+  if not runs and not record.get("l1"):
+    print("no feasible variant and no baseline: nothing to plot", flush=True)
+    return
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   names = record["groups"]
-  runs = [r for r in record["runs"] if "infeasible" not in r]
   figure, axis = plt.subplots(figsize=(10, 4))
   width, offsets = bar_offsets(len(runs) + bool(record.get("l1")))
   positions = np.arange(len(names))
@@ -216,10 +221,7 @@ def main(argv=None):
     record["l1"] = structured_gsm.uniform_stage(setup, groups, params, batch_stats,
                                                 args.reduction)
     experiment.save(record, markdown(record), args.out, stem)
-  if any("infeasible" not in r for r in record["runs"]) or record.get("l1"):
-    plot(record, args.out / f"{stem}_channels.png")
-  else:
-    print("no feasible variant and no baseline: nothing to plot", flush=True)
+  plot(record, args.out / f"{stem}_channels.png")
   print(markdown(record))
   return record
 
