@@ -23,8 +23,8 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    leaves.
 4. Ties at the threshold are broken by position: leaves in
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
-   (in the one leaf where the cut falls, one reduction per axis finds
-   the flat index where the ties taken end, without a loop). So
+   (a second search, over keys that are distinct at the ties, finds the
+   global position where the ties taken end; it runs only on a tie). So
    exactly ``Q`` entries are selected, deterministically. Each leaf's mask
    reads shared scalars and the leaf's position; GSM passes the positions
    in its state, at run time, so that equally shaped leaves share one
@@ -36,6 +36,7 @@ leaf, so it partitions over sharded parameters without gathering them: per
 counting pass the devices (and processes) exchange a few scalars.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
@@ -322,10 +323,31 @@ def _blocks(keys: list[jax.Array]) -> _Blocks:
   return _Blocks(lax.optimization_barrier(arrays), members)
 
 
-def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
-  """Narrows ``count(low) >= q > count(high)`` until exact or adjacent."""
+def _find_threshold(
+    keys: list[jax.Array], q: jax.Array,
+    view: Callable[[int, jax.Array, jax.Array], jax.Array] | None = None
+) -> _Search:
+  """Narrows ``count(low) >= q > count(high)`` until exact or adjacent.
+
+  ``view(i, keys[i], one)``, if given, gives the keys searched, computed in
+  each pass from the stored keys and never stored: ``one`` is an int32 1
+  that XLA cannot see through inside the loop, for the view to scale its
+  index arithmetic with, so that no part of it is hoisted out of the loop
+  into a stored copy.
+  """
   total = sum(k.size for k in keys)
-  sample = _sample(keys)
+
+  def viewed(passes=None):
+    if view is None:
+      return keys
+    one = jnp.asarray(1, _INT32)
+    if passes is not None:
+      stored, one, _ = lax.optimization_barrier((keys, one, passes))
+    else:
+      stored = keys
+    return [view(i, k, one) for i, k in enumerate(stored)]
+
+  sample = _sample(viewed())
   start = _Search(
       low=jnp.asarray(MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
       high=jnp.asarray(MAX_KEY, _INT32), high_count=jnp.asarray(0, _INT32),
@@ -338,7 +360,7 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
 
   def one_pass(search):
     probes = _next_probes(search, q, sample)
-    counts = _count_at_least(keys, probes)
+    counts = _count_at_least(viewed(search.passes), probes)
     # Counts fall as keys rise: the probes with count >= q are a prefix.
     num_low = jnp.sum(counts >= q)
     low_index = jnp.maximum(num_low - 1, 0)
@@ -356,84 +378,51 @@ def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
   return lax.while_loop(unfinished, one_pass, start)
 
 
-def _row_major_index(shape: tuple[int, ...]) -> jax.Array:
+def _row_major_index(shape: tuple[int, ...],
+                     one: jax.Array | int = 1) -> jax.Array:
   """Each entry's flat row-major index (int32), built from per-axis iotas so
-  that it is computed shard by shard on a sharded leaf."""
+  that it is computed shard by shard on a sharded leaf. The strides are
+  multiplied by ``one`` (see `_find_threshold`)."""
   if not shape:
     return jnp.zeros(shape, _INT32)
-  index = lax.broadcasted_iota(_INT32, shape, len(shape) - 1)
+  index = lax.broadcasted_iota(_INT32, shape, len(shape) - 1) * one
   for axis in range(len(shape) - 1):
     stride = int(np.prod(shape[axis + 1:], dtype=np.int64))
-    index = index + lax.broadcasted_iota(_INT32, shape, axis) * stride
+    index = index + lax.broadcasted_iota(_INT32, shape, axis) * (stride * one)
   return index
 
 
-def _cut_end(ties: jax.Array, take: jax.Array) -> jax.Array:
-  """The flat row-major index just past the ``take``-th True entry of
-  ``ties`` (``0 < take <=`` their number).
+def _leaf_offsets(keys: list[jax.Array]) -> np.ndarray:
+  """Each leaf's global position: the entries of the leaves before it."""
+  sizes = np.asarray([k.size for k in keys], np.int64)
+  return (np.cumsum(sizes) - sizes).astype(np.int32)
 
-  Axis by axis, with no loop: the ties at each index of the leading axis of
-  what is left, their prefix sums (a vector as long as the axis), the index
-  that holds the ``take``-th tie, and that slice of what is left, taken by a
-  masked reduction over the axis. Each axis costs two reductions; a sharded
-  axis is reduced, so only axis-long vectors move between devices, never
-  the entries (a cumulative sum over a sharded leaf would gather it).
+
+def _tie_end(blocks: _Blocks, offsets: np.ndarray, low: jax.Array,
+             q: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The global position ``E`` below which the keys tied at ``low`` are
+  taken, and the counting passes that found it.
+
+  An entry's global position is its leaf's offset plus its row-major index;
+  the first ``q - #{key > low}`` ties in position order are those below
+  ``E``. The same search as the threshold's finds it, over a tie-free key:
+  ``N - position`` at a tie (earlier positions higher), ``N + 1`` above
+  ``low`` and 0 below. Distinct at the ties, these keys reach a count of
+  exactly ``q``. (A cumulative count per axis of the block holding the cut,
+  each block in its own branch, compiled to tens of kernels a block: several
+  times the compile time of the whole search.)
   """
-  index = jnp.asarray(0, _INT32)
-  if ties.size == 0:  # no entries: never the cut, but traced all the same
-    return index
-  rest = ties
-  for axis_size in ties.shape:
-    if rest.ndim > 1:
-      counts = count_true([rest], tuple(range(1, rest.ndim)))[0]
-    else:
-      counts = rest.astype(_INT32)
-    before = jnp.cumsum(counts) - counts
-    # `before` rises along the axis: the indices short of `take` are a prefix,
-    # the last of which holds the take-th tie.
-    position = jnp.sum(before < take, dtype=_INT32) - 1
-    take = take - before[position]
-    index = index * axis_size + position
-    if rest.ndim > 1:
-      at_position = lax.broadcasted_iota(_INT32, rest.shape, 0) == position
-      # A one-operand reduction, which partitions into an all-reduce of the
-      # slice (a variadic one gathers every device's partial slice).
-      rest = jnp.any(rest & at_position, axis=0)
-  return index + 1
+  total = sum(k.size for k in blocks.keys)
 
+  def tie_free(i, block, one):
+    position = (offsets[blocks.members[i]].reshape(
+        (-1,) + (1,) * (block.ndim - 1))
+                + _row_major_index(block.shape[1:], one))
+    return jnp.where(block > low, total + 1, jnp.where(
+        block == low, total - position, 0)).astype(_INT32)
 
-def _tie_cut(blocks: _Blocks, threshold: jax.Array,
-             to_take: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Where the first ``to_take`` keys equal to ``threshold`` end.
-
-  In position order (leaves in order, then row-major), the ties taken are
-  all those of the leaves before ``cut`` and those before the flat index
-  ``end`` in leaf ``cut``. A cumulative count of ties in leaf order finds
-  ``cut``; `_cut_end` in it, ``end`` (one per block, in a ``lax.cond`` that
-  only the block holding the cut runs).
-  """
-  num_ties = jnp.concatenate([
-      count_true([k == threshold], tuple(range(1, k.ndim)))[0]
-      for k in blocks.keys])
-  member_order = np.concatenate(blocks.members)
-  taken_through = jnp.cumsum(num_ties[np.argsort(member_order)])
-  # Cumulative counts rise with the leaf: the fully taken leaves are a prefix.
-  cut = jnp.sum(taken_through <= to_take, dtype=_INT32)
-  take_in_cut = to_take - jnp.where(
-      cut > 0, taken_through[jnp.maximum(cut - 1, 0)], 0)
-
-  def cut_end_in(block, member):
-    # The block (already in memory) goes into the branch whole: a slice of
-    # it, or its ties, as the operand would be a copy.
-    return _cut_end(block[member] == threshold, take_in_cut)
-
-  end = jnp.asarray(0, _INT32)
-  for members, block in zip(blocks.members, blocks.keys):
-    is_cut = np.asarray(members) == cut
-    end = end + lax.cond(
-        jnp.any(is_cut) & (take_in_cut > 0), cut_end_in,
-        lambda *_: jnp.asarray(0, _INT32), block, jnp.argmax(is_cut))
-  return cut, end
+  search = _find_threshold(blocks.keys, q, tie_free)
+  return jnp.asarray(total + 1, _INT32) - search.low, search.passes
 
 
 class Selection(NamedTuple):
@@ -460,8 +449,10 @@ def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
   if not leaves:
     raise ValueError("`scores` has no leaves to select from.")
   total = sum(np.size(leaf) for leaf in leaves)
-  if total >= np.iinfo(np.int32).max:
-    raise ValueError(f"{total} scores; at most 2**31 - 2 are supported.")
+  # The tie-free keys of `_tie_end` reach N + 1, which must stay below
+  # MAX_KEY.
+  if total > np.iinfo(np.int32).max - 2:
+    raise ValueError(f"{total} scores; at most 2**31 - 3 are supported.")
   keys = [ordered_key(jnp.asarray(leaf)) for leaf in leaves]
   return keys, treedef, jnp.clip(jnp.asarray(q).astype(_INT32), 0, total)
 
@@ -473,7 +464,7 @@ def select_keys(keys: list[jax.Array], q: jax.Array,
   The search ends with ``count(low) == q`` (then ``key >= low`` is the
   answer) or with a one-key bracket whose key ``low`` is tied: then every
   key above it plus the first ``q - count(high)`` keys equal to it, by
-  position (`_tie_cut`). ``q == 0`` selects nothing.
+  position (`_tie_end`). ``q == 0`` selects nothing.
 
   Each leaf's mask reads only shared scalars and its own position
   ``positions[i]`` (``i``): passed at run time (as GSM's state does), it
@@ -483,17 +474,22 @@ def select_keys(keys: list[jax.Array], q: jax.Array,
   """
   blocks = _blocks(keys)
   search = _find_threshold(blocks.keys, q)
-  # Exact: every key at `low` is taken, as if the cut came after all leaves.
-  cut, end = lax.cond(
-      search.low_count == q,
-      lambda: (jnp.asarray(MAX_KEY, _INT32), jnp.asarray(0, _INT32)),
-      lambda: _tie_cut(blocks, search.low, q - search.high_count))
+  offsets = _leaf_offsets(keys)
+  # Exact (or nothing to select): every key at `low` is taken.
+  end, tie_passes = lax.cond(
+      (search.low_count == q) | (q == 0),
+      lambda: (jnp.asarray(np.iinfo(np.int32).max, _INT32),
+               jnp.asarray(0, _INT32)),
+      lambda: _tie_end(blocks, offsets, search.low, q))
   # No finite or non-finite key reaches MAX_KEY: q == 0 selects nothing.
   low = jnp.where(q > 0, search.low, MAX_KEY)
+  # A leaf's offset is looked up by its run-time position, so that equally
+  # shaped leaves keep one mask kernel.
+  offsets = jnp.asarray(offsets)
   masks = [(k > low) | ((k == low) & (
-      (p < cut) | ((p == cut) & (_row_major_index(k.shape) < end))))
+      _row_major_index(k.shape) < end - offsets[p]))
            for k, p in zip(keys, positions)]
-  return masks, search.passes
+  return masks, search.passes + tie_passes
 
 
 def leaf_positions(num_leaves: int) -> list[np.ndarray]:

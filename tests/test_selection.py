@@ -179,19 +179,6 @@ def test_ties_cut_deep_inside_a_large_leaf(q):
   assert_matches_reference(leaves, q)
 
 
-@pytest.mark.parametrize("shape", [(7,), (5, 1), (3, 1, 2, 4)])
-def test_cut_end_is_just_past_the_take_th_tie(shape):
-  # The tie-break's per-axis search against NumPy's row-major order, at
-  # every possible take.
-  ties = np.random.default_rng(len(shape)).random(shape) < 0.4
-  ties.flat[-1] = True  # at least one tie
-  flat_ties = np.flatnonzero(ties.reshape(-1))
-  takes = np.arange(1, flat_ties.size + 1, dtype=np.int32)
-  ends = jax.jit(jax.vmap(_selection._cut_end, in_axes=(None, 0)))(
-      jnp.asarray(ties), takes)
-  np.testing.assert_array_equal(ends, flat_ties + 1)
-
-
 def test_selection_needs_no_temporary_beyond_the_keys():
   # XLA's CPU backend materialises an int32 copy of a bool operand that a
   # single-operand reduction counts; every count of the selection (the tie
