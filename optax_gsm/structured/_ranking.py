@@ -240,47 +240,72 @@ def select_structures(scores: jax.Array, costs: np.ndarray,
   position = jnp.zeros(order.shape, jnp.int32).at[order].set(
       jnp.arange(order.shape[0], dtype=jnp.int32))
 
-  def longest(kept, low, high):
-    """The largest length in [low, high] with ``kept(length)`` in budget
-    (``kept`` grows with the length; ``low`` fits or is forced)."""
-
-    def bisect(_, bracket):
-      low, high = bracket
-      middle = (low + high + 1) // 2
-      ok = kept_cost(kept(middle)) <= budget
-      return jnp.where(ok, middle, low), jnp.where(ok, high, middle - 1)
-
-    steps = max(1, int(np.ceil(np.log2(order.shape[0] + 1))) + 1)
-    return jax.lax.fori_loop(0, steps, bisect, (low, high))[0]
-
-  forced_count = jnp.sum(forced, dtype=jnp.int32)
   count = order.shape[0]
-  length = longest(lambda n: position < n, forced_count, jnp.int32(count))
-  prefix = position < length
+  forced_count = jnp.sum(forced, dtype=jnp.int32)
   is_block = jnp.arange(count) >= sum(sizes)
-  overflow = order[jnp.minimum(length, count - 1)]
-  with_block = prefix | (position == length)
+  steps = max(1, int(np.ceil(np.log2(count + 2))) + 1)
 
-  def keep_block(_):
-    def kept(n):  # the prefix's blocks, the overflowing one, n channels
-      return with_block & (is_block | (position < n))
-    shorter = longest(kept, forced_count, length)
-    return jnp.where(kept_cost(kept(shorter)) <= budget, kept(shorter),
-                     prefix)
+  def longest(base, rank, low, high):
+    """The largest n in [low, high] with ``base | (rank < n)`` in budget
+    (it grows with n; n is ``low`` when none is), and that set's cost."""
 
-  block_overflows = (length < count) & is_block[overflow]
-  kept = jax.lax.cond(block_overflows, keep_block, lambda _: prefix, None)
+    def bisect(step, bracket):  # `below` = low - 1 stands for "none fits"
+      below, high, _ = bracket
+      last = step == steps  # costs the answer, for the caller
+      middle = jnp.where(last, jnp.maximum(below, low),
+                         (below + high + 1) // 2)
+      cost = jnp.asarray(kept_cost(base | (rank < middle)), jnp.float32)
+      ok = (cost <= budget) & ~last
+      return (jnp.where(ok, middle, below),
+              jnp.where(ok | last, high, middle - 1), cost)
 
-  def fill(_, kept):
-    fits = ~kept & (added_costs(kept) <= budget - kept_cost(kept))
+    below, _, cost = jax.lax.fori_loop(
+        0, steps + 1, bisect, (low - 1, high, jnp.float32(0)))
+    return jnp.maximum(below, low), cost
+
+  # Each phase is one bisection of a kept set ``base | (rank < n)``, all in
+  # one loop, so that `kept_cost` is compiled once rather than in a loop per
+  # phase (tens of kernels each).
+  def prefix_phase(kept, length, cost):  # the longest prefix in budget
+    del kept, length, cost
+    return (jnp.zeros([count], bool), position, forced_count,
+            jnp.int32(count), jnp.asarray(False))
+
+  def block_phase(prefix, length, cost):
+    # The block that overflowed kept, with the prefix's best channels.
+    del cost
+    with_block = prefix | (position == length)
+    overflows = (length < count) & is_block[order[jnp.minimum(length,
+                                                                count - 1)]]
+    return (with_block & is_block, jnp.where(with_block, position, count),
+            forced_count, length, overflows)
+
+  def fill_phase(kept, length, cost):
+    # The structures that alone fit in what is left, in ranking order.
+    del length
+    fits = ~kept & (added_costs(kept) <= budget - cost)
     in_order = fits[order]
     place = jnp.zeros([count], jnp.int32).at[order].set(jnp.where(
         in_order, jnp.cumsum(in_order, dtype=jnp.int32) - 1, count))
-    grown = lambda n: kept | (place < n)
-    return grown(longest(grown, jnp.int32(0),
-                         jnp.sum(fits, dtype=jnp.int32)))
+    return (kept, place, jnp.int32(0), jnp.sum(fits, dtype=jnp.int32),
+            jnp.asarray(False))
 
-  return _split(jax.lax.fori_loop(0, FILL_ROUNDS, fill, kept), sizes)
+  def phase(index, carry):
+    kept, length, cost = carry
+    base, rank, low, high, block_overflows = jax.lax.switch(
+        jnp.minimum(index, 2), (prefix_phase, block_phase, fill_phase),
+        kept, length, cost)
+    n, grown_cost = longest(base, rank, low, high)
+    # The block phase keeps its set only when it is in budget.
+    take = (index != 1) | (block_overflows & (grown_cost <= budget))
+    return (jnp.where(take, base | (rank < n), kept),
+            jnp.where(index == 0, n, length),
+            jnp.where(take, grown_cost, cost))
+
+  kept, _, _ = jax.lax.fori_loop(
+      0, 2 + FILL_ROUNDS, phase,
+      (jnp.zeros([count], bool), jnp.int32(0), jnp.float32(0)))
+  return _split(kept, sizes)
 
 
 class StructuredPlan(NamedTuple):
