@@ -14,14 +14,15 @@ and otherwise the global ranking holds: there is one threshold ``tau``
 such that every leaf within its bounds keeps exactly its entries above
 ``tau`` (plus ties at ``tau``, to earlier leaves first), a leaf at its lower
 bound keeps its own top ``lo_l`` and one at its upper bound its own top
-``hi_l``. ``tau`` is found by bisection over the 2**32 float keys (32
-counting passes), then each leaf selects its exact top ``k_l`` (`select_top`,
-ties by position).
+``hi_l``. ``tau`` and then each leaf's own threshold for its ``k_l`` are found by
+counting passes that narrow a bracket per leaf (four thresholds a pass, about
+14 passes each), and the ties at each leaf's threshold are taken in row-major
+order.
 """
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -32,7 +33,6 @@ from jax import lax
 from optax_gsm import _selection, _validation
 
 Density = float | chex.ArrayTree | None
-_KEY_BITS = 32
 
 
 def _per_leaf(name: str, density: Density, params: chex.ArrayTree,
@@ -92,42 +92,180 @@ def check_feasible(lo: np.ndarray, hi: np.ndarray, q: Any) -> None:
         "the ratio.")
 
 
-def _clipped_counts(keys, threshold, lo, hi):
-  counts = jnp.stack([
-      _selection.count_true([k >= threshold], tuple(range(k.ndim)))[0]
-      for k in keys])
-  return jnp.clip(counts, lo, hi)
+# Thresholds counted per pass, in one variadic reduction (as the selection's
+# search counts them: four cost about as much as one).
+_PROBES = 4
+
+
+def _unsigned(x: jax.Array) -> jax.Array:
+  return lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _probes(low: jax.Array, high: jax.Array) -> jax.Array:
+  """``_PROBES`` values per bracket ``[low, high]`` (int32 vectors), cutting
+  it into parts of at most ``ceil((high - low) / (_PROBES + 1))``, above
+  ``low`` and below ``high`` while the bracket is wider than one (``low``
+  otherwise): ``[brackets, _PROBES]``. Widths are taken modulo 2**32, so
+  that a bracket over the whole int32 range is exact."""
+  width = _unsigned(high) - _unsigned(low)
+  parts = jnp.uint32(_PROBES + 1)
+  step = width // parts + (width % parts != 0).astype(jnp.uint32)
+  offsets = jnp.minimum(
+      step[:, None] * jnp.arange(1, _PROBES + 1, dtype=jnp.uint32),
+      jnp.maximum(width, 1)[:, None] - 1)
+  return lax.bitcast_convert_type(_unsigned(low)[:, None] + offsets,
+                                  jnp.int32)
+
+
+def _adjacent(low: jax.Array, high: jax.Array) -> jax.Array:
+  return _unsigned(high) - _unsigned(low) <= 1
+
+
+class _Brackets(NamedTuple):
+  """Per leaf, ``low`` on the side of the probes that reach the target and
+  ``high`` on the other, with what was counted at each."""
+  low: jax.Array
+  high: jax.Array
+  low_counts: jax.Array
+  high_counts: jax.Array
+
+
+def _narrow(brackets: _Brackets, probes: jax.Array, counts: jax.Array,
+            reached: jax.Array) -> _Brackets:
+  """The last probe of each row that reaches the target (those that do are
+  a prefix of the row) becomes its low end, the first that does not its
+  high end."""
+  num_low = jnp.sum(reached, axis=1)
+  low_index = jnp.maximum(num_low - 1, 0)[:, None]
+  high_index = jnp.minimum(num_low, _PROBES - 1)[:, None]
+  at = lambda rows, index: jnp.take_along_axis(rows, index, axis=1)[:, 0]
+  has_low, has_high = num_low > 0, num_low < _PROBES
+  return _Brackets(
+      low=jnp.where(has_low, at(probes, low_index), brackets.low),
+      high=jnp.where(has_high, at(probes, high_index), brackets.high),
+      low_counts=jnp.where(has_low, at(counts, low_index),
+                           brackets.low_counts),
+      high_counts=jnp.where(has_high, at(counts, high_index),
+                            brackets.high_counts))
+
+
+def _count_rows(keys: list[jax.Array], predicate) -> jax.Array:
+  """``#{predicate(i, key, j)}`` over leaf ``i`` for each probe ``j``:
+  ``[leaves, _PROBES]``, one variadic reduction per leaf."""
+  return jnp.stack([jnp.stack(_selection.count_true(
+      [predicate(i, k, j) for j in range(_PROBES)], tuple(range(k.ndim))))
+      for i, k in enumerate(keys)])
+
+
+class _Search(NamedTuple):
+  brackets: _Brackets
+  want: jax.Array  # each leaf's kept count, once the global search is done
+  global_done: jax.Array
+
+
+def _thresholds(keys: list[jax.Array], q: jax.Array, lo: jax.Array,
+                hi: jax.Array) -> _Search:
+  """The global threshold (its bracket in every row alike), then each
+  leaf's count ``k_l`` and its own threshold, in one loop.
+
+  Global: ``sum_l clip(count_l(low), lo, hi) >= q > ... (high)``, the
+  leaves' counts at both ends kept, until the bracket is adjacent or exact;
+  then ``k_l``: the clipped counts above ``high`` plus the entries at
+  ``low`` to the earlier leaves first. Per leaf: ``count_l(low_l) >= k_l >
+  count_l(high_l)``, until adjacent or exact.
+  """
+  num = len(keys)
+  sizes = jnp.asarray([k.size for k in keys], jnp.int32)
+  start = _Brackets(
+      low=jnp.full([num], _selection.MIN_KEY, jnp.int32),
+      high=jnp.full([num], _selection.MAX_KEY, jnp.int32),
+      low_counts=sizes, high_counts=jnp.zeros([num], jnp.int32))
+
+  def leaf_done(search):
+    b = search.brackets
+    return (b.low_counts == search.want) | _adjacent(b.low, b.high)
+
+  def global_done(brackets):
+    total = jnp.clip(brackets.low_counts, lo, hi).sum()
+    return (total == q) | _adjacent(brackets.low[0], brackets.high[0])
+
+  def unfinished(search):
+    return ~search.global_done | ~jnp.all(leaf_done(search))
+
+  def one_pass(search):
+    b = search.brackets
+    probes = _probes(b.low, b.high)
+    counts = _count_rows(keys, lambda i, k, j: k >= probes[i, j])
+    # Global: every row holds the same bracket and reaches alike.
+    total = jnp.clip(counts, lo[:, None], hi[:, None]).sum(axis=0)
+    reached = jnp.where(search.global_done, counts >= search.want[:, None],
+                        jnp.broadcast_to(total >= q, counts.shape))
+    b = _narrow(b, probes, counts, reached)
+    now_done = ~search.global_done & global_done(b)
+    # Entries between the ends go to earlier leaves first.
+    above = jnp.clip(b.high_counts, lo, hi)
+    between = jnp.clip(b.low_counts, lo, hi) - above
+    before = jnp.cumsum(between) - between
+    want = above + jnp.clip(q - above.sum() - before, 0, between)
+    return _Search(
+        brackets=jax.tree.map(lambda fresh, kept: jnp.where(now_done, fresh,
+                                                            kept), start, b),
+        want=jnp.where(now_done, want, search.want),
+        global_done=search.global_done | now_done)
+
+  first = _Search(start, jnp.zeros([num], jnp.int32), jnp.asarray(False))
+  return lax.while_loop(unfinished, one_pass, first)
+
+
+def _tie_ends(keys: list[jax.Array], threshold: jax.Array,
+              take: jax.Array) -> jax.Array:
+  """Per leaf, the row-major index just past its ``take``-th entry equal to
+  ``threshold`` (0 when take is 0)."""
+  num = len(keys)
+  sizes = jnp.asarray([k.size for k in keys], jnp.int32)
+  # (a, b]: fewer than `take` ties before a, at least `take` before b.
+  start = _Brackets(
+      low=jnp.where(take > 0, 0, -1).astype(jnp.int32),
+      high=jnp.where(take > 0, sizes, 0).astype(jnp.int32),
+      low_counts=jnp.zeros([num], jnp.int32), high_counts=take)
+
+  def unfinished(state):
+    return ~jnp.all(_adjacent(state[0].low, state[0].high))
+
+  def one_pass(state):
+    b, passes = state
+    probes = _probes(b.low, b.high)
+    # `one` is opaque to XLA inside the loop: the positions are computed in
+    # each pass, not hoisted into stored copies.
+    stored, one, _ = lax.optimization_barrier((keys, jnp.int32(1), passes))
+    counts = _count_rows(stored, lambda i, k, j: (k == threshold[i]) & (
+        _selection.row_major_index(k.shape, one) < probes[i, j]))
+    return _narrow(b, probes, counts, counts < take[:, None]), passes + 1
+
+  return lax.while_loop(unfinished, one_pass, (start, jnp.int32(0)))[0].high
 
 
 def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,
                        hi: np.ndarray) -> list[jax.Array]:
-  """Masks of exactly ``clip(q, sum lo, sum hi)`` entries within bounds."""
+  """Masks of exactly ``clip(q, sum lo, sum hi)`` entries within bounds.
+
+  Three searches, each counting ``_PROBES`` thresholds per pass over every
+  leaf: the global threshold, then each leaf's own threshold for its count
+  (both in one loop, so that its kernels are compiled once), then where
+  each leaf's ties at its threshold end in row-major order.
+  """
   keys = lax.optimization_barrier(
       [_selection.ordered_key(jnp.asarray(s)) for s in scores])
   lo = jnp.asarray(lo, jnp.int32)
   hi = jnp.asarray(hi, jnp.int32)
   q = jnp.clip(jnp.asarray(q, jnp.int32), lo.sum(), hi.sum())
-
-  def total(threshold):
-    return _clipped_counts(keys, threshold, lo, hi).sum()
-
-  def bisect(_, bracket):
-    low, high = bracket  # total(low) >= q > total(high)
-    middle = (low >> 1) + (high >> 1) + (low & high & 1)
-    enough = total(middle) >= q
-    return (jnp.where(enough, middle, low), jnp.where(enough, high, middle))
-
-  low, high = lax.fori_loop(
-      0, _KEY_BITS, bisect,
-      (jnp.int32(_selection.MIN_KEY), jnp.int32(_selection.MAX_KEY)))
-  at_low = _clipped_counts(keys, low, lo, hi)
-  above = _clipped_counts(keys, high, lo, hi)
-  # Entries tied at `low` go to earlier leaves first.
-  ties = at_low - above
-  wanted = q - above.sum()
-  before = jnp.cumsum(ties) - ties
-  counts = above + jnp.clip(wanted - before, 0, ties)
-  # Every finite key is below MAX_KEY, so total(MAX_KEY) = sum(lo): when
-  # q == sum(lo) the bisection never moves `high` and each leaf keeps lo.
-  counts = jnp.where(q <= lo.sum(), lo, counts)
-  return [_selection.select_top(s, k).mask for s, k in zip(scores, counts)]
+  search = _thresholds(keys, q, lo, hi)
+  want, b = search.want, search.brackets
+  exact = b.low_counts == want
+  # A leaf that keeps nothing: no key exceeds or equals MAX_KEY.
+  threshold = jnp.where(want > 0, b.low, _selection.MAX_KEY)
+  ends = _tie_ends(keys, threshold, jnp.where(exact, 0, want - b.high_counts))
+  ends = jnp.where(exact, jnp.asarray([k.size for k in keys]), ends)
+  return [(k > threshold[i]) | ((k == threshold[i]) & (
+      _selection.row_major_index(k.shape) < ends[i]))
+          for i, k in enumerate(keys)]

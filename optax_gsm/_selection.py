@@ -378,7 +378,7 @@ def _find_threshold(
   return lax.while_loop(unfinished, one_pass, start)
 
 
-def _row_major_index(shape: tuple[int, ...],
+def row_major_index(shape: tuple[int, ...],
                      one: jax.Array | int = 1) -> jax.Array:
   """Each entry's flat row-major index (int32), built from per-axis iotas so
   that it is computed shard by shard on a sharded leaf. The strides are
@@ -417,7 +417,7 @@ def _tie_end(blocks: _Blocks, offsets: np.ndarray, low: jax.Array,
   def tie_free(i, block, one):
     position = (offsets[blocks.members[i]].reshape(
         (-1,) + (1,) * (block.ndim - 1))
-                + _row_major_index(block.shape[1:], one))
+                + row_major_index(block.shape[1:], one))
     return jnp.where(block > low, total + 1, jnp.where(
         block == low, total - position, 0)).astype(_INT32)
 
@@ -487,7 +487,7 @@ def select_keys(keys: list[jax.Array], q: jax.Array,
   # shaped leaves keep one mask kernel.
   offsets = jnp.asarray(offsets)
   masks = [(k > low) | ((k == low) & (
-      _row_major_index(k.shape) < end - offsets[p]))
+      row_major_index(k.shape) < end - offsets[p]))
            for k, p in zip(keys, positions)]
   return masks, search.passes + tie_passes
 

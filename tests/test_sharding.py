@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_gsm
+from optax_gsm import _density_bounds
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8,
@@ -80,6 +81,23 @@ def test_sharded_ties_give_the_single_device_mask():
   sharded = jax.jit(optax_gsm.top_q_mask)(shard(scores), q)
   chex.assert_trees_all_equal(sharded, optax_gsm.top_q_mask(scores, q))
   assert int(sharded["c"].sum()) == 1000
+
+
+def test_sharded_density_bounds_give_the_single_device_mask():
+  # Per-leaf searches and the row-major tie cut, on leaves split over 8
+  # devices; three values, so that ties fall at every threshold.
+  rng = np.random.default_rng(3)
+  scores = [jnp.asarray(rng.integers(0, 3, shape), jnp.float32)
+            for shape in [(256, 512), (512, 64), (512, 64)]]
+  low = np.asarray([1000, 20_000, 0])
+  high = np.asarray([40_000, 30_000, 512 * 64])
+  q = 70_000
+  bounded = jax.jit(_density_bounds.bounded_top_q_mask, static_argnums=(2, 3))
+  sharded = bounded(shard(scores), q, tuple(low), tuple(high))
+  reference = _density_bounds.bounded_top_q_mask(scores, q, low, high)
+  chex.assert_trees_all_equal(sharded, reference)
+  assert sum(int(m.sum()) for m in sharded) == q
+  assert 20_000 <= int(sharded[1].sum()) <= 30_000
 
 
 def test_eager_init_places_the_mask_like_the_params():
