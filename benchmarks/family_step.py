@@ -149,17 +149,19 @@ def step_timer(model, variables, batch, tx, steps_per_call: int
   params = variables["params"]
   extra = {k: v for k, v in variables.items() if k != "params"}
 
-  def step(params, extra, opt_state):
-    grads, new_extra = jax.grad(classification_loss(model, extra, images, labels),
-                                has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_extra, opt_state
-
   opt_state = tx.init(params)
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(opt_state))
 
   def compile_step():
-    # A new jit object each time: nothing cached from an earlier compile.
+    # A new function each time: jit caches by function, so that compiling
+    # the same one again would time a cache hit.
+    def step(params, extra, opt_state):
+      grads, new_extra = jax.grad(
+          classification_loss(model, extra, images, labels),
+          has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), new_extra, opt_state
+
     return jax.jit(step, donate_argnums=(0, 1, 2)).lower(
         params, extra, opt_state).compile()
 
