@@ -342,7 +342,8 @@ def gsm(
     min_density: None, or a float in [0, 1] (every prunable leaf) or a
       pytree of floats like the params (None entries: no bound): each leaf
       keeps at least this share; still exactly Q active overall (see
-      `optax_gsm._density_bounds`). Costs 32 counting passes a refresh.
+      `optax_gsm._density_bounds`). Costs some 30-40 counting passes a
+      refresh (four thresholds each).
     max_density: likewise, the most each leaf may keep.
 
   Returns:
