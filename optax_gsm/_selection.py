@@ -478,8 +478,7 @@ def select_keys(keys: list[jax.Array], q: jax.Array,
   # Exact (or nothing to select): every key at `low` is taken.
   end, tie_passes = lax.cond(
       (search.low_count == q) | (q == 0),
-      lambda: (jnp.asarray(np.iinfo(np.int32).max, _INT32),
-               jnp.asarray(0, _INT32)),
+      lambda: (jnp.asarray(MAX_KEY, _INT32), jnp.asarray(0, _INT32)),
       lambda: _tie_end(blocks, offsets, search.low, q))
   # No finite or non-finite key reaches MAX_KEY: q == 0 selects nothing.
   low = jnp.where(q > 0, search.low, MAX_KEY)
