@@ -92,9 +92,9 @@ def check_feasible(lo: np.ndarray, hi: np.ndarray, q: Any) -> None:
         "the ratio.")
 
 
-# Thresholds counted per pass, in one variadic reduction (as the selection's
-# search counts them: four cost about as much as one).
-_PROBES = 4
+# Thresholds counted per pass, in one variadic reduction, as in the
+# selection's search.
+_PROBES = _selection.PROBES_PER_PASS
 
 
 def _unsigned(x: jax.Array) -> jax.Array:
@@ -235,9 +235,8 @@ def _tie_ends(keys: list[jax.Array], threshold: jax.Array,
   def one_pass(state):
     b, passes = state
     probes = _probes(b.low, b.high)
-    # `one` is opaque to XLA inside the loop: the positions are computed in
-    # each pass, not hoisted into stored copies.
-    stored, one, _ = lax.optimization_barrier((keys, jnp.int32(1), passes))
+    # The positions are computed in each pass, not stored.
+    stored, one = _selection.opaque_one(keys, passes)
     counts = _count_rows(stored, lambda i, k, j: (k == threshold[i]) & (
         _selection.row_major_index(k.shape, one) < probes[i, j]))
     return _narrow(b, probes, counts, counts < take[:, None]), passes + 1

@@ -55,7 +55,7 @@ _MAX_SAMPLE_SIZE = 1 << 14
 # Thresholds counted per pass. XLA's CPU backend reduces several operands in
 # one variadic reduction about as fast as it reduces one (measured: 4 counts
 # of 10M keys in ~1.2 ms, one plain `jnp.sum` ~4 ms), so each pass counts 4.
-_PROBES_PER_PASS = 4
+PROBES_PER_PASS = 4
 # Sample standard deviations of the rank estimate spanned by the first pass.
 _FIRST_PASS_SPREAD = (-3.0, -0.7, 0.7, 3.0)
 # Expected interpolation errors (in sqrt of the bracket's entries) spanned
@@ -243,9 +243,9 @@ def _widen(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
   from_sample = jax.vmap(lambda c: _sample_key_at_count(sample, c))(
       jnp.where(high_open, estimate - steps, estimate + steps))
   shift = jnp.minimum(
-      _NUDGE_LOG2_STEP * (jnp.arange(_PROBES_PER_PASS)
-                          + _PROBES_PER_PASS * search.passes
-                          - _PROBES_PER_PASS),
+      _NUDGE_LOG2_STEP * (jnp.arange(PROBES_PER_PASS)
+                          + PROBES_PER_PASS * search.passes
+                          - PROBES_PER_PASS),
       _NUDGE_MAX_LOG2)
   nudge = jnp.left_shift(1, jnp.maximum(shift, 0)).astype(_INT32)
   nudged = jnp.where(
@@ -257,7 +257,7 @@ def _widen(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
 
 
 def _next_probes(search: _Search, q: jax.Array, sample: _Sample) -> jax.Array:
-  """The ``_PROBES_PER_PASS`` keys to count next, ascending, in the bracket.
+  """The ``PROBES_PER_PASS`` keys to count next, ascending, in the bracket.
 
   First pass: sample estimates around rank q. While a side is unbounded:
   `_widen`. Bracketed: a cluster around the interpolated key at rank q, as
@@ -323,6 +323,16 @@ def _blocks(keys: list[jax.Array]) -> _Blocks:
   return _Blocks(lax.optimization_barrier(arrays), members)
 
 
+def opaque_one(arrays: Any, passes: jax.Array) -> tuple[Any, jax.Array]:
+  """``arrays`` and an int32 1, through an optimization barrier tied to a
+  loop's pass counter: inside the loop XLA cannot see that ``one`` is 1, so
+  index arithmetic scaled by it stays in the loop instead of being hoisted
+  out into stored copies."""
+  stored, one, _ = lax.optimization_barrier(
+      (arrays, jnp.asarray(1, _INT32), passes))
+  return stored, one
+
+
 def _find_threshold(
     keys: list[jax.Array], q: jax.Array,
     view: Callable[[int, jax.Array, jax.Array], jax.Array] | None = None
@@ -340,11 +350,8 @@ def _find_threshold(
   def viewed(passes=None):
     if view is None:
       return keys
-    one = jnp.asarray(1, _INT32)
-    if passes is not None:
-      stored, one, _ = lax.optimization_barrier((keys, one, passes))
-    else:
-      stored = keys
+    stored, one = ((keys, jnp.asarray(1, _INT32)) if passes is None
+                   else opaque_one(keys, passes))
     return [view(i, k, one) for i, k in enumerate(stored)]
 
   sample = _sample(viewed())
@@ -364,13 +371,13 @@ def _find_threshold(
     # Counts fall as keys rise: the probes with count >= q are a prefix.
     num_low = jnp.sum(counts >= q)
     low_index = jnp.maximum(num_low - 1, 0)
-    high_index = jnp.minimum(num_low, _PROBES_PER_PASS - 1)
+    high_index = jnp.minimum(num_low, PROBES_PER_PASS - 1)
     return _Search(
         low=jnp.where(num_low > 0, probes[low_index], search.low),
         low_count=jnp.where(num_low > 0, counts[low_index], search.low_count),
-        high=jnp.where(num_low < _PROBES_PER_PASS, probes[high_index],
+        high=jnp.where(num_low < PROBES_PER_PASS, probes[high_index],
                        search.high),
-        high_count=jnp.where(num_low < _PROBES_PER_PASS, counts[high_index],
+        high_count=jnp.where(num_low < PROBES_PER_PASS, counts[high_index],
                              search.high_count),
         previous_entries=search.low_count - search.high_count,
         passes=search.passes + 1)
@@ -432,7 +439,7 @@ class Selection(NamedTuple):
     mask: pytree of bool shaped like the scores, True at exactly ``q``
       entries.
     num_passes: counting passes over the scores that the search used (each
-      counts ``_PROBES_PER_PASS`` thresholds).
+      counts ``PROBES_PER_PASS`` thresholds).
   """
   mask: Any
   num_passes: jax.Array
