@@ -68,7 +68,12 @@ from examples.measure import (
   time_call,
 )
 from examples.models import NORMS, CharTransformer
-from examples.structured_gsm import UNIFORM_ORDERS, uniform_for
+from examples.structured_gsm import (
+  UNIFORM_ORDERS,
+  difference_text,
+  shrink_difference,
+  uniform_for,
+)
 from examples.text_data import VOCAB, load_corpus
 from examples.training import Trainer
 
@@ -192,19 +197,20 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
                                                 keep)["params"]
   small, widths, model, small_trainer = _shrunk(args, groups, trained, keep,
                                                 corpus)
-  x = jnp.asarray(corpus.test[0][:16])
-  difference = float(jnp.max(jnp.abs(
-      model.apply({"params": small}, x)
-      - trainer.model.apply({"params": masked}, x))))
+  difference = shrink_difference(
+      model.apply, trainer.model.apply, {"params": trained}, groups, keep,
+      corpus.test[0][:16])
   record = {"trained": quality(trainer, trained),
             "masked": quality(trainer, masked),
             "shrunk": quality(small_trainer, small),
-            "shrunk_minus_masked_max_logit": difference,
+            "shrunk_minus_masked_max_logit": difference["float32"],
+            "shrunk_minus_masked_max_logit_float64": difference["float64"],
             "kept": _kept(groups, keep), "widths": widths,
             **_reductions(groups, trained, keep), **timing}
   print(f"GSM {reduction}x: {record['trained']['bits_per_char']:.3f} bits "
-        f"trained, {record['shrunk']['bits_per_char']:.3f} shrunk "
-        f"(logits within {difference:.1e}), {record['kept']}", flush=True)
+        f"trained, {record['shrunk']['bits_per_char']:.3f} shrunk (logits "
+        f"within {difference_text(**difference)}), {record['kept']}",
+        flush=True)
   return record, small, model
 
 
@@ -305,8 +311,9 @@ def markdown(record) -> str:
         f"{taylor['pruned']['bits_per_char']:.3f} (pruned) | "
         f"{taylor['pruned']['accuracy']:.4f} | {kept(taylor)} | | |"]
   lines += ["", "Shrunk minus masked GSM model, largest logit difference: "
-            + "; ".join(f"{run['reduction']}x "
-                        f"{run['gsm']['shrunk_minus_masked_max_logit']:.1e}"
+            + "; ".join(f"{run['reduction']}x " + difference_text(
+                run["gsm"]["shrunk_minus_masked_max_logit"],
+                run["gsm"].get("shrunk_minus_masked_max_logit_float64"))
                         for run in record["runs"]),
             "", "Inference (ms, dense / shrunk): " + "; ".join(
                 f"{run['reduction']}x: b=1 "

@@ -127,6 +127,23 @@ class CifarResNet(nn.Module):
 
 
 NORMS = {"layer": nn.LayerNorm, "rms": nn.RMSNorm}
+_NORM_EPSILON = 1e-6  # Flax's default for both
+
+
+def stream_norm(kind: str, width: int, stream: int, name: str) -> nn.Module:
+  """A norm (``kind`` in `NORMS`) of a residual stream shrunk from ``width``
+  to ``stream`` channels.
+
+  Over the kept channels, RMSNorm's mean of squares is ``width / stream``
+  times the masked model's, whose removed channels are zeros. `shrink`
+  multiplies the scales by ``sqrt(width / stream)``; epsilon multiplied by
+  the same ``width / stream`` makes the small norm compute exactly what the
+  masked one does. LayerNorm subtracts a mean, so no epsilon makes it exact:
+  it keeps the default.
+  """
+  if kind == "rms":
+    return nn.RMSNorm(epsilon=_NORM_EPSILON * width / stream, name=name)
+  return NORMS[kind](epsilon=_NORM_EPSILON, name=name)
 
 
 class EncoderLayer(nn.Module):
@@ -139,8 +156,8 @@ class EncoderLayer(nn.Module):
   ``widths["mlp_in"]`` its MLP width, and a branch named in ``widths``
   with 0 (``"attention+attention_norm"``, ``"mlp_in+mlp_norm+mlp_out"``)
   is removed: only its shortcut is left. The residual stream's width is
-  the input's: a model whose stream was shrunk passes ``head_dim`` of the
-  original.
+  the input's: a model whose stream was shrunk passes ``head_dim`` and the
+  stream's ``width`` of the original (`stream_norm`).
   """
   heads: int
   mlp_width: int
@@ -148,11 +165,13 @@ class EncoderLayer(nn.Module):
   widths: Widths = nn.FrozenDict()
   head_dim: int | None = None
   norm: str = "layer"
+  width: int | None = None
 
   @nn.compact
   def __call__(self, x):
     head_dim = self.head_dim or x.shape[-1] // self.heads
-    norm = NORMS[self.norm]
+    norm = lambda name: stream_norm(self.norm, self.width or x.shape[-1],
+                                    x.shape[-1], name)
     if self.widths.get("attention+attention_norm") != 0:
       heads = self.widths.get("attention/query", self.heads)
       mask = nn.make_causal_mask(x[..., 0]) if self.causal else None
@@ -203,8 +222,8 @@ class VisionTransformer(nn.Module):
       x = EncoderLayer(self.heads, self.mlp_width,
                        widths=sub_widths(self.widths, name),
                        head_dim=self.width // self.heads, norm=self.norm,
-                       name=name)(x)
-    x = NORMS[self.norm](name="final_norm")(x)
+                       width=self.width, name=name)(x)
+    x = stream_norm(self.norm, self.width, stream, "final_norm")(x)
     return nn.Dense(10, name="head")(x.mean(axis=1))
 
 
@@ -242,8 +261,8 @@ class CharTransformer(nn.Module):
     x, _ = stack(self.heads, self.mlp_width, True,
                  sub_widths(self.widths, "layers"),
                  head_dim=self.width // self.heads, norm=self.norm,
-                 name="layers")(x, None)
-    x = NORMS[self.norm](name="final_norm")(x)
+                 width=self.width, name="layers")(x, None)
+    x = stream_norm(self.norm, self.width, stream, "final_norm")(x)
     return nn.Dense(self.vocab, name="head")(x)
 
 

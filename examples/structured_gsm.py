@@ -131,6 +131,42 @@ def shrunk_accuracy(setup, variables, groups, keep):
       small["params"], small.get("batch_stats"))
 
 
+def shrink_difference(apply_small, apply_masked, variables, groups, keep,
+                      x) -> dict[str, float]:
+  """The largest ``|shrunk - masked|`` output on ``x``, with both models
+  made from ``variables`` in float32 (as deployed) and again in float64.
+
+  In float32 the two differ by roundoff: the shrunk model sums fewer terms
+  in another order, and stores the RMSNorm scales `shrink` rescales in
+  float32 (about 1e-5 on logits of order 10). In float64 that roundoff
+  falls by about nine orders of magnitude, so what remains above ~1e-12 is
+  a real difference between the two models.
+  """
+  def largest(dtype) -> float:
+    cast = lambda tree: jax.tree.map(
+        lambda a: (jnp.asarray(a, dtype)
+                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+                   else jnp.asarray(a)), tree)
+    cast_variables = cast(variables)
+    small, _ = optax_gsm.structured.shrink(cast_variables, groups, keep)
+    masked = optax_gsm.structured.mask_structures(cast_variables, groups,
+                                                  keep)
+    return float(jnp.max(jnp.abs(apply_small(small, cast(x))
+                                 - apply_masked(masked, cast(x)))))
+
+  float32 = largest(jnp.float32)
+  with jax.enable_x64(True):
+    float64 = largest(jnp.float64)
+  return {"float32": float32, "float64": float64}
+
+
+def difference_text(float32: float, float64: float | None = None) -> str:
+  """`shrink_difference`'s figures as a record's Markdown shows them (older
+  records hold the float32 one only)."""
+  return f"{float32:.1e}" + (f" ({float64:.1e} in float64)"
+                             if float64 is not None else "")
+
+
 def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
               **options):
   """Structured GSM from the dense model to ``reduction`` fewer FLOPs;
@@ -154,8 +190,12 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
   keep = optax_gsm.structured.kept_structures(opt_state)
   variables = setup.variables(trained, stats)
   masked = optax_gsm.structured.mask_structures(variables, groups, keep)
-  small, widths, _, small_accuracy = shrunk_accuracy(setup, variables,
-                                                     groups, keep)
+  small, widths, small_trainer, small_accuracy = shrunk_accuracy(
+      setup, variables, groups, keep)
+  difference = shrink_difference(
+      setup.inference_apply(small_trainer.model),
+      setup.inference_apply(trainer.model), variables, groups, keep,
+      setup.test[0][:64])
   before, after = optax_gsm.structured.model_cost(groups, trained, keep, "flops")
   params_before, params_after = optax_gsm.structured.model_cost(groups, trained,
                                                          keep)
@@ -166,6 +206,8 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
       "accuracy_masked": trainer.accuracy(masked["params"],
                                           masked.get("batch_stats")),
       "accuracy_shrunk": small_accuracy,
+      "shrunk_minus_masked_max_logit": difference["float32"],
+      "shrunk_minus_masked_max_logit_float64": difference["float64"],
       "flops_reduction": before / after,
       "params_reduction": params_before / params_after,
       "widths": widths,
@@ -175,7 +217,8 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
       **timing}
   print(f"GSM {reduction}x: trained {record['accuracy_trained']:.4f} "
         f"masked {record['accuracy_masked']:.4f} shrunk "
-        f"{small_accuracy:.4f} at {record['flops_reduction']:.2f}x FLOPs",
+        f"{small_accuracy:.4f} (logits within {difference_text(**difference)})"
+        f" at {record['flops_reduction']:.2f}x FLOPs",
         flush=True)
   return record, small, widths
 
@@ -314,6 +357,13 @@ def markdown(record) -> str:
       f"{run['inference']['dense_batch256_ms']:.1f} / "
       f"{run['inference']['shrunk_batch256_ms']:.1f}"
       for run in record["runs"])]
+  if all("shrunk_minus_masked_max_logit" in run["gsm"]
+         for run in record["runs"]):
+    lines += ["", "Shrunk minus masked GSM model, largest logit difference: "
+              + "; ".join(f"{run['reduction']}x " + difference_text(
+                  run["gsm"]["shrunk_minus_masked_max_logit"],
+                  run["gsm"]["shrunk_minus_masked_max_logit_float64"])
+                          for run in record["runs"])]
   return "\n".join(lines) + "\n"
 
 

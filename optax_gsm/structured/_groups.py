@@ -71,11 +71,12 @@ class ChannelGroup:
   lists the scales of those norms where every one is a root-mean-square
   norm with a per-channel scale (RMSNorm): `shrink` multiplies each by
   ``sqrt(width / width kept)``, and the small model computes what the
-  masked one does (up to the norms' epsilon, which then acts as epsilon
-  times the kept share). Where ``statistics`` is set and ``rescaled`` is
-  empty (LayerNorm subtracts a mean, or a norm has no scale: ``statistics``
-  ends with the reason), the two are equal only where the small model's
-  norms divide by the original width.
+  masked one does, up to the norms' epsilon, which then acts as epsilon
+  times the kept share (exactly, where the small model's norms multiply
+  their epsilon by ``width / width kept``). Where ``statistics`` is set
+  and ``rescaled`` is empty (LayerNorm subtracts a mean, or a norm has no
+  scale: ``statistics`` ends with the reason), the two are equal only
+  where the small model's norms divide by the original width.
   """
   name: str
   size: int
