@@ -121,34 +121,6 @@ def _adjacent(low: jax.Array, high: jax.Array) -> jax.Array:
   return _unsigned(high) - _unsigned(low) <= 1
 
 
-class _Brackets(NamedTuple):
-  """Per leaf, ``low`` on the side of the probes that reach the target and
-  ``high`` on the other, with what was counted at each."""
-  low: jax.Array
-  high: jax.Array
-  low_counts: jax.Array
-  high_counts: jax.Array
-
-
-def _narrow(brackets: _Brackets, probes: jax.Array, counts: jax.Array,
-            reached: jax.Array) -> _Brackets:
-  """The last probe of each row that reaches the target (those that do are
-  a prefix of the row) becomes its low end, the first that does not its
-  high end."""
-  num_low = jnp.sum(reached, axis=1)
-  low_index = jnp.maximum(num_low - 1, 0)[:, None]
-  high_index = jnp.minimum(num_low, _PROBES - 1)[:, None]
-  at = lambda rows, index: jnp.take_along_axis(rows, index, axis=1)[:, 0]
-  has_low, has_high = num_low > 0, num_low < _PROBES
-  return _Brackets(
-      low=jnp.where(has_low, at(probes, low_index), brackets.low),
-      high=jnp.where(has_high, at(probes, high_index), brackets.high),
-      low_counts=jnp.where(has_low, at(counts, low_index),
-                           brackets.low_counts),
-      high_counts=jnp.where(has_high, at(counts, high_index),
-                            brackets.high_counts))
-
-
 def _count_rows(keys: list[jax.Array], predicate) -> jax.Array:
   """``#{predicate(i, key, j)}`` over leaf ``i`` for each probe ``j``:
   ``[leaves, _PROBES]``, one variadic reduction per leaf."""
@@ -158,13 +130,13 @@ def _count_rows(keys: list[jax.Array], predicate) -> jax.Array:
 
 
 class _Search(NamedTuple):
-  brackets: _Brackets
+  brackets: _selection.Bracket
   want: jax.Array  # each leaf's kept count, once the global search is done
   global_done: jax.Array
 
 
-def _thresholds(keys: list[jax.Array], q: jax.Array, lo: jax.Array,
-                hi: jax.Array) -> _Search:
+def _thresholds(keys: list[jax.Array], sizes: jax.Array, q: jax.Array,
+                lo: jax.Array, hi: jax.Array) -> _Search:
   """The global threshold (its bracket in every row alike), then each
   leaf's count ``k_l`` and its own threshold, in one loop.
 
@@ -175,18 +147,17 @@ def _thresholds(keys: list[jax.Array], q: jax.Array, lo: jax.Array,
   count_l(high_l)``, until adjacent or exact.
   """
   num = len(keys)
-  sizes = jnp.asarray([k.size for k in keys], jnp.int32)
-  start = _Brackets(
+  start = _selection.Bracket(
       low=jnp.full([num], _selection.MIN_KEY, jnp.int32),
       high=jnp.full([num], _selection.MAX_KEY, jnp.int32),
-      low_counts=sizes, high_counts=jnp.zeros([num], jnp.int32))
+      low_count=sizes, high_count=jnp.zeros([num], jnp.int32))
 
   def leaf_done(search):
     b = search.brackets
-    return (b.low_counts == search.want) | _adjacent(b.low, b.high)
+    return (b.low_count == search.want) | _adjacent(b.low, b.high)
 
   def global_done(brackets):
-    total = jnp.clip(brackets.low_counts, lo, hi).sum()
+    total = jnp.clip(brackets.low_count, lo, hi).sum()
     return (total == q) | _adjacent(brackets.low[0], brackets.high[0])
 
   def unfinished(search):
@@ -200,11 +171,11 @@ def _thresholds(keys: list[jax.Array], q: jax.Array, lo: jax.Array,
     total = jnp.clip(counts, lo[:, None], hi[:, None]).sum(axis=0)
     reached = jnp.where(search.global_done, counts >= search.want[:, None],
                         jnp.broadcast_to(total >= q, counts.shape))
-    b = _narrow(b, probes, counts, reached)
+    b = _selection.narrow(b, probes, counts, reached)
     now_done = ~search.global_done & global_done(b)
     # Entries between the ends go to earlier leaves first.
-    above = jnp.clip(b.high_counts, lo, hi)
-    between = jnp.clip(b.low_counts, lo, hi) - above
+    above = jnp.clip(b.high_count, lo, hi)
+    between = jnp.clip(b.low_count, lo, hi) - above
     before = jnp.cumsum(between) - between
     want = above + jnp.clip(q - above.sum() - before, 0, between)
     return _Search(
@@ -217,17 +188,16 @@ def _thresholds(keys: list[jax.Array], q: jax.Array, lo: jax.Array,
   return lax.while_loop(unfinished, one_pass, first)
 
 
-def _tie_ends(keys: list[jax.Array], threshold: jax.Array,
+def _tie_ends(keys: list[jax.Array], sizes: jax.Array, threshold: jax.Array,
               take: jax.Array) -> jax.Array:
   """Per leaf, the row-major index just past its ``take``-th entry equal to
   ``threshold`` (0 when take is 0)."""
   num = len(keys)
-  sizes = jnp.asarray([k.size for k in keys], jnp.int32)
   # (a, b]: fewer than `take` ties before a, at least `take` before b.
-  start = _Brackets(
+  start = _selection.Bracket(
       low=jnp.where(take > 0, 0, -1).astype(jnp.int32),
       high=jnp.where(take > 0, sizes, 0).astype(jnp.int32),
-      low_counts=jnp.zeros([num], jnp.int32), high_counts=take)
+      low_count=jnp.zeros([num], jnp.int32), high_count=take)
 
   def unfinished(state):
     return ~jnp.all(_adjacent(state[0].low, state[0].high))
@@ -239,7 +209,8 @@ def _tie_ends(keys: list[jax.Array], threshold: jax.Array,
     stored, one = _selection.opaque_one(keys, passes)
     counts = _count_rows(stored, lambda i, k, j: (k == threshold[i]) & (
         _selection.row_major_index(k.shape, one) < probes[i, j]))
-    return _narrow(b, probes, counts, counts < take[:, None]), passes + 1
+    return (_selection.narrow(b, probes, counts, counts < take[:, None]),
+            passes + 1)
 
   return lax.while_loop(unfinished, one_pass, (start, jnp.int32(0)))[0].high
 
@@ -258,13 +229,15 @@ def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,
   lo = jnp.asarray(lo, jnp.int32)
   hi = jnp.asarray(hi, jnp.int32)
   q = jnp.clip(jnp.asarray(q, jnp.int32), lo.sum(), hi.sum())
-  search = _thresholds(keys, q, lo, hi)
+  sizes = jnp.asarray([k.size for k in keys], jnp.int32)
+  search = _thresholds(keys, sizes, q, lo, hi)
   want, b = search.want, search.brackets
-  exact = b.low_counts == want
+  exact = b.low_count == want
   # A leaf that keeps nothing: no key exceeds or equals MAX_KEY.
   threshold = jnp.where(want > 0, b.low, _selection.MAX_KEY)
-  ends = _tie_ends(keys, threshold, jnp.where(exact, 0, want - b.high_counts))
-  ends = jnp.where(exact, jnp.asarray([k.size for k in keys]), ends)
+  ends = _tie_ends(keys, sizes, threshold,
+                   jnp.where(exact, 0, want - b.high_count))
+  ends = jnp.where(exact, sizes, ends)
   return [(k > threshold[i]) | ((k == threshold[i]) & (
       _selection.row_major_index(k.shape) < ends[i]))
           for i, k in enumerate(keys)]

@@ -182,6 +182,34 @@ def _sample_count_at_least(sample: _Sample, key: jax.Array) -> jax.Array:
   return jnp.sum(sample.keys >= key, dtype=_INT32) * sample.weight
 
 
+class Bracket(NamedTuple):
+  """``low`` on the side of the probes that reach a search's target and
+  ``high`` on the other, with what was counted at each: scalars for one
+  search, vectors for one search per row."""
+  low: jax.Array
+  low_count: jax.Array
+  high: jax.Array
+  high_count: jax.Array
+
+
+def narrow(bracket: Bracket, probes: jax.Array, counts: jax.Array,
+           reached: jax.Array) -> Bracket:
+  """The bracket after a pass: the last probe (of each row, along the last
+  axis) that reaches the target becomes the low end, the first that does
+  not the high end. The probes that reach it must be a prefix."""
+  num_low = jnp.sum(reached, axis=-1)
+  low_index = jnp.maximum(num_low - 1, 0)[..., None]
+  high_index = jnp.minimum(num_low, probes.shape[-1] - 1)[..., None]
+  at = lambda rows, index: jnp.take_along_axis(rows, index, axis=-1)[..., 0]
+  has_low, has_high = num_low > 0, num_low < probes.shape[-1]
+  return Bracket(
+      low=jnp.where(has_low, at(probes, low_index), bracket.low),
+      low_count=jnp.where(has_low, at(counts, low_index), bracket.low_count),
+      high=jnp.where(has_high, at(probes, high_index), bracket.high),
+      high_count=jnp.where(has_high, at(counts, high_index),
+                           bracket.high_count))
+
+
 class _Search(NamedTuple):
   """The bracket ``count(low) >= q > count(high)`` and its history."""
   low: jax.Array
@@ -369,18 +397,10 @@ def _find_threshold(
     probes = _next_probes(search, q, sample)
     counts = _count_at_least(viewed(search.passes), probes)
     # Counts fall as keys rise: the probes with count >= q are a prefix.
-    num_low = jnp.sum(counts >= q)
-    low_index = jnp.maximum(num_low - 1, 0)
-    high_index = jnp.minimum(num_low, PROBES_PER_PASS - 1)
-    return _Search(
-        low=jnp.where(num_low > 0, probes[low_index], search.low),
-        low_count=jnp.where(num_low > 0, counts[low_index], search.low_count),
-        high=jnp.where(num_low < PROBES_PER_PASS, probes[high_index],
-                       search.high),
-        high_count=jnp.where(num_low < PROBES_PER_PASS, counts[high_index],
-                             search.high_count),
-        previous_entries=search.low_count - search.high_count,
-        passes=search.passes + 1)
+    bracket = narrow(Bracket(*search[:4]), probes, counts, counts >= q)
+    return _Search(*bracket,
+                   previous_entries=search.low_count - search.high_count,
+                   passes=search.passes + 1)
 
   return lax.while_loop(unfinished, one_pass, start)
 
