@@ -9,6 +9,7 @@ though the decompositions themselves took 1-2% of it. With one thread the
 spinning stops.
 """
 
+import functools
 import pathlib
 
 import jax
@@ -17,10 +18,13 @@ from threadpoolctl import ThreadpoolController
 from optax_gsm import _validation
 
 
+@functools.cache
 def _lapack_blas_pools() -> ThreadpoolController:
   """The BLAS libraries behind SciPy's LAPACK: those SciPy's wheel ships
   (``scipy.libs``), or, where SciPy links a shared BLAS (conda, a system
-  build), every BLAS of the process, NumPy's included."""
+  build), every BLAS of the process, NumPy's included. Found once: loading
+  SciPy's LAPACK first loads its BLAS, and scanning the process's libraries
+  takes milliseconds at every TRP build otherwise."""
   import scipy
   import scipy.linalg.cython_lapack  # noqa: F401  (loads its BLAS)
   controller = ThreadpoolController().select(user_api="blas")
