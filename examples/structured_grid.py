@@ -113,7 +113,7 @@ def verdicts(record) -> list[dict]:
 def markdown(record) -> str:
   methods = record["methods"]
   lines = [f"# Structured GSM against its baselines: {record['model']}", "",
-           f"Command: `{record['command']}`. Batch {record['batch']}; "
+           f"{_commands(record)} Batch {record['batch']}; "
            f"machine: {record['machine']['cpu']}, "
            f"{record['machine']['cpu_count']} cores. Each cell: mean over "
            "the seeds (the half-range after ±) and the FLOPs reduction "
@@ -153,6 +153,16 @@ def markdown(record) -> str:
                f"{counts['tie']} ties, {counts['loss']} losses of "
                f"{len(rows)} cells.")
   return "\n".join(lines) + "\n"
+
+
+def _commands(record) -> str:
+  """The commands that ran the record's cells (each cell keeps those that
+  ran its methods; a record from before that, its last command)."""
+  commands = list(dict.fromkeys(
+      c for cell in record["cells"] for c in cell.get("commands", [])))
+  commands = commands or [record["command"]]
+  return ("Command" + "s" * (len(commands) > 1) + ": "
+          + "; ".join(f"`{c}`" for c in commands) + ".")
 
 
 def _mean(values) -> str:
@@ -240,6 +250,7 @@ def main(argv=None):
     return [m for m in args.methods if m in args.rerun
             or m not in found["methods"]]
 
+  this_command = experiment.command("examples.structured_grid", argv)
   record = None
   for seed in args.seeds:
     for budget in args.budgets:
@@ -264,6 +275,9 @@ def main(argv=None):
           print(f"note: the dense model of {key} scores "
                 f"{dense['accuracy']}, the record's "
                 f"{by_key[key]['dense']['accuracy']}", flush=True)
+        commands = by_key[key].setdefault("commands", [])
+        if this_command not in commands:
+          commands.append(this_command)
         by_key[key]["methods"].update({
             method: {**result, "dense_accuracy": dense["accuracy"]}
             for method, result in cell(setup, trainer, groups, params,
@@ -271,7 +285,7 @@ def main(argv=None):
                                        methods).items()})
         record = {
             **setup.record(dense),
-            "command": experiment.command("examples.structured_grid", argv),
+            "command": this_command,
             "budgets": sorted({c["budget"] for c in cells}),
             "reductions": sorted({c["reduction"] for c in cells}),
             "seeds": sorted({c["seed"] for c in cells}),

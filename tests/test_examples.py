@@ -241,6 +241,10 @@ def test_structured_grid_quick_mode(tmp_path):
   methods = cell["methods"]
   assert set(methods) == set(structured_grid.METHODS)
   assert {m: methods[m] for m in first} == first
+  # The cell keeps both commands that ran its methods.
+  assert [c.split("--quick ")[1] for c in cell["commands"]] == [
+      f"--out {tmp_path} --methods gsm l1", f"--out {tmp_path} --resume"]
+  assert structured_grid.markdown(record).count("--resume") == 1
   # Every method reaches the FLOPs target; C-SGD merges to the uniform
   # baseline's widths, so its model costs what that one costs.
   for result in methods.values():
