@@ -275,15 +275,19 @@ def test_structured_grid_verdicts():
 
   record = {"reductions": [2.0, 4.0, 8.0], "budgets": [500],
             "methods": ["gsm", "l1"],
-            "cells": [cell(0, 2.0, 0.98, 0.96), cell(1, 2.0, 0.97, 0.96),
+            "cells": [cell(0, 2.0, 0.98, 0.96), cell(1, 2.0, 0.97, 0.95),
                       cell(0, 4.0, 0.95, 0.96), cell(1, 4.0, 0.97, 0.96),
-                      cell(0, 8.0, 0.90, 0.96), cell(1, 8.0, 0.91, 0.95)]}
+                      cell(0, 8.0, 0.96, 0.96), cell(1, 8.0, 0.11, 0.95)]}
   rows = structured_grid.verdicts(record)
-  # 2x: ahead by 1.5 points, seeds 1 point apart; 4x: level; 8x: 5 behind.
+  # 2x: ahead by 2 points, L1's seeds 1 point apart; 4x: level (GSM's own
+  # spread is not noise); 8x: collapsed on one seed, behind by 42 points,
+  # not a tie within its own 85-point spread.
   assert [r["verdict"] for r in rows] == ["win", "tie", "loss"]
-  assert rows[0]["margin"] == pytest.approx(0.015)
+  assert rows[0]["margin"] == pytest.approx(0.02)
   assert rows[0]["noise"] == pytest.approx(0.01)
+  assert rows[1]["noise"] == 0.0
   assert rows[2]["best"] == "l1"
+  assert rows[2]["noise"] == pytest.approx(0.01)
 
 
 @pytest.mark.slow
