@@ -15,6 +15,9 @@ Variants (``--variants``; the default is every one):
   default        ``structured_gsm_sgd(..., total_steps=T)`` as shipped
   floor25        every channel group keeps at least 25% of its channels
                  (``min_kept_share=0.25``)
+  floor_half     every group keeps at least half the width that uniform
+                 pruning to C keeps (``min_kept_share=0.5 / sqrt(C)``:
+                 0.18 at 8x, 0.25 at 4x)
   magnitude      the L2 norm of each structure as its saliency throughout
   parts          a block's saliency as the sum of its parts'
   zero40         removed structures shrunk to zero by 40% of T (not 60%)
@@ -60,6 +63,7 @@ OUT = RESULTS / "structured_ablation"
 VARIANTS = {
     "default": lambda steps, c: {},
     "floor25": lambda steps, c: {"min_kept_share": 0.25},
+    "floor_half": lambda steps, c: {"min_kept_share": 0.5 / float(np.sqrt(c))},
     "magnitude": lambda steps, c: {"saliency": "magnitude"},
     "parts": lambda steps, c: {"block_saliency": "parts"},
     "zero40": lambda steps, c: {"zero_passive_at": round(0.4 * steps)},
