@@ -97,30 +97,6 @@ def check_feasible(lo: np.ndarray, hi: np.ndarray, q: Any) -> None:
 _PROBES = _selection.PROBES_PER_PASS
 
 
-def _unsigned(x: jax.Array) -> jax.Array:
-  return lax.bitcast_convert_type(x, jnp.uint32)
-
-
-def _probes(low: jax.Array, high: jax.Array) -> jax.Array:
-  """``_PROBES`` values per bracket ``[low, high]`` (int32 vectors), cutting
-  it into parts of at most ``ceil((high - low) / (_PROBES + 1))``, above
-  ``low`` and below ``high`` while the bracket is wider than one (``low``
-  otherwise): ``[brackets, _PROBES]``. Widths are taken modulo 2**32, so
-  that a bracket over the whole int32 range is exact."""
-  width = _unsigned(high) - _unsigned(low)
-  parts = jnp.uint32(_PROBES + 1)
-  step = width // parts + (width % parts != 0).astype(jnp.uint32)
-  offsets = jnp.minimum(
-      step[:, None] * jnp.arange(1, _PROBES + 1, dtype=jnp.uint32),
-      jnp.maximum(width, 1)[:, None] - 1)
-  return lax.bitcast_convert_type(_unsigned(low)[:, None] + offsets,
-                                  jnp.int32)
-
-
-def _adjacent(low: jax.Array, high: jax.Array) -> jax.Array:
-  return _unsigned(high) - _unsigned(low) <= 1
-
-
 def _count_rows(keys: list[jax.Array], predicate) -> jax.Array:
   """``#{predicate(i, key, j)}`` over leaf ``i`` for each probe ``j``:
   ``[leaves, _PROBES]``, one variadic reduction per leaf."""
@@ -154,18 +130,18 @@ def _thresholds(keys: list[jax.Array], sizes: jax.Array, q: jax.Array,
 
   def leaf_done(search):
     b = search.brackets
-    return (b.low_count == search.want) | _adjacent(b.low, b.high)
+    return (b.low_count == search.want) | _selection.adjacent(b.low, b.high)
 
   def global_done(brackets):
     total = jnp.clip(brackets.low_count, lo, hi).sum()
-    return (total == q) | _adjacent(brackets.low[0], brackets.high[0])
+    return (total == q) | _selection.adjacent(brackets.low[0], brackets.high[0])
 
   def unfinished(search):
     return ~search.global_done | ~jnp.all(leaf_done(search))
 
   def one_pass(search):
     b = search.brackets
-    probes = _probes(b.low, b.high)
+    probes = _selection.even_probes(b.low, b.high)
     counts = _count_rows(keys, lambda i, k, j: k >= probes[i, j])
     # Global: every row holds the same bracket and reaches alike.
     total = jnp.clip(counts, lo[:, None], hi[:, None]).sum(axis=0)
@@ -192,27 +168,13 @@ def _tie_ends(keys: list[jax.Array], sizes: jax.Array, threshold: jax.Array,
               take: jax.Array) -> jax.Array:
   """Per leaf, the row-major index just past its ``take``-th entry equal to
   ``threshold`` (0 when take is 0)."""
-  num = len(keys)
-  # (a, b]: fewer than `take` ties before a, at least `take` before b.
-  start = _selection.Bracket(
-      low=jnp.where(take > 0, 0, -1).astype(jnp.int32),
-      high=jnp.where(take > 0, sizes, 0).astype(jnp.int32),
-      low_count=jnp.zeros([num], jnp.int32), high_count=take)
 
-  def unfinished(state):
-    return ~jnp.all(_adjacent(state[0].low, state[0].high))
-
-  def one_pass(state):
-    b, passes = state
-    probes = _probes(b.low, b.high)
-    # The positions are computed in each pass, not stored.
+  def count_below(passes, probes):
     stored, one = _selection.opaque_one(keys, passes)
-    counts = _count_rows(stored, lambda i, k, j: (k == threshold[i]) & (
+    return _count_rows(stored, lambda i, k, j: (k == threshold[i]) & (
         _selection.row_major_index(k.shape, one) < probes[i, j]))
-    return (_selection.narrow(b, probes, counts, counts < take[:, None]),
-            passes + 1)
 
-  return lax.while_loop(unfinished, one_pass, (start, jnp.int32(0)))[0].high
+  return _selection.tie_ends(take, sizes, count_below)[0]
 
 
 def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,

@@ -23,8 +23,8 @@ times an optimizer update at 10M parameters, and ``top_k`` needs a static
    leaves.
 4. Ties at the threshold are broken by position: leaves in
    ``jax.tree.leaves`` order, entries in row-major order, earlier first
-   (a second search, over keys that are distinct at the ties, finds the
-   global position where the ties taken end; it runs only on a tie). So
+   (a bisection over the global positions, five parts a pass, finds the
+   position where the ties taken end; it runs only on a tie). So
    exactly ``Q`` entries are selected, deterministically. Each leaf's mask
    reads shared scalars and the leaf's position; GSM passes the positions
    in its state, at run time, so that equally shaped leaves share one
@@ -208,6 +208,32 @@ def narrow(bracket: Bracket, probes: jax.Array, counts: jax.Array,
       high=jnp.where(has_high, at(probes, high_index), bracket.high),
       high_count=jnp.where(has_high, at(counts, high_index),
                            bracket.high_count))
+
+
+def _unsigned(x: jax.Array) -> jax.Array:
+  return lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def even_probes(low: jax.Array, high: jax.Array) -> jax.Array:
+  """``PROBES_PER_PASS`` values per bracket ``[low, high]`` (int32
+  vectors), cutting it into parts of at most ``ceil((high - low) /
+  (PROBES_PER_PASS + 1))``, above ``low`` and below ``high`` while the
+  bracket is wider than one (``low`` otherwise): ``[brackets,
+  PROBES_PER_PASS]``. Widths are taken modulo 2**32, so that a bracket over
+  the whole int32 range is exact."""
+  width = _unsigned(high) - _unsigned(low)
+  parts = jnp.uint32(PROBES_PER_PASS + 1)
+  step = width // parts + (width % parts != 0).astype(jnp.uint32)
+  offsets = jnp.minimum(
+      step[:, None] * jnp.arange(1, PROBES_PER_PASS + 1, dtype=jnp.uint32),
+      jnp.maximum(width, 1)[:, None] - 1)
+  return lax.bitcast_convert_type(_unsigned(low)[:, None] + offsets,
+                                  jnp.int32)
+
+
+def adjacent(low: jax.Array, high: jax.Array) -> jax.Array:
+  """Whether the brackets ``[low, high]`` hold at most two int32 values."""
+  return _unsigned(high) - _unsigned(low) <= 1
 
 
 class _Search(NamedTuple):
@@ -425,31 +451,66 @@ def _leaf_offsets(keys: list[jax.Array]) -> np.ndarray:
   return (np.cumsum(sizes) - sizes).astype(np.int32)
 
 
-def _tie_end(blocks: _Blocks, offsets: np.ndarray, low: jax.Array,
-             q: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The global position ``E`` below which the keys tied at ``low`` are
-  taken, and the counting passes that found it.
+def tie_ends(take: jax.Array, size: jax.Array,
+             count_below: Callable[[Any, jax.Array], jax.Array]
+             ) -> tuple[jax.Array, jax.Array]:
+  """Per row, a position ``E`` in ``[0, size]`` with exactly ``take`` tied
+  entries before it, and the counting passes that found them.
 
-  An entry's global position is its leaf's offset plus its row-major index;
-  the first ``q - #{key > low}`` ties in position order are those below
-  ``E``. The same search as the threshold's finds it, over a tie-free key:
-  ``N - position`` at a tie (earlier positions higher), ``N + 1`` above
-  ``low`` and 0 below. Distinct at the ties, these keys reach a count of
-  exactly ``q``. (A cumulative count per axis of the block holding the cut,
-  each block in its own branch, compiled to tens of kernels a block: several
-  times the compile time of the whole search.)
+  ``count_below(one, probes)`` counts each row's ties before each of its
+  probes (``[rows, PROBES_PER_PASS]``), with ``one`` from `opaque_one`, so
+  that the positions are computed in each pass and never stored. The
+  bracket ``(a, b]`` (fewer than ``take`` ties before ``a``, at least
+  ``take`` before ``b``) is cut into five at each pass until exactly
+  ``take`` ties lie before ``b`` or ``b = a + 1``: at most ``log5(size)``
+  passes. A bisection rather than the threshold search's interpolation: its
+  loop compiles in a fraction of the time, and it runs only on a tie. (A
+  cumulative count per axis compiled to tens of kernels a leaf: several
+  times the compile time of the whole search.) ``take`` 0 gives 0.
   """
+  start = Bracket(
+      low=jnp.where(take > 0, 0, -1).astype(_INT32),
+      low_count=jnp.zeros_like(take, _INT32),
+      high=jnp.where(take > 0, size, 0).astype(_INT32),
+      high_count=jnp.full_like(take, MAX_KEY, _INT32))  # not counted yet
+
+  def unfinished(state):
+    b, _ = state
+    return jnp.any((b.high_count != take) & ~adjacent(b.low, b.high))
+
+  def one_pass(state):
+    b, passes = state
+    probes = even_probes(b.low, b.high)
+    counts = count_below(passes, probes)
+    return narrow(b, probes, counts, counts < take[:, None]), passes + 1
+
+  ends, passes = lax.while_loop(unfinished, one_pass,
+                                (start, jnp.asarray(0, _INT32)))
+  return ends.high, passes
+
+
+def _tie_end(blocks: _Blocks, offsets: np.ndarray, low: jax.Array,
+             take: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The global position ``E`` below which exactly ``take`` of the keys tied
+  at ``low`` lie (`tie_ends` over one row), and the passes it took. An
+  entry's global position is its leaf's offset plus its row-major index."""
   total = sum(k.size for k in blocks.keys)
 
-  def tie_free(i, block, one):
-    position = (offsets[blocks.members[i]].reshape(
-        (-1,) + (1,) * (block.ndim - 1))
-                + row_major_index(block.shape[1:], one))
-    return jnp.where(block > low, total + 1, jnp.where(
-        block == low, total - position, 0)).astype(_INT32)
+  def count_below(passes, probes):
+    stored, one = opaque_one(blocks.keys, passes)
+    counts = jnp.zeros(PROBES_PER_PASS, _INT32)
+    for block, members in zip(stored, blocks.members):
+      position = (offsets[members].reshape((-1,) + (1,) * (block.ndim - 1))
+                  + row_major_index(block.shape[1:], one))
+      tied = block == low
+      counts = counts + jnp.stack(count_true(
+          [tied & (position < p) for p in probes[0]],
+          tuple(range(block.ndim))))
+    return counts[None]
 
-  search = _find_threshold(blocks.keys, q, tie_free)
-  return jnp.asarray(total + 1, _INT32) - search.low, search.passes
+  ends, passes = tie_ends(take[None], jnp.asarray([total], _INT32),
+                          count_below)
+  return ends[0], passes
 
 
 class Selection(NamedTuple):
@@ -476,8 +537,7 @@ def _keys_and_count(scores: chex.ArrayTree, q: chex.Numeric):
   if not leaves:
     raise ValueError("`scores` has no leaves to select from.")
   total = sum(np.size(leaf) for leaf in leaves)
-  # The tie-free keys of `_tie_end` reach N + 1, which must stay below
-  # MAX_KEY.
+  # Positions up to N (`_tie_end`) must stay below MAX_KEY.
   if total > np.iinfo(np.int32).max - 2:
     raise ValueError(f"{total} scores; at most 2**31 - 3 are supported.")
   keys = [ordered_key(jnp.asarray(leaf)) for leaf in leaves]
@@ -506,7 +566,7 @@ def select_keys(keys: list[jax.Array], q: jax.Array,
   end, tie_passes = lax.cond(
       (search.low_count == q) | (q == 0),
       lambda: (jnp.asarray(MAX_KEY, _INT32), jnp.asarray(0, _INT32)),
-      lambda: _tie_end(blocks, offsets, search.low, q))
+      lambda: _tie_end(blocks, offsets, search.low, q - search.high_count))
   # No finite or non-finite key reaches MAX_KEY: q == 0 selects nothing.
   low = jnp.where(q > 0, search.low, MAX_KEY)
   # A leaf's offset is looked up by its run-time position, so that equally
