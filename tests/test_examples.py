@@ -181,23 +181,21 @@ def test_structured_example_ranks_the_vit_stream(tmp_path):
 def test_structured_ablation_quick_mode(tmp_path):
   mnist_or_skip()
   from examples import structured_ablation
-  structured_ablation.main(["--quick", "--variants", "ramp", "average90",
-                            "default", "--out", str(tmp_path)])
+  structured_ablation.main(["--quick", "--variants", "channels", "default",
+                            "--out", str(tmp_path)])
   # --resume keeps the record's variants and baseline and runs the rest
   # (default again), in the variants' order.
   record = structured_ablation.main([
       "--quick", "--resume", "--no-baseline", "--variants", "floor25",
-      "channels", "default", "--out", str(tmp_path)])
+      "default", "--out", str(tmp_path)])
   assert [r["variant"] for r in record["runs"]] == [
-      "default", "floor25", "average90", "ramp", "channels"]
+      "default", "floor25", "channels"]
   assert "l1" in record
-  default, floor, average, ramp, channels = record["runs"]
+  default, floor, channels = record["runs"]
   assert "--resume" in default["command"]
-  assert "--resume" not in ramp["command"]
+  assert "--resume" not in channels["command"]
   assert default["options"] == {}
-  assert average["options"] == {"saliency_decay": 0.9}
   assert floor["options"] == {"min_kept_share": 0.25}
-  assert ramp["options"] == {"compression_ratio": "schedule"}
   # The floor holds in every group; with channels alone no block goes;
   # every variant reaches the target.
   assert min(floor["kept_fraction"]) >= 0.25
@@ -210,6 +208,17 @@ def test_structured_ablation_quick_mode(tmp_path):
   assert "L1 uniform" in markdown
   assert "Variants kept from earlier runs" in markdown
   assert (tmp_path / "mnist_resnet8_quick_4x_channels.png").exists()
+
+
+def test_structured_ablation_variant_options():
+  from examples import structured_ablation
+  options = {name: structured_ablation.describe(make(100, 4.0))
+             for name, make in structured_ablation.VARIANTS.items()}
+  assert options["ramp"] == {"compression_ratio": "schedule"}
+  assert options["average90"] == {"saliency_decay": 0.9}
+  # Half the width uniform pruning keeps at 4x fewer FLOPs (1/2).
+  assert options["floor_half"] == {"min_kept_share": 0.25}
+  assert options["early"] == {"freeze_mask_at": 10, "zero_passive_at": 30}
 
 
 @pytest.mark.slow
