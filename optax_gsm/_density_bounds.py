@@ -97,12 +97,24 @@ def check_feasible(lo: np.ndarray, hi: np.ndarray, q: Any) -> None:
 _PROBES = _selection.PROBES_PER_PASS
 
 
-def _count_rows(keys: list[jax.Array], predicate) -> jax.Array:
-  """``#{predicate(i, key, j)}`` over leaf ``i`` for each probe ``j``:
-  ``[leaves, _PROBES]``, one variadic reduction per leaf."""
-  return jnp.stack([jnp.stack(_selection.count_true(
-      [predicate(i, k, j) for j in range(_PROBES)], tuple(range(k.ndim))))
-      for i, k in enumerate(keys)])
+def _count_rows(blocks: _selection.Blocks, predicate) -> jax.Array:
+  """``#{predicate(block, rows, j)}`` over each leaf for each probe ``j``:
+  ``[leaves, _PROBES]`` in leaf order, one variadic reduction per block of
+  equally laid out leaves (`_selection.stack_equal_layouts`), so that the
+  kernels compiled grow with the layouts, not the leaves. ``rows(values)``
+  gives the values of a per-leaf array at the block's leaves, shaped to
+  broadcast against the block."""
+  parts = []
+  for block, members in zip(blocks.keys, blocks.members):
+    index = np.asarray(members)
+    shape = (-1,) + (1,) * (block.ndim - 1)
+    rows = lambda values, index=index, shape=shape: values[index].reshape(
+        shape)
+    parts.append(jnp.stack(_selection.count_true(
+        [predicate(block, rows, j) for j in range(_PROBES)],
+        tuple(range(1, block.ndim))), axis=-1))
+  leaf_order = np.argsort(np.concatenate(blocks.members))
+  return jnp.concatenate(parts)[leaf_order]
 
 
 class _Search(NamedTuple):
@@ -111,7 +123,7 @@ class _Search(NamedTuple):
   global_done: jax.Array
 
 
-def _thresholds(keys: list[jax.Array], sizes: jax.Array, q: jax.Array,
+def _thresholds(blocks: _selection.Blocks, sizes: jax.Array, q: jax.Array,
                 lo: jax.Array, hi: jax.Array) -> _Search:
   """The global threshold (its bracket in every row alike), then each
   leaf's count ``k_l`` and its own threshold, in one loop.
@@ -122,7 +134,7 @@ def _thresholds(keys: list[jax.Array], sizes: jax.Array, q: jax.Array,
   ``low`` to the earlier leaves first. Per leaf: ``count_l(low_l) >= k_l >
   count_l(high_l)``, until adjacent or exact.
   """
-  num = len(keys)
+  num = sizes.shape[0]
   start = _selection.Bracket(
       low=jnp.full([num], _selection.MIN_KEY, jnp.int32),
       high=jnp.full([num], _selection.MAX_KEY, jnp.int32),
@@ -142,7 +154,7 @@ def _thresholds(keys: list[jax.Array], sizes: jax.Array, q: jax.Array,
   def one_pass(search):
     b = search.brackets
     probes = _selection.even_probes(b.low, b.high)
-    counts = _count_rows(keys, lambda i, k, j: k >= probes[i, j])
+    counts = _count_rows(blocks, lambda k, rows, j: k >= rows(probes[:, j]))
     # Global: every row holds the same bracket and reaches alike.
     total = jnp.clip(counts, lo[:, None], hi[:, None]).sum(axis=0)
     reached = jnp.where(search.global_done, counts >= search.want[:, None],
@@ -164,15 +176,16 @@ def _thresholds(keys: list[jax.Array], sizes: jax.Array, q: jax.Array,
   return lax.while_loop(unfinished, one_pass, first)
 
 
-def _tie_ends(keys: list[jax.Array], sizes: jax.Array, threshold: jax.Array,
-              take: jax.Array) -> jax.Array:
+def _tie_ends(blocks: _selection.Blocks, sizes: jax.Array,
+              threshold: jax.Array, take: jax.Array) -> jax.Array:
   """Per leaf, the row-major index just past its ``take``-th entry equal to
   ``threshold`` (0 when take is 0)."""
 
   def count_below(passes, probes):
-    stored, one = _selection.opaque_one(keys, passes)
-    return _count_rows(stored, lambda i, k, j: (k == threshold[i]) & (
-        _selection.row_major_index(k.shape, one) < probes[i, j]))
+    stored, one = _selection.opaque_one(blocks.keys, passes)
+    return _count_rows(blocks._replace(keys=stored), lambda k, rows, j: (
+        k == rows(threshold)) & (_selection.row_major_index(
+            k.shape[1:], one) < rows(probes[:, j])))
 
   return _selection.tie_ends(take, sizes, count_below)[0]
 
@@ -186,18 +199,18 @@ def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,
   (both in one loop, so that its kernels are compiled once), then where
   each leaf's ties at its threshold end in row-major order.
   """
-  keys = lax.optimization_barrier(
-      [_selection.ordered_key(jnp.asarray(s)) for s in scores])
+  keys = [_selection.ordered_key(jnp.asarray(s)) for s in scores]
+  blocks = _selection.stack_equal_layouts(keys)
   lo = jnp.asarray(lo, jnp.int32)
   hi = jnp.asarray(hi, jnp.int32)
   q = jnp.clip(jnp.asarray(q, jnp.int32), lo.sum(), hi.sum())
   sizes = jnp.asarray([k.size for k in keys], jnp.int32)
-  search = _thresholds(keys, sizes, q, lo, hi)
+  search = _thresholds(blocks, sizes, q, lo, hi)
   want, b = search.want, search.brackets
   exact = b.low_count == want
   # A leaf that keeps nothing: no key exceeds or equals MAX_KEY.
   threshold = jnp.where(want > 0, b.low, _selection.MAX_KEY)
-  ends = _tie_ends(keys, sizes, threshold,
+  ends = _tie_ends(blocks, sizes, threshold,
                    jnp.where(exact, 0, want - b.high_count))
   ends = jnp.where(exact, sizes, ends)
   return [(k > threshold[i]) | ((k == threshold[i]) & (

@@ -73,7 +73,7 @@ _WIDEN_GROWTH_PER_PASS = 4.0
 _NUDGE_LOG2_STEP = 4
 _NUDGE_MAX_LOG2 = 30
 # Leaves below this size that share a shape and sharding are stacked for
-# the counting passes (`_blocks`).
+# the counting passes (`stack_equal_layouts`).
 _STACK_MAX_ENTRIES = 1 << 18
 
 
@@ -350,7 +350,7 @@ def _equal_layout_groups(arrays: list[jax.Array]) -> list[list[int]]:
   return list(groups.values())
 
 
-class _Blocks(NamedTuple):
+class Blocks(NamedTuple):
   """The keys as the search counts them, each block ``[members, *shape]``.
 
   XLA compiles a reduction per array per program (tens of ms each on CPU:
@@ -363,7 +363,7 @@ class _Blocks(NamedTuple):
   members: list[list[int]]  # the leaves of each block, in stacking order
 
 
-def _blocks(keys: list[jax.Array]) -> _Blocks:
+def stack_equal_layouts(keys: list[jax.Array]) -> Blocks:
   arrays, members = [], []
   for group in _equal_layout_groups(keys):
     if len(group) > 1 and keys[group[0]].size < _STACK_MAX_ENTRIES:
@@ -374,7 +374,7 @@ def _blocks(keys: list[jax.Array]) -> _Blocks:
       members.extend([i] for i in group)
   # Materialise the blocks once: otherwise XLA sinks the whole saliency
   # computation into the search loop and redoes it at every pass.
-  return _Blocks(lax.optimization_barrier(arrays), members)
+  return Blocks(lax.optimization_barrier(arrays), members)
 
 
 def opaque_one(arrays: Any, passes: jax.Array) -> tuple[Any, jax.Array]:
@@ -489,7 +489,7 @@ def tie_ends(take: jax.Array, size: jax.Array,
   return ends.high, passes
 
 
-def _tie_end(blocks: _Blocks, offsets: np.ndarray, low: jax.Array,
+def _tie_end(blocks: Blocks, offsets: np.ndarray, low: jax.Array,
              take: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The global position ``E`` below which exactly ``take`` of the keys tied
   at ``low`` lie (`tie_ends` over one row), and the passes it took. An
@@ -559,7 +559,7 @@ def select_keys(keys: list[jax.Array], q: jax.Array,
   once (a per-leaf constant or slice would make each its own kernel, tens of
   ms of CPU compile time apiece).
   """
-  blocks = _blocks(keys)
+  blocks = stack_equal_layouts(keys)
   search = _find_threshold(blocks.keys, q)
   offsets = _leaf_offsets(keys)
   # Exact (or nothing to select): every key at `low` is taken.
