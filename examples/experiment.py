@@ -69,16 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser, *, model: str,
   parser.add_argument("--lr", type=float, default=None,
                       help="peak learning rate; None: each model's own")
   parser.add_argument("--max-train", type=int, default=None)
+  parser.add_argument("--max-test", type=int, default=None,
+                      help="evaluate on the first this many test images")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true",
                       help="a few steps on a little data, as the tests run it")
 
 
 def apply_quick(args) -> None:
-  """``--quick``: 2 epochs of 5 steps of 32 on 1,024 images; ResNet-8."""
+  """``--quick``: 2 epochs of 5 steps of 32 on 1,024 images, evaluated on
+  2,000; ResNet-8."""
   if args.quick:
     args.epochs, args.steps_per_epoch, args.batch = 2, 5, 32
     args.max_train = args.max_train or 1024
+    args.max_test = args.max_test or 2000
     args.depth = 8
 
 
@@ -111,8 +115,8 @@ class Setup:
     shape = (-1, 28, 28, 1) if args.model == "resnet20" else (-1, 784)
     self.train = (normalise(data.train_images[:limit]).reshape(shape),
                   data.train_labels[:limit])
-    self.test = (normalise(data.test_images).reshape(shape),
-                 data.test_labels)
+    self.test = (normalise(data.test_images[:args.max_test]).reshape(shape),
+                 data.test_labels[:args.max_test])
     self.args = args
     self.steps = args.epochs * args.steps_per_epoch
     self.inference_kwargs = ({"train": False} if args.model == "resnet20"

