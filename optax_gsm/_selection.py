@@ -387,28 +387,10 @@ def opaque_one(arrays: Any, passes: jax.Array) -> tuple[Any, jax.Array]:
   return stored, one
 
 
-def _find_threshold(
-    keys: list[jax.Array], q: jax.Array,
-    view: Callable[[int, jax.Array, jax.Array], jax.Array] | None = None
-) -> _Search:
-  """Narrows ``count(low) >= q > count(high)`` until exact or adjacent.
-
-  ``view(i, keys[i], one)``, if given, gives the keys searched, computed in
-  each pass from the stored keys and never stored: ``one`` is an int32 1
-  that XLA cannot see through inside the loop, for the view to scale its
-  index arithmetic with, so that no part of it is hoisted out of the loop
-  into a stored copy.
-  """
+def _find_threshold(keys: list[jax.Array], q: jax.Array) -> _Search:
+  """Narrows ``count(low) >= q > count(high)`` until exact or adjacent."""
   total = sum(k.size for k in keys)
-
-  def viewed(passes=None):
-    if view is None:
-      return keys
-    stored, one = ((keys, jnp.asarray(1, _INT32)) if passes is None
-                   else opaque_one(keys, passes))
-    return [view(i, k, one) for i, k in enumerate(stored)]
-
-  sample = _sample(viewed())
+  sample = _sample(keys)
   start = _Search(
       low=jnp.asarray(MIN_KEY, _INT32), low_count=jnp.asarray(total, _INT32),
       high=jnp.asarray(MAX_KEY, _INT32), high_count=jnp.asarray(0, _INT32),
@@ -421,7 +403,7 @@ def _find_threshold(
 
   def one_pass(search):
     probes = _next_probes(search, q, sample)
-    counts = _count_at_least(viewed(search.passes), probes)
+    counts = _count_at_least(keys, probes)
     # Counts fall as keys rise: the probes with count >= q are a prefix.
     bracket = narrow(Bracket(*search[:4]), probes, counts, counts >= q)
     return _Search(*bracket,
@@ -435,7 +417,7 @@ def row_major_index(shape: tuple[int, ...],
                      one: jax.Array | int = 1) -> jax.Array:
   """Each entry's flat row-major index (int32), built from per-axis iotas so
   that it is computed shard by shard on a sharded leaf. The strides are
-  multiplied by ``one`` (see `_find_threshold`)."""
+  multiplied by ``one`` (see `opaque_one`)."""
   if not shape:
     return jnp.zeros(shape, _INT32)
   index = lax.broadcasted_iota(_INT32, shape, len(shape) - 1) * one
