@@ -70,6 +70,7 @@ from examples.measure import (
 from examples.models import NORMS, CharTransformer
 from examples.structured_gsm import (
   UNIFORM_ORDERS,
+  add_floor_argument,
   difference_text,
   shrink_difference,
   uniform_for,
@@ -131,6 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
       "--saliency-decay", type=float, default=None,
       help="rank by each structure's saliency averaged over the refreshes "
            "(structured GSM's `saliency_decay`); None: the current batch's")
+  add_floor_argument(parser_)
   args = parser_.parse_args(argv)
   apply_quick(args)
   if args.quick:
@@ -189,7 +191,8 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
   tx = optax_gsm.structured.structured_gsm_adamw(
       experiment.schedule(PEAK_LR, steps), groups, reduction, cost="flops",
       total_steps=steps, weight_decay=WEIGHT_DECAY,
-      block_saliency=args.block_saliency, saliency_decay=args.saliency_decay)
+      block_saliency=args.block_saliency, saliency_decay=args.saliency_decay,
+      min_kept_share=args.min_kept_share)
   trained, opt_state, timing = trainer.train(
       dense, tx, args.epochs, desc=f"structured GSM {reduction}x")
   keep = optax_gsm.structured.kept_structures(opt_state)
@@ -200,7 +203,8 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
   difference = shrink_difference(
       model.apply, trainer.model.apply, {"params": trained}, groups, keep,
       corpus.test[0][:16])
-  record = {"trained": quality(trainer, trained),
+  record = {"min_kept_share": args.min_kept_share,
+            "trained": quality(trainer, trained),
             "masked": quality(trainer, masked),
             "shrunk": quality(small_trainer, small),
             "shrunk_minus_masked_max_logit": difference["float32"],

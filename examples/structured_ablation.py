@@ -13,6 +13,10 @@ kept, with a plot of the latter.
 Variants (``--variants``; the default is every one):
 
   default        ``structured_gsm_sgd(..., total_steps=T)`` as shipped
+                 (``min_kept_share="auto"``: half the uniform width, within
+                 half the budget)
+  no_floor       a group may keep a single channel (``min_kept_share=None``,
+                 the default before the floor)
   floor25        every channel group keeps at least 25% of its channels
                  (``min_kept_share=0.25``)
   floor_half     every group keeps at least half the width that uniform
@@ -62,6 +66,7 @@ OUT = RESULTS / "structured_ablation"
 # and the FLOPs reduction C, with a description for the records.
 VARIANTS = {
     "default": lambda steps, c: {},
+    "no_floor": lambda steps, c: {"min_kept_share": None},
     "floor25": lambda steps, c: {"min_kept_share": 0.25},
     "floor_half": lambda steps, c: {"min_kept_share": 0.5 / float(np.sqrt(c))},
     "magnitude": lambda steps, c: {"saliency": "magnitude"},

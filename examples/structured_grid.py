@@ -51,7 +51,8 @@ def cell(setup, trainer, groups, params, batch_stats, reduction, methods):
   uniform = structured_gsm.uniform_for(groups, params, reduction)
   stages = {
       "gsm": lambda: structured_gsm.gsm_stage(
-          setup, trainer, groups, params, batch_stats, reduction)[0],
+          setup, trainer, groups, params, batch_stats, reduction,
+          min_kept_share=setup.args.min_kept_share)[0],
       "l1": lambda: structured_gsm.fine_tune_stage(
           setup, groups, params, batch_stats, uniform, f"L1 {reduction}x"),
       "taylor": lambda: structured_gsm.taylor_stage(
@@ -69,7 +70,9 @@ def cell(setup, trainer, groups, params, batch_stats, reduction, methods):
     results[method] = {"accuracy": record[ACCURACY[method]],
                        "flops_reduction": record["flops_reduction"],
                        "wall_seconds": record["wall_seconds"],
-                       "blocks_removed": record.get("blocks_removed", [])}
+                       "blocks_removed": record.get("blocks_removed", []),
+                       **({"min_kept_share": record["min_kept_share"]}
+                          if method == "gsm" else {})}
   return results
 
 
@@ -232,6 +235,7 @@ def main(argv=None):
                       default=[], help="with --resume: run these methods "
                       "again in the cells of --seeds x --budgets x "
                       "--reductions")
+  structured_gsm.add_floor_argument(parser)
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)

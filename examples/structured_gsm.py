@@ -50,6 +50,7 @@ Writes (to ``--out``) ``results/structured/mnist_<model>[_no_blocks]``
 channels each method kept beside it.
 """
 
+import argparse
 import json
 import pathlib
 
@@ -167,6 +168,21 @@ def difference_text(float32: float, float64: float | None = None) -> str:
                              if float64 is not None else "")
 
 
+def min_kept_share(text: str) -> float | str | None:
+  """``--min-kept-share``: "auto" (the default floor), "none" (one channel
+  a group) or a share in [0, 1]."""
+  if text in ("auto", "none"):
+    return None if text == "none" else text
+  return float(text)
+
+
+def add_floor_argument(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--min-kept-share", type=min_kept_share, default="auto",
+      help="the channels every group keeps: 'auto' (structured GSM's "
+           "default: half the uniform width), 'none' (one) or a share")
+
+
 def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
               **options):
   """Structured GSM from the dense model to ``reduction`` fewer FLOPs;
@@ -201,6 +217,7 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
                                                          keep)
   record = {
       "compression_ratio": ratio,
+      "min_kept_share": options.get("min_kept_share", "auto"),
       "accuracy_trained": trainer.accuracy(trained, stats),
       "accuracy_running_stats": trainer.accuracy(trained, running),
       "accuracy_masked": trainer.accuracy(masked["params"],
@@ -436,6 +453,7 @@ def main(argv=None):
       "--saliency-decay", type=float, default=None,
       help="rank by each structure's saliency averaged over the refreshes "
            "(structured GSM's `saliency_decay`); None: the current batch's")
+  add_floor_argument(parser)
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   experiment.apply_quick(args)
@@ -474,9 +492,9 @@ def main(argv=None):
     record["saliency_decay"] = decay
   record["groups"] = [g.name for g in groups.channels]
   for reduction in args.reductions:
-    gsm_record, small, widths = gsm_stage(setup, trainer, groups, params,
-                                          batch_stats, reduction,
-                                          saliency_decay=decay)
+    gsm_record, small, widths = gsm_stage(
+        setup, trainer, groups, params, batch_stats, reduction,
+        saliency_decay=decay, min_kept_share=args.min_kept_share)
     run = {"reduction": reduction, "gsm": gsm_record}
     for baseline in args.baselines:
       run[baseline] = (

@@ -559,3 +559,35 @@ def test_every_group_keeps_its_floor_whatever_the_ranking(mlp):
     assert after <= before / 6
   assert kept[0.0][1] < 10 <= kept[0.1][1]
   assert kept[0.1][0] < kept[0.0][0]  # the floor is paid for by the budget
+
+
+def test_auto_floor_is_half_the_uniform_width_within_half_the_budget(mlp):
+  groups, params, _ = mlp
+  sizes = (300, 100)
+  # C = 1: half of every group (150 + 50 channels) costs under half the
+  # model, and is the floor as it stands.
+  assert _ranking.plan(groups, params, "params", "auto", 1.0).floors == (
+      150, 50)
+  # C = 6: 0.5 / sqrt(6) of each group (62 and 21 channels: 784 * 62
+  # weights) is over half the budget; the floor is lowered until it fits,
+  # and a share 0.01 larger would not.
+  plan = _ranking.plan(groups, params, "params", "auto", 6.0)
+  limit = 0.5 * plan.total / 6.0
+  assert _ranking.minimum_cost(plan, params) <= limit
+  share = plan.floors[0] / 300
+  assert share < 0.5 / np.sqrt(6.0)
+  wider = plan._replace(floors=_ranking.floors(sizes, share + 0.01))
+  assert _ranking.minimum_cost(wider, params) > limit
+  # A schedule's final C is unknown when the optimizer is built: one channel.
+  assert _ranking.plan(groups, params, "params", "auto", None).floors == (1, 1)
+  assert _ranking.constant_ratio(lambda step: 6.0, None) is None
+  assert _ranking.constant_ratio(None, 0.75) == 4.0
+  # The default holds in training: every group keeps its floor.
+  grads = jax.tree.map(jnp.zeros_like, params)
+  grads["Dense_0"]["kernel"] = jnp.ones_like(grads["Dense_0"]["kernel"])
+  tx = optax_gsm.structured.structured_gsm(groups, 6.0)
+  _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  kept = optax_gsm.structured.kept_structures(state).channels
+  assert [int(k.sum()) >= f for k, f in zip(kept, plan.floors)] == [True] * 2
+  with pytest.raises(ValueError, match="`min_kept_share` must be 'auto'"):
+    optax_gsm.structured.structured_gsm(groups, 6.0, min_kept_share="half")

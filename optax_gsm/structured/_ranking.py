@@ -39,9 +39,14 @@ Decided on purpose:
   That block is kept instead, and the lowest-ranked channels of the prefix
   go in its place (the longest shorter prefix of channels that fits with
   the blocks of the prefix and that block), when that fits;
-- every channel group keeps its best channel whatever the budget (a layer
-  of width zero would cut the network), or its ``min_kept_share`` best
-  channels: a floor the rest of the ranking pays for;
+- every channel group keeps its ``min_kept_share`` best channels whatever
+  the budget, and at least one (a layer of width zero would cut the
+  network): a floor the rest of the ranking pays for. By default
+  (``"auto"``) the floor is half the width uniform pruning to ``C`` keeps,
+  ``0.5 / sqrt(C)`` of each group, lowered until the floors cost at most
+  half the budget: on short budgets a group ranked down to one or two
+  channels (ResNet-20's stem at 8x) left two runs of five at chance, and
+  every run with a floor kept its accuracy;
 - the ranking's denominator ``c_S`` counts a structure's own entries (an
   entry in two structures, a kernel entry in its input and its output
   channel's group, is in both), while the budget counts the kept model
@@ -337,11 +342,32 @@ def _check_static_float(name: str, value: float | None, why: str,
   _validation.check_range(name, value, **bounds)
 
 
-def check_min_kept_share(min_kept_share: float | None) -> None:
-  """None, or a concrete share in [0, 1] (it sets the selection's shapes)."""
+AUTO_SHARE = "auto"
+MinKeptShare = float | str | None
+
+
+def check_min_kept_share(min_kept_share: MinKeptShare) -> None:
+  """"auto", None, or a concrete share in [0, 1] (it sets the selection's
+  shapes)."""
+  if isinstance(min_kept_share, str):
+    if min_kept_share != AUTO_SHARE:
+      raise ValueError(
+          f"`min_kept_share` must be '{AUTO_SHARE}', None or a share in "
+          f"[0, 1]; got {min_kept_share!r}.")
+    return
   _check_static_float("min_kept_share", min_kept_share,
                       "it fixes how many channels each group keeps",
                       low=0.0, high=1.0)
+
+
+def constant_ratio(compression_ratio: Any, sparsity: Any) -> float | None:
+  """C when the user gave a concrete ratio or sparsity, None for a schedule
+  or a traced value (unknown when the optimizer is built)."""
+  if compression_ratio is not None:
+    return (None if callable(compression_ratio)
+            else _validation.concrete_float(compression_ratio))
+  share = None if callable(sparsity) else _validation.concrete_float(sparsity)
+  return None if share is None else 1.0 / (1.0 - share)
 
 
 def check_saliency_decay(saliency_decay: float | None) -> None:
@@ -360,21 +386,51 @@ def floors(sizes: tuple[int, ...],
   return tuple(max(1, int(np.ceil(share * size - 1e-9))) for size in sizes)
 
 
-def plan(groups: _groups.Groups, params: chex.ArrayTree,
-         cost: str, min_kept_share: float | None = None) -> StructuredPlan:
+def auto_share(plan_: StructuredPlan, params: chex.ArrayTree,
+               ratio: float | None) -> float | None:
+  """``min_kept_share="auto"``: half the width uniform pruning to C keeps,
+  ``0.5 / sqrt(C)``, or the largest share below it (to 1/4096) whose
+  floors cost at most half of ``total / C``, so that the ranking still
+  chooses most of the model; None (one channel) for a scheduled C."""
+  if ratio is None:
+    return None
+  limit = 0.5 * plan_.total / ratio
+
+  def fits(share):
+    sized = plan_._replace(floors=floors(plan_.resolved.sizes, share))
+    return minimum_cost(sized, params) <= limit
+
+  share = 0.5 / float(np.sqrt(ratio))
+  if fits(share):
+    return share
+  low, high = 0.0, share
+  for _ in range(12):
+    middle = 0.5 * (low + high)
+    low, high = (middle, high) if fits(middle) else (low, middle)
+  return low or None
+
+
+def plan(groups: _groups.Groups, params: chex.ArrayTree, cost: str,
+         min_kept_share: MinKeptShare = None,
+         ratio: float | None = None) -> StructuredPlan:
+  """The plan for ``params``; ``ratio`` (a constant C, or None) sets the
+  floors of ``min_kept_share="auto"``."""
   resolved = _groups.resolve(groups, params)
   if not any(resolved.channels) and not resolved.blocks:
     raise ValueError(
         "`groups` has no member in these params: were they traced from "
         "other variables?")
   unit_costs = _entry_costs(groups, _prunable.leaf_paths(params), cost)
-  return StructuredPlan(
+  plan_ = StructuredPlan(
       resolved=resolved, costs=cost_per_structure(groups, params, cost),
       touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))),
       unit_costs=unit_costs,
       total=float(sum(u * np.size(w) for u, w in
                       zip(unit_costs, jax.tree.leaves(params)))),
-      floors=floors(resolved.sizes, min_kept_share))
+      floors=floors(resolved.sizes, None))
+  share = (auto_share(plan_, params, ratio)
+           if min_kept_share == AUTO_SHARE else min_kept_share)
+  return plan_._replace(floors=floors(resolved.sizes, share))
 
 
 def added_costs_fn(plan_: StructuredPlan,
@@ -482,7 +538,7 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
                      saliency: str = "magnitude",
                      grads: chex.ArrayTree | None = None,
                      block_saliency: str = "total",
-                     min_kept_share: float | None = None
+                     min_kept_share: MinKeptShare = None
                      ) -> tuple[chex.ArrayTree, _groups.StructureMask]:
   """One-shot structured pruning: the structures GSM's rule keeps now.
 
@@ -499,8 +555,9 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
     saliency: "magnitude", or "taylor" (needs ``grads``).
     grads: gradients like the params, for "taylor".
     block_saliency: "total" or "parts" (see `structured_gsm`).
-    min_kept_share: the share of each group kept whatever the ranking (see
-      `structured_gsm`).
+    min_kept_share: the share of each group kept whatever the ranking, as
+      in `structured_gsm`; None by default (one channel): the one-shot
+      global pruning the examples compare against.
 
   Returns:
     ``(pruned_params, keep)``, as every prune here returns: the params with
@@ -516,7 +573,8 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
   check_block_saliency(block_saliency)
   check_min_kept_share(min_kept_share)
   ratio = compression_ratio
-  plan_ = plan(groups, params, cost, min_kept_share)
+  plan_ = plan(groups, params, cost, min_kept_share,
+               _validation.concrete_float(ratio))
   scores = structure_scores(plan_.resolved, grads, params, saliency,
                             block_saliency)
   keep = jax.tree.map(np.asarray, select(
