@@ -72,6 +72,7 @@ from examples.structured_gsm import (
   UNIFORM_ORDERS,
   add_floor_argument,
   difference_text,
+  floor_note,
   shrink_difference,
   uniform_for,
 )
@@ -285,7 +286,8 @@ def markdown(record) -> str:
       f"{record['steps']} steps from the dense model (Taylor: none). "
       f"Machine: {record['machine']['cpu']}, "
       f"{record['machine']['cpu_count']} cores."
-      + (f" `{record['command']}`" if "command" in record else ""), "",
+      + (f" `{record['command']}`" if "command" in record else "") + " "
+      + floor_note([run["gsm"] for run in record["runs"]]), "",
       "| FLOPs target | method | FLOPs reduction | params reduction | "
       "bits/char before | bits/char after | accuracy after | kept | "
       "speed-up b=1 | speed-up b=64 |", "|---" * 10 + "|"]

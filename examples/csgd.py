@@ -95,7 +95,9 @@ def markdown(record) -> str:
            f"Dense: {record['dense']['accuracy']:.4f} "
            f"({record['dense']['steps']} steps); every method then "
            f"{record['steps']} steps. Machine: {record['machine']['cpu']}, "
-           f"{record['machine']['cpu_count']} cores.", "",
+           f"{record['machine']['cpu_count']} cores. "
+           + structured_gsm.floor_note([run["gsm"] for run in record["runs"]]),
+           "",
            "| channels | FLOPs reduction | C-SGD before merge | C-SGD merged | "
            "largest spread | structured GSM (same FLOPs) | L1 + fine-tuning "
            "| merged speed-up b=1 / 256 |", "|---" * 8 + "|"]

@@ -111,7 +111,8 @@ def markdown(record) -> str:
       continue
     running = run.get("accuracy_running_stats")
     lines.append(
-        f"| {run['variant']} | `{run['options']}` | "
+        f"| {run['variant']} | `{run['options']}`"
+        f"{_floor_suffix(run)} | "
         f"{run['accuracy_shrunk']:.4f} | "
         f"{'-' if running is None else f'{running:.4f}'} | "
         f"{run['flops_reduction']:.2f}x | "
@@ -123,6 +124,13 @@ def markdown(record) -> str:
                  f" | | {l1['flops_reduction']:.2f}x | 0 | "
                  f"{min(l1['kept_fraction']):.3f} | |")
   return "\n".join(lines) + "\n"
+
+
+def _floor_suffix(run) -> str:
+  """A default run from before `min_kept_share="auto"` had no floor."""
+  if "min_kept_share" in run or "min_kept_share" in run["options"]:
+    return ""
+  return " (no floor: before 'auto')"
 
 
 def _commands_line(record) -> str:

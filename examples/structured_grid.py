@@ -156,6 +156,15 @@ def markdown(record) -> str:
               f"model trained again, in another process: its accuracy "
               f"differs from the dense column's by up to "
               f"{100 * redone:.2f} pt.", ""]
+  floors = {}
+  for c in record["cells"]:
+    if "gsm" in c["methods"]:
+      floors.setdefault(structured_gsm.floor_text(c["methods"]["gsm"]),
+                        set()).add(c["budget"])
+  if floors:
+    lines += ["Structured GSM's floor (`min_kept_share`): " + "; ".join(
+        f"{floor} ({', '.join(str(b) for b in sorted(budgets))} steps)"
+        for floor, budgets in floors.items()) + ".", ""]
   counts = {v: sum(r.get("verdict") == v for r in rows)
             for v in ("win", "tie", "loss")}
   lines.append(f"GSM against the best baseline: {counts['win']} wins, "

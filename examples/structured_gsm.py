@@ -183,6 +183,21 @@ def add_floor_argument(parser: argparse.ArgumentParser) -> None:
            "default: half the uniform width), 'none' (one) or a share")
 
 
+def floor_text(gsm_record: dict) -> str:
+  """The floor a structured GSM run kept, from its record: a record
+  without one ran before `min_kept_share="auto"` became the default."""
+  if "min_kept_share" not in gsm_record:
+    return "None (before 'auto')"
+  return str(gsm_record["min_kept_share"])
+
+
+def floor_note(gsm_records: list[dict]) -> str:
+  """One sentence: the floors of these runs."""
+  floors = dict.fromkeys(floor_text(r) for r in gsm_records)
+  return ("Structured GSM's floor (`min_kept_share`): " + ", ".join(floors)
+          + ".")
+
+
 def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
               **options):
   """Structured GSM from the dense model to ``reduction`` fewer FLOPs;
@@ -339,7 +354,9 @@ def markdown(record) -> str:
            + (f" GSM's saliency averaged over its refreshes "
               f"(`saliency_decay={record['saliency_decay']}`)."
               if "saliency_decay" in record else "")
-           + (f" `{record['command']}`" if "command" in record else ""), ""]
+           + (f" `{record['command']}`" if "command" in record else "")
+           + (" " + floor_note([run["gsm"] for run in record["runs"]])
+              if record.get("runs") else ""), ""]
   if "n_of_m" in record:
     r = record["n_of_m"]
     lines += ["| 2:4 method | accuracy |", "|---|---|",
