@@ -92,31 +92,6 @@ def check_feasible(lo: np.ndarray, hi: np.ndarray, q: Any) -> None:
         "the ratio.")
 
 
-# Thresholds counted per pass, in one variadic reduction, as in the
-# selection's search.
-_PROBES = _selection.PROBES_PER_PASS
-
-
-def _count_rows(blocks: _selection.Blocks, predicate) -> jax.Array:
-  """``#{predicate(block, rows, j)}`` over each leaf for each probe ``j``:
-  ``[leaves, _PROBES]`` in leaf order, one variadic reduction per block of
-  equally laid out leaves (`_selection.stack_equal_layouts`), so that the
-  kernels compiled grow with the layouts, not the leaves. ``rows(values)``
-  gives the values of a per-leaf array at the block's leaves, shaped to
-  broadcast against the block."""
-  parts = []
-  for block, members in zip(blocks.keys, blocks.members):
-    index = np.asarray(members)
-    shape = (-1,) + (1,) * (block.ndim - 1)
-    rows = lambda values, index=index, shape=shape: values[index].reshape(
-        shape)
-    parts.append(jnp.stack(_selection.count_true(
-        [predicate(block, rows, j) for j in range(_PROBES)],
-        tuple(range(1, block.ndim))), axis=-1))
-  leaf_order = np.argsort(np.concatenate(blocks.members))
-  return jnp.concatenate(parts)[leaf_order]
-
-
 class _Search(NamedTuple):
   brackets: _selection.Bracket
   want: jax.Array  # each leaf's kept count, once the global search is done
@@ -154,7 +129,8 @@ def _thresholds(blocks: _selection.Blocks, sizes: jax.Array, q: jax.Array,
   def one_pass(search):
     b = search.brackets
     probes = _selection.even_probes(b.low, b.high)
-    counts = _count_rows(blocks, lambda k, rows, j: k >= rows(probes[:, j]))
+    counts = _selection.count_rows(
+        blocks, lambda k, rows, j: k >= rows(probes[:, j]))
     # Global: every row holds the same bracket and reaches alike.
     total = jnp.clip(counts, lo[:, None], hi[:, None]).sum(axis=0)
     reached = jnp.where(search.global_done, counts >= search.want[:, None],
@@ -183,9 +159,12 @@ def _tie_ends(blocks: _selection.Blocks, sizes: jax.Array,
 
   def count_below(passes, probes):
     stored, one = _selection.opaque_one(blocks.keys, passes)
-    return _count_rows(blocks._replace(keys=stored), lambda k, rows, j: (
-        k == rows(threshold)) & (_selection.row_major_index(
-            k.shape[1:], one) < rows(probes[:, j])))
+
+    def tied_before(k, rows, j):
+      index = _selection.row_major_index(k.shape[1:], one)
+      return (k == rows(threshold)) & (index < rows(probes[:, j]))
+
+    return _selection.count_rows(blocks._replace(keys=stored), tied_before)
 
   return _selection.tie_ends(take, sizes, count_below)[0]
 
@@ -194,7 +173,7 @@ def bounded_top_q_mask(scores: list[jax.Array], q: Any, lo: np.ndarray,
                        hi: np.ndarray) -> list[jax.Array]:
   """Masks of exactly ``clip(q, sum lo, sum hi)`` entries within bounds.
 
-  Three searches, each counting ``_PROBES`` thresholds per pass over every
+  Three searches, each counting ``PROBES_PER_PASS`` thresholds per pass over every
   leaf: the global threshold, then each leaf's own threshold for its count
   (both in one loop, so that its kernels are compiled once), then where
   each leaf's ties at its threshold end in row-major order.

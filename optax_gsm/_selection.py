@@ -377,6 +377,26 @@ def stack_equal_layouts(keys: list[jax.Array]) -> Blocks:
   return Blocks(lax.optimization_barrier(arrays), members)
 
 
+def count_rows(blocks: Blocks, predicate: Callable[..., jax.Array],
+               num_probes: int = PROBES_PER_PASS) -> jax.Array:
+  """``#{predicate(block, rows, j)}`` over each leaf for each probe ``j``:
+  ``[leaves, num_probes]`` in leaf order, one variadic reduction per block
+  (`stack_equal_layouts`), so that the kernels compiled grow with the
+  layouts, not the leaves. ``rows(values)`` gives the values of a per-leaf
+  array at the block's leaves, shaped to broadcast against the block."""
+  parts = []
+  for block, members in zip(blocks.keys, blocks.members):
+    index = np.asarray(members)
+    shape = (-1,) + (1,) * (block.ndim - 1)
+    rows = lambda values, index=index, shape=shape: values[index].reshape(
+        shape)
+    parts.append(jnp.stack(count_true(
+        [predicate(block, rows, j) for j in range(num_probes)],
+        tuple(range(1, block.ndim))), axis=-1))
+  leaf_order = np.argsort(np.concatenate(blocks.members))
+  return jnp.concatenate(parts)[leaf_order]
+
+
 def opaque_one(arrays: Any, passes: jax.Array) -> tuple[Any, jax.Array]:
   """``arrays`` and an int32 1, through an optimization barrier tied to a
   loop's pass counter: inside the loop XLA cannot see that ``one`` is 1, so
@@ -480,15 +500,10 @@ def _tie_end(blocks: Blocks, offsets: np.ndarray, low: jax.Array,
 
   def count_below(passes, probes):
     stored, one = opaque_one(blocks.keys, passes)
-    counts = jnp.zeros(PROBES_PER_PASS, _INT32)
-    for block, members in zip(stored, blocks.members):
-      position = (offsets[members].reshape((-1,) + (1,) * (block.ndim - 1))
-                  + row_major_index(block.shape[1:], one))
-      tied = block == low
-      counts = counts + jnp.stack(count_true(
-          [tied & (position < p) for p in probes[0]],
-          tuple(range(block.ndim))))
-    return counts[None]
+    per_leaf = count_rows(blocks._replace(keys=stored), lambda k, rows, j: (
+        k == low) & (rows(offsets) + row_major_index(k.shape[1:], one)
+                     < probes[0, j]))
+    return per_leaf.sum(axis=0)[None]
 
   ends, passes = tie_ends(take[None], jnp.asarray([total], _INT32),
                           count_below)
