@@ -169,11 +169,11 @@ def test_kept_and_added_costs_match_the_masks(name):
   flat = jnp.asarray(np.concatenate(list(keep.channels) + [keep.blocks]))
   for cost in ("flops", "params"):
     plan = _ranking.plan(groups, params, cost)
-    kept_cost = _ranking.kept_cost_fn(plan, params)
+    kept_cost = _ranking.kept_cost_fn(plan)
     # Counted per axis, what the masks count entry by entry.
     np.testing.assert_allclose(kept_cost(flat), optax_gsm.structured.model_cost(
         groups, params, keep, cost)[1], rtol=1e-6)
-    added = _ranking.added_costs_fn(plan, params)(flat)
+    added = _ranking.added_costs_fn(plan)(flat)
     brute = _brute_added_costs(kept_cost)(flat)
     np.testing.assert_allclose(np.where(flat, 0, added),
                                np.where(flat, 0, brute), rtol=1e-6)
@@ -194,7 +194,7 @@ def test_a_layer_at_the_budget_edge_is_kept_in_place_of_channels():
   channels = sum(plan.resolved.sizes)
   scores = jnp.concatenate([jnp.ones([channels]), jnp.zeros([3])])
   budget = plan.total / 4
-  kept_cost = _ranking.kept_cost_fn(plan, params)
+  kept_cost = _ranking.kept_cost_fn(plan)
   prefix = np.arange(len(plan.costs)) < channels
   assert kept_cost(jnp.asarray(prefix | (np.arange(len(prefix)) == channels))
                    ) > budget

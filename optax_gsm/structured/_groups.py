@@ -249,41 +249,6 @@ def expand_along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
   return vector.reshape(shape)
 
 
-class _Factor(NamedTuple):
-  """One structure membership of a leaf: ``kept`` says, along ``axis``,
-  whether each position's structure of that membership is kept (a scalar
-  for a block of whole leaves, ``axis`` None). ``group`` and ``member``
-  for a channel group's member, ``block`` and ``row`` for a block."""
-  kept: Any
-  axis: int | None
-  group: int | None = None
-  member: ResolvedMember | None = None
-  block: int | None = None
-  row: int | None = None
-
-
-def _factors(resolved: Resolved, keep: StructureMask, shapes: list[tuple],
-             xp: Any) -> list[list[_Factor]]:
-  """Per leaf: its memberships; an entry is kept when all of them are."""
-  factors = [[] for _ in shapes]
-  for group, (members, kept, size) in enumerate(zip(
-      resolved.channels, keep.channels, resolved.sizes)):
-    kept_or_none = xp.concatenate([xp.asarray(kept, bool),
-                                   xp.ones([1], bool)])
-    for member in members:
-      factors[member.leaf].append(_Factor(
-          kept_or_none[_segment_index(member, size)], member.axis,
-          group=group, member=member))
-  for block, (leaves, row, kept) in enumerate(zip(
-      resolved.blocks, resolved.block_rows, xp.asarray(keep.blocks, bool))):
-    for leaf in leaves:
-      factors[leaf].append(
-          _Factor(kept, None, block=block) if row is None else
-          _Factor((xp.arange(shapes[leaf][0]) != row) | kept, 0,
-                  block=block, row=row))
-  return factors
-
-
 def entry_masks(resolved: Resolved, keep: StructureMask,
                 tree: chex.ArrayTree, xp: Any = jnp) -> chex.ArrayTree:
   """Bool pytree like ``tree``: entries of kept structures (and of none).
@@ -292,90 +257,160 @@ def entry_masks(resolved: Resolved, keep: StructureMask,
   """
   leaves, treedef = jax.tree.flatten(tree)
   shapes = [np.shape(w) for w in leaves]
-  masks = []
-  for shape, factors in zip(shapes, _factors(resolved, keep, shapes, xp)):
-    mask = xp.ones(shape, bool)
-    for factor in factors:
-      mask = mask & (factor.kept if factor.axis is None else expand_along(
-          factor.kept, factor.axis, len(shape)))
-    masks.append(mask)
+  layout_ = layout(resolved, shapes)
+  kept = xp.concatenate([xp.asarray(k, bool) for k in keep.channels]
+                        + [xp.asarray(keep.blocks, bool).reshape(-1),
+                           xp.ones([1], bool)])
+  masks = [xp.ones(shape, bool) for shape in shapes]
+  for leaf, axis, structures in zip(layout_.item_leaf, layout_.item_axis,
+                                    _item_structures(layout_)):
+    along = kept[structures]
+    masks[leaf] = masks[leaf] & (along[0] if axis is None else expand_along(
+        along, axis, len(shapes[leaf])))
   return treedef.unflatten(masks)
 
 
-def _along_axes(shape: tuple, factors: list[_Factor],
-                without: _Factor | None = None
-                ) -> tuple[jax.Array, dict[int, jax.Array]]:
-  """The product of ``factors`` (but ``without``) as a scalar and one
-  vector per axis: every membership depends on one axis at most, so an
-  entry is kept by the scalar times its position's value on every axis."""
-  scalar, vectors = jnp.ones([], jnp.float32), {}
-  for factor in factors:
-    if factor is without:
-      continue
-    kept = jnp.asarray(factor.kept, jnp.float32)
-    if factor.axis is None:
-      scalar = scalar * kept
-    else:
-      vectors[factor.axis] = vectors.get(factor.axis, 1.0) * kept
-  return scalar, vectors
+class Layout(NamedTuple):
+  """Where each structure's entries lie, for sums over the structures in a
+  few array ops whatever the number of leaves (a loop of ops per member
+  compiled to hundreds of kernels).
+
+  Every membership depends on one axis of a leaf. An item is a leaf's axis
+  with the structure of each position along it (``num_structures``: in
+  none), or a single position for a block of whole leaves. An entry is
+  kept when each of its leaf's items keeps its position, so a leaf keeps
+  the product of its items' kept positions and of the lengths of its
+  other axes; a structure's sum over its entries is the sum of its
+  positions' sums over the other axes.
+  """
+  position_item: np.ndarray  # [P] the item of each position
+  position_structure: np.ndarray  # [P] its structure
+  item_leaf: np.ndarray  # [items]
+  item_axis: tuple[int | None, ...]  # None: a whole leaf
+  leaf_items: np.ndarray  # [leaves, w] item indices, padded: the value 1
+  item_others: np.ndarray  # [items, w] its leaf's other items, padded
+  other_lengths: np.ndarray  # [leaves] the product of its axes in no item
+  num_structures: int
 
 
-def _count_over(shape: tuple, vectors: dict[int, jax.Array],
-                skip: int | None = None) -> jax.Array:
-  """Entries kept summed over every axis but ``skip``."""
-  count = jnp.ones([], jnp.float32)
-  for axis, length in enumerate(shape):
-    if axis != skip:
-      count = count * (jnp.sum(vectors[axis]) if axis in vectors
-                       else float(length))
-  return count
+def _padded(rows: list[list[int]], pad: int) -> np.ndarray:
+  width = max([len(r) for r in rows] + [1])
+  return np.asarray([r + [pad] * (width - len(r)) for r in rows],
+                    np.int32).reshape(len(rows), width)
 
 
-def kept_counts(resolved: Resolved, keep: StructureMask,
-                tree: chex.ArrayTree) -> list[jax.Array]:
-  """Per leaf of ``tree``: its entries kept by ``keep`` (the sum of its
-  `entry_masks` mask, from the kept flags alone: one product per axis)."""
-  shapes = [np.shape(w) for w in jax.tree.leaves(tree)]
-  counts = []
-  for shape, factors in zip(shapes, _factors(resolved, keep, shapes, jnp)):
-    scalar, vectors = _along_axes(shape, factors)
-    counts.append(scalar * _count_over(shape, vectors))
-  return counts
+def layout(resolved: Resolved, shapes: list[tuple]) -> Layout:
+  """The `Layout` of ``resolved`` on leaves of ``shapes``."""
+  num = sum(resolved.sizes) + len(resolved.blocks)
+  along = {}  # (leaf, axis) -> structure per position
+
+  def claim(leaf, axis, structures):
+    current = along.setdefault((leaf, axis),
+                               np.full(shapes[leaf][axis], num, np.int32))
+    claimed = structures < num
+    if np.any(current[claimed] < num):
+      raise ValueError(
+          f"groups: two structures share positions of leaf {leaf} along "
+          f"axis {axis}; a position belongs to one structure per axis.")
+    current[claimed] = structures[claimed]
+
+  start = np.cumsum((0,) + resolved.sizes)
+  for group, members in enumerate(resolved.channels):
+    for member in members:
+      claim(member.leaf, member.axis, np.where(
+          member.channel_of < 0, num, start[group] + member.channel_of))
+  items = []  # (leaf, axis, structure per position)
+  for block, (leaves, row) in enumerate(zip(resolved.blocks,
+                                            resolved.block_rows)):
+    structure = start[-1] + block
+    for leaf in leaves:
+      if row is None:
+        items.append((leaf, None, np.asarray([structure], np.int32)))
+      else:
+        rows = np.full(shapes[leaf][0], num, np.int32)
+        rows[row] = structure
+        claim(leaf, 0, rows)
+  items = [(leaf, axis, s) for (leaf, axis), s in along.items()] + items
+  leaf_items = [[] for _ in shapes]
+  for i, (leaf, _, _) in enumerate(items):
+    leaf_items[leaf].append(i)
+  pad = len(items)
+  return Layout(
+      position_item=np.concatenate(
+          [np.full(len(s), i, np.int32) for i, (_, _, s) in enumerate(items)]
+          + [np.zeros([0], np.int32)]),
+      position_structure=np.concatenate(
+          [s for _, _, s in items] + [np.zeros([0], np.int32)]),
+      item_leaf=np.asarray([leaf for leaf, _, _ in items], np.int32),
+      item_axis=tuple(axis for _, axis, _ in items),
+      leaf_items=_padded(leaf_items, pad),
+      item_others=_padded([[o for o in leaf_items[leaf] if o != i]
+                           for i, (leaf, _, _) in enumerate(items)], pad),
+      other_lengths=np.asarray(
+          [np.prod([n for axis, n in enumerate(shape)
+                    if (leaf, axis) not in along]) for leaf, shape in
+           enumerate(shapes)], np.float32).reshape(-1),
+      num_structures=num)
 
 
-def added_costs(resolved: Resolved, keep: StructureMask,
-                tree: chex.ArrayTree, unit_costs: list[float]) -> jax.Array:
-  """Per structure (channels group by group, then blocks): the cost its
-  entries would add to the model kept by ``keep`` were it kept too.
+def _item_structures(layout_: Layout) -> list[np.ndarray]:
+  """Each item's structure per position."""
+  counts = np.bincount(layout_.position_item,
+                       minlength=len(layout_.item_leaf))
+  return np.split(layout_.position_structure, np.cumsum(counts)[:-1])
+
+
+def structure_sums(layout_: Layout, values: list[jax.Array]) -> jax.Array:
+  """Per structure, the sum of ``values`` (leaves like the tree) over its
+  entries."""
+  rows = [jnp.sum(values[leaf]).reshape(1) if axis is None else
+          jnp.sum(values[leaf], axis=tuple(
+              a for a in range(values[leaf].ndim) if a != axis))
+          for leaf, axis in zip(layout_.item_leaf, layout_.item_axis)]
+  return jax.ops.segment_sum(
+      jnp.concatenate(rows + [jnp.zeros([0], jnp.float32)]),
+      layout_.position_structure,
+      num_segments=layout_.num_structures + 1)[:layout_.num_structures]
+
+
+def _item_values(layout_: Layout, kept_flat: jax.Array) -> jax.Array:
+  """Each item's kept positions, then a 1 (the padding's value)."""
+  kept = jnp.concatenate([jnp.asarray(kept_flat, jnp.float32),
+                          jnp.ones([1], jnp.float32)])
+  sums = jax.ops.segment_sum(kept[layout_.position_structure],
+                             layout_.position_item,
+                             num_segments=len(layout_.item_leaf))
+  return jnp.concatenate([sums, jnp.ones([1], jnp.float32)])
+
+
+def _leaf_scales(layout_: Layout, unit_costs: list[float]) -> np.ndarray:
+  return np.asarray(unit_costs, np.float32) * layout_.other_lengths
+
+
+def kept_cost(layout_: Layout, unit_costs: list[float],
+              kept_flat: jax.Array) -> jax.Array:
+  """The cost of the entries ``kept_flat`` (per structure: channels group
+  by group, then blocks) keeps, entries in no structure included."""
+  values = _item_values(layout_, kept_flat)
+  return jnp.sum(_leaf_scales(layout_, unit_costs)
+                 * jnp.prod(values[layout_.leaf_items], axis=1))
+
+
+def added_costs(layout_: Layout, unit_costs: list[float],
+                kept_flat: jax.Array) -> jax.Array:
+  """Per structure: the cost its entries would add to the model kept by
+  ``kept_flat`` were it kept too.
 
   An entry is added when every other structure it is in is kept; entries
-  of a structure already kept count as if it were not. Only the shapes of
-  ``tree`` are read.
+  of a structure already kept count as if it were not.
   """
-  shapes = [np.shape(w) for w in jax.tree.leaves(tree)]
-  channels = [jnp.zeros([size], jnp.float32) for size in resolved.sizes]
-  blocks = [jnp.zeros([], jnp.float32) for _ in resolved.blocks]
-  for shape, factors, unit in zip(shapes,
-                                  _factors(resolved, keep, shapes, jnp),
-                                  unit_costs):
-    if not unit:
-      continue
-    for factor in factors:
-      scalar, vectors = _along_axes(shape, factors, without=factor)
-      if factor.axis is None:
-        blocks[factor.block] += unit * scalar * _count_over(shape, vectors)
-        continue
-      along = vectors.get(factor.axis, jnp.ones([shape[factor.axis]]))
-      rest = unit * scalar * _count_over(shape, vectors, skip=factor.axis)
-      if factor.block is not None:
-        blocks[factor.block] += rest * along[factor.row]
-      else:
-        size = resolved.sizes[factor.group]
-        channels[factor.group] += rest * jax.ops.segment_sum(
-            along, _segment_index(factor.member, size),
-            num_segments=size + 1)[:size]
-  return jnp.concatenate(channels + [jnp.stack(blocks) if blocks
-                                     else jnp.zeros([0], jnp.float32)])
+  values = _item_values(layout_, kept_flat)
+  rest = (_leaf_scales(layout_, unit_costs)[layout_.item_leaf]
+          * jnp.prod(values[layout_.item_others], axis=1))
+  return jax.ops.segment_sum(rest[layout_.position_item],
+                             layout_.position_structure,
+                             num_segments=layout_.num_structures + 1
+                             )[:layout_.num_structures]
 
 
 def block_entries(values: Any, row: int | None) -> Any:

@@ -163,24 +163,16 @@ def structure_scores(resolved: _groups.Resolved, grads: chex.ArrayTree,
     if len(contributions) != len(weights):
       raise ValueError("`saliency` must return one value per parameter "
                        "entry, with the structure of the params.")
-  scores = []
-  for members, size in zip(resolved.channels, resolved.sizes):
-    total = jnp.zeros([size], jnp.float32)
-    for m in members:
-      total = total + _groups.per_channel_sum(
-          contributions[m.leaf].astype(jnp.float32), m, size)
-    scores.append(total)
-  channels = finish(jnp.concatenate(scores)) if scores else jnp.zeros([0])
-  if not resolved.blocks:
-    return channels
-  if block_saliency == "parts":
-    blocks = [_sum_of_parts(resolved, contributions, block, row, finish)
-              for block, row in zip(resolved.blocks, resolved.block_rows)]
-  else:
-    blocks = [finish(sum(jnp.sum(_groups.block_entries(contributions[i], row))
-                         for i in block))
-              for block, row in zip(resolved.blocks, resolved.block_rows)]
-  return jnp.concatenate([channels, jnp.stack(blocks)])
+  # Every structure's sum at once: a block's is of all its entries.
+  sums = _groups.structure_sums(
+      _groups.layout(resolved, [np.shape(w) for w in weights]),
+      [c.astype(jnp.float32) for c in contributions])
+  if block_saliency == "total" or not resolved.blocks:
+    return finish(sums)
+  channels = sum(resolved.sizes)
+  blocks = [_sum_of_parts(resolved, contributions, block, row, finish)
+            for block, row in zip(resolved.blocks, resolved.block_rows)]
+  return jnp.concatenate([finish(sums[:channels]), jnp.stack(blocks)])
 
 
 def check_block_saliency(block_saliency: str) -> None:
@@ -226,18 +218,17 @@ def select_structures(scores: jax.Array, costs: np.ndarray,
   costs = jnp.asarray(costs, jnp.float32)
   ratio = jnp.where(costs > 0, scores / jnp.maximum(costs, 1e-30), jnp.inf)
   ratio = jnp.where(jnp.isnan(ratio), -jnp.inf, ratio)
-  forced, start = [], 0
-  for size, floor in zip(sizes, floors or (1,) * len(sizes)):
-    group = ratio[start:start + size]
-    if floor == 1:
-      forced.append(jnp.zeros([size], bool).at[jnp.argmax(group)].set(True))
-    else:
-      rank = jnp.zeros([size], jnp.int32).at[
-          jnp.argsort(-group, stable=True)].set(jnp.arange(size))
-      forced.append(rank < floor)
-    start += size
-  forced.append(jnp.zeros([scores.shape[0] - start], bool))
-  forced = jnp.concatenate(forced)
+  # Each channel's rank within its group, for every group in one sort (by
+  # group, then ratio, then index: ties to the channel listed first).
+  channels = sum(sizes)
+  group_of = np.repeat(np.arange(len(sizes)), sizes)
+  index = np.arange(channels)
+  by_group = jnp.lexsort((index, -ratio[:channels], group_of))
+  rank = jnp.zeros([channels], jnp.int32).at[by_group].set(index) - np.repeat(
+      np.cumsum((0,) + tuple(sizes))[:-1], sizes)
+  forced = jnp.concatenate([
+      rank < np.repeat(floors or (1,) * len(sizes), sizes),
+      jnp.zeros([scores.shape[0] - channels], bool)])
   # Forced channels alone rank +inf; free structures (zero cost) next.
   ratio = jnp.where(forced, jnp.inf, jnp.minimum(
       ratio, jnp.finfo(jnp.float32).max))
@@ -321,6 +312,7 @@ class StructuredPlan(NamedTuple):
   channels each group keeps whatever the budget.
   """
   resolved: _groups.Resolved
+  layout: _groups.Layout
   costs: np.ndarray
   touched: list[bool]
   unit_costs: list[float]
@@ -422,7 +414,10 @@ def plan(groups: _groups.Groups, params: chex.ArrayTree, cost: str,
         "other variables?")
   unit_costs = _entry_costs(groups, _prunable.leaf_paths(params), cost)
   plan_ = StructuredPlan(
-      resolved=resolved, costs=cost_per_structure(groups, params, cost),
+      resolved=resolved,
+      layout=_groups.layout(resolved,
+                            [np.shape(w) for w in jax.tree.leaves(params)]),
+      costs=cost_per_structure(groups, params, cost),
       touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))),
       unit_costs=unit_costs,
       total=float(sum(u * np.size(w) for u, w in
@@ -433,24 +428,16 @@ def plan(groups: _groups.Groups, params: chex.ArrayTree, cost: str,
   return plan_._replace(floors=floors(resolved.sizes, share))
 
 
-def added_costs_fn(plan_: StructuredPlan,
-                   params: chex.ArrayTree) -> AddedCosts:
+def added_costs_fn(plan_: StructuredPlan) -> AddedCosts:
   """What each structure alone would add to the kept params' cost."""
-  return lambda kept_flat: _groups.added_costs(
-      plan_.resolved, _split(kept_flat, plan_.resolved.sizes), params,
-      plan_.unit_costs)
+  return lambda kept_flat: _groups.added_costs(plan_.layout,
+                                               plan_.unit_costs, kept_flat)
 
 
-def kept_cost_fn(plan_: StructuredPlan, params: chex.ArrayTree) -> KeptCost:
+def kept_cost_fn(plan_: StructuredPlan) -> KeptCost:
   """The exact cost of the params once the structures not kept are gone."""
-
-  def kept_cost(kept_flat):
-    counts = _groups.kept_counts(
-        plan_.resolved, _split(kept_flat, plan_.resolved.sizes), params)
-    return sum(count * unit
-               for count, unit in zip(counts, plan_.unit_costs) if unit)
-
-  return kept_cost
+  return lambda kept_flat: _groups.kept_cost(plan_.layout, plan_.unit_costs,
+                                             kept_flat)
 
 
 def minimum_cost(plan_: StructuredPlan, params: chex.ArrayTree) -> float:
@@ -490,8 +477,8 @@ def select(plan_: StructuredPlan, params: chex.ArrayTree, scores: jax.Array,
            limit: Any) -> _groups.StructureMask:
   """`select_structures` with the plan's exact kept and added costs."""
   return select_structures(scores, plan_.costs, plan_.resolved.sizes, limit,
-                           kept_cost_fn(plan_, params),
-                           added_costs_fn(plan_, params), plan_.floors)
+                           kept_cost_fn(plan_), added_costs_fn(plan_),
+                           plan_.floors)
 
 
 def model_cost(groups: _groups.Groups, tree: chex.ArrayTree,
