@@ -1,5 +1,7 @@
 """Structured GSM: structure saliency, the budgeted ranking, the update."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -401,6 +403,17 @@ def test_averaged_saliency_ranks_by_more_than_the_last_batch(decay):
   kept = optax_gsm.structured.kept_structures(state).channels[0]
   np.testing.assert_array_equal(kept, [True, False] if decay else
                                 [False, True])
+
+
+def test_a_position_in_two_structures_is_a_clear_error(mlp):
+  groups, params, _ = mlp
+  first = groups.channels[0]
+  # A hand-written group claiming the first layer's outputs again.
+  twice = dataclasses.replace(groups, channels=groups.channels + (
+      dataclasses.replace(first, name="again"),))
+  with pytest.raises(ValueError, match="'Dense_0/bias' along axis 0 is in "
+                     f"'{first.name}' and in 'again'"):
+    optax_gsm.structured.structured_gsm(twice, 2.0).init(params)
 
 
 def test_bad_arguments_are_clear_errors(mlp):

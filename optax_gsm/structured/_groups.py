@@ -187,7 +187,8 @@ class Resolved(NamedTuple):
 def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
   """Looks every member of ``groups`` up in ``tree``; checks the shapes."""
   leaves = jax.tree.leaves(tree)
-  table = _lookup(_prunable.leaf_paths(tree))
+  paths = _prunable.leaf_paths(tree)
+  table = _lookup(paths)
   channels = []
   for group in groups.channels:
     members = []
@@ -214,8 +215,38 @@ def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
       tuple(i for i in (find_leaf(table, p) for p in block.paths)
             if i is not None)
       for block in groups.blocks)
-  return Resolved(tuple(channels), tuple(g.size for g in groups.channels),
-                  blocks, tuple(block.row for block in groups.blocks))
+  resolved = Resolved(tuple(channels), tuple(g.size for g in groups.channels),
+                      blocks, tuple(block.row for block in groups.blocks))
+  _check_one_structure_per_position(
+      resolved, groups, paths, [np.shape(w) for w in leaves])
+  return resolved
+
+
+def _check_one_structure_per_position(resolved: Resolved, groups: Groups,
+                                      paths: list[str],
+                                      shapes: list[tuple]) -> None:
+  """Along each axis of a leaf, a position is in one structure at most
+  (what `Layout` rests on)."""
+  owner = {}  # (leaf, axis) -> the structure's name per position, or ""
+
+  def claim(leaf, axis, claimed, name):
+    names = owner.setdefault((leaf, axis),
+                             np.full(shapes[leaf][axis], "", dtype=object))
+    taken = claimed & (names != "")
+    if np.any(taken):
+      raise ValueError(
+          f"groups: position {int(np.argmax(taken))} of {paths[leaf]!r} "
+          f"along axis {axis} is in {names[taken][0]!r} and in {name!r}; a "
+          "position belongs to one structure per axis.")
+    names[claimed] = name
+
+  for group, members in zip(groups.channels, resolved.channels):
+    for member in members:
+      claim(member.leaf, member.axis, member.channel_of >= 0, group.name)
+  for block, leaves_, row in zip(groups.blocks, resolved.blocks,
+                                 resolved.block_rows):
+    for leaf in leaves_ if row is not None else ():
+      claim(leaf, 0, np.arange(shapes[leaf][0]) == row, block.name)
 
 
 def touched_leaves(resolved: Resolved, num_leaves: int) -> list[bool]:
@@ -304,14 +335,10 @@ def layout(resolved: Resolved, shapes: list[tuple]) -> Layout:
   num = sum(resolved.sizes) + len(resolved.blocks)
   along = {}  # (leaf, axis) -> structure per position
 
-  def claim(leaf, axis, structures):
+  def claim(leaf, axis, structures):  # disjoint (`resolve` checks)
     current = along.setdefault((leaf, axis),
                                np.full(shapes[leaf][axis], num, np.int32))
     claimed = structures < num
-    if np.any(current[claimed] < num):
-      raise ValueError(
-          f"groups: two structures share positions of leaf {leaf} along "
-          f"axis {axis}; a position belongs to one structure per axis.")
     current[claimed] = structures[claimed]
 
   start = np.cumsum((0,) + resolved.sizes)
