@@ -307,9 +307,10 @@ def select_structures(scores: jax.Array, costs: np.ndarray,
 class StructuredPlan(NamedTuple):
   """What a structured GSM needs, fixed at init for one params structure.
 
-  ``unit_costs``: the cost of one entry of each leaf; ``total``: the cost
-  of the whole tree (every leaf, in structures or not); ``floors``: the
-  channels each group keeps whatever the budget.
+  ``layout``: where each structure's entries lie (`_groups.Layout`, for the
+  kept and added costs); ``unit_costs``: the cost of one entry of each
+  leaf; ``total``: the cost of the whole tree (every leaf, in structures or
+  not); ``floors``: the channels each group keeps whatever the budget.
   """
   resolved: _groups.Resolved
   layout: _groups.Layout
