@@ -14,7 +14,7 @@ Variants (``--variants``; the default is every one):
 
   default        ``structured_gsm_sgd(..., total_steps=T)`` as shipped
                  (``min_kept_share="auto"``: half the uniform width, within
-                 half the budget)
+                 half of what the ranking chooses)
   no_floor       a group may keep a single channel (``min_kept_share=None``,
                  the default before the floor)
   floor25        every channel group keeps at least 25% of its channels

@@ -43,10 +43,10 @@ Decided on purpose:
   the budget, and at least one (a layer of width zero would cut the
   network): a floor the rest of the ranking pays for. By default
   (``"auto"``) the floor is half the width uniform pruning to ``C`` keeps,
-  ``0.5 / sqrt(C)`` of each group, lowered until the floors cost at most
-  half the budget: on short budgets a group ranked down to one or two
-  channels (ResNet-20's stem at 8x) left two runs of five at chance, and
-  every run with a floor kept its accuracy;
+  ``0.5 / sqrt(C)`` of each group, lowered until the floors take at most
+  half of the budget the ranking chooses: on short budgets a group ranked
+  down to one or two channels (ResNet-20's stem at 8x) left two runs of
+  five at chance, and every run with a floor kept its accuracy;
 - the ranking's denominator ``c_S`` counts a structure's own entries (an
   entry in two structures, a kernel entry in its input and its output
   channel's group, is in both), while the budget counts the kept model
@@ -383,11 +383,15 @@ def auto_share(plan_: StructuredPlan, params: chex.ArrayTree,
                ratio: float | None) -> float | None:
   """``min_kept_share="auto"``: half the width uniform pruning to C keeps,
   ``0.5 / sqrt(C)``, or the largest share below it (to 1/4096) whose
-  floors cost at most half of ``total / C``, so that the ranking still
-  chooses most of the model; None (one channel) for a scheduled C."""
+  floors take at most half of what the ranking chooses (the budget
+  ``total / C`` less what no ranking removes: one channel a group and
+  everything outside the groups), so that the ranking still chooses most
+  of the model; None (one channel) for a scheduled C. ``plan_`` holds
+  one-channel floors."""
   if ratio is None:
     return None
-  limit = 0.5 * plan_.total / ratio
+  least = minimum_cost(plan_, params)
+  limit = least + 0.5 * max(plan_.total / ratio - least, 0.0)
 
   def fits(share):
     sized = plan_._replace(floors=floors(plan_.resolved.sizes, share))

@@ -184,11 +184,13 @@ def structured_gsm(
       this share of its channels (rounded up, and always one), its best
       ranked, whatever the budget; None: one channel; "auto" (default): half
       the width uniform pruning to C keeps, ``0.5 / sqrt(C)`` (0.18 at 8x),
-      lowered until the floors cost at most half the budget, and one
-      channel where C is a schedule or traced. Without a floor, short budgets ranked
-      a group down to a channel or two and left the model at chance (two
-      ResNet-20 runs of five at 8x fewer FLOPs). Fixed when the optimizer is
-      built (under ``optax.inject_hyperparams``, a static arg).
+      lowered until the floors take at most half of the budget the ranking
+      chooses (what it leaves beyond one channel a group and everything
+      outside the groups), and one channel where C is a schedule or
+      traced. Without a floor, short budgets ranked a group down to a
+      channel or two and left the model at chance (two ResNet-20 runs of
+      five at 8x fewer FLOPs). Fixed when the optimizer is built (under
+      ``optax.inject_hyperparams``, a static arg).
     saliency_decay: None (the current batch's saliency alone), or d in
       [0, 1): rank each structure by the root of the moving average of its
       squared saliency over the refreshes, ``a_S <- d a_S + (1 - d)
