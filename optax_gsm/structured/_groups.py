@@ -26,7 +26,7 @@ belongs to is kept; entries in no structure are always kept.
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import chex
@@ -175,18 +175,109 @@ class ResolvedMember(NamedTuple):
   role: str
 
 
+class Layout(NamedTuple):
+  """Where each structure's entries lie, for sums over the structures in a
+  few array ops whatever the number of leaves (a loop of ops per member
+  compiled to hundreds of kernels).
+
+  Every membership depends on one axis of a leaf. An item is a leaf's axis
+  with the structure of each position along it (``num_structures``: in
+  none), or a single position for a block of whole leaves. An entry is
+  kept when each of its leaf's items keeps its position, so a leaf keeps
+  the product of its items' kept positions and of the lengths of its
+  other axes; a structure's sum over its entries is the sum of its
+  positions' sums over the other axes.
+  """
+  position_item: np.ndarray  # [P] the item of each position
+  position_structure: np.ndarray  # [P] its structure
+  item_leaf: np.ndarray  # [items]
+  item_axis: tuple[int | None, ...]  # None: a whole leaf
+  leaf_items: np.ndarray  # [leaves, w] item indices, padded: the value 1
+  item_others: np.ndarray  # [items, w] its leaf's other items, padded
+  other_lengths: np.ndarray  # [leaves] float64: its axes in no item
+  num_structures: int
+
+
 class Resolved(NamedTuple):
   """`Groups` against one tree: members as leaf indices (absent ones gone);
-  per block its leaves and its row (None: whole leaves)."""
+  per block its leaves and its row (None: whole leaves); the `Layout`."""
   channels: tuple[tuple[ResolvedMember, ...], ...]
   sizes: tuple[int, ...]
   blocks: tuple[tuple[int, ...], ...]
-  block_rows: tuple[int | None, ...] = ()
+  block_rows: tuple[int | None, ...]
+  layout: Layout
+
+
+def _padded(rows: list[list[int]], pad: int) -> np.ndarray:
+  width = max([len(r) for r in rows] + [1])
+  return np.asarray([r + [pad] * (width - len(r)) for r in rows],
+                    np.int32).reshape(len(rows), width)
+
+
+def _layout(channels: tuple[tuple[ResolvedMember, ...], ...],
+            sizes: tuple[int, ...], blocks: tuple[tuple[int, ...], ...],
+            block_rows: tuple[int | None, ...], shapes: list[tuple],
+            overlap: Callable[[int, int, int, tuple[int, int]], Exception]
+            ) -> Layout:
+  """The `Layout` of these structures on leaves of ``shapes``; ``overlap``
+  makes the error for a position claimed twice along one axis."""
+  num = sum(sizes) + len(blocks)
+  along = {}  # (leaf, axis) -> structure per position
+
+  def claim(leaf, axis, structures):
+    current = along.setdefault((leaf, axis),
+                               np.full(shapes[leaf][axis], num, np.int32))
+    claimed = structures < num
+    taken = claimed & (current < num)
+    if np.any(taken):
+      position = int(np.argmax(taken))
+      raise overlap(leaf, axis, position, (int(current[position]),
+                                           int(structures[position])))
+    current[claimed] = structures[claimed]
+
+  start = np.cumsum((0,) + sizes)
+  for group, members in enumerate(channels):
+    for member in members:
+      claim(member.leaf, member.axis, np.where(
+          member.channel_of < 0, num, start[group] + member.channel_of))
+  items = []  # (leaf, axis, structure per position)
+  for block, (leaves, row) in enumerate(zip(blocks, block_rows)):
+    structure = start[-1] + block
+    for leaf in leaves:
+      if row is None:
+        items.append((leaf, None, np.asarray([structure], np.int32)))
+      else:
+        rows = np.full(shapes[leaf][0], num, np.int32)
+        rows[row] = structure
+        claim(leaf, 0, rows)
+  items = [(leaf, axis, s) for (leaf, axis), s in along.items()] + items
+  leaf_items = [[] for _ in shapes]
+  for i, (leaf, _, _) in enumerate(items):
+    leaf_items[leaf].append(i)
+  pad = len(items)
+  return Layout(
+      position_item=np.concatenate(
+          [np.full(len(s), i, np.int32) for i, (_, _, s) in enumerate(items)]
+          + [np.zeros([0], np.int32)]),
+      position_structure=np.concatenate(
+          [s for _, _, s in items] + [np.zeros([0], np.int32)]),
+      item_leaf=np.asarray([leaf for leaf, _, _ in items], np.int32),
+      item_axis=tuple(axis for _, axis, _ in items),
+      leaf_items=_padded(leaf_items, pad),
+      item_others=_padded([[o for o in leaf_items[leaf] if o != i]
+                           for i, (leaf, _, _) in enumerate(items)], pad),
+      other_lengths=np.asarray(
+          [np.prod([n for axis, n in enumerate(shape)
+                    if (leaf, axis) not in along]) for leaf, shape in
+           enumerate(shapes)], np.float64).reshape(-1),
+      num_structures=num)
 
 
 def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
-  """Looks every member of ``groups`` up in ``tree``; checks the shapes."""
+  """Looks every member of ``groups`` up in ``tree``; checks the shapes and
+  that a position lies in one structure per axis."""
   leaves = jax.tree.leaves(tree)
+  shapes = [np.shape(w) for w in leaves]
   paths = _prunable.leaf_paths(tree)
   table = _lookup(paths)
   channels = []
@@ -196,7 +287,7 @@ def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
       index = find_leaf(table, member.path)
       if index is None:
         continue
-      shape = np.shape(leaves[index])
+      shape = shapes[index]
       if not 0 <= member.axis < len(shape) or (
           shape[member.axis] != len(member.channel_of)):
         raise ValueError(
@@ -215,38 +306,29 @@ def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
       tuple(i for i in (find_leaf(table, p) for p in block.paths)
             if i is not None)
       for block in groups.blocks)
-  resolved = Resolved(tuple(channels), tuple(g.size for g in groups.channels),
-                      blocks, tuple(block.row for block in groups.blocks))
-  _check_one_structure_per_position(
-      resolved, groups, paths, [np.shape(w) for w in leaves])
-  return resolved
+  sizes = tuple(g.size for g in groups.channels)
+  names = [g.name for g in groups.channels] + [b.name for b in groups.blocks]
+  return Resolved(
+      tuple(channels), sizes, blocks,
+      tuple(block.row for block in groups.blocks),
+      _layout(tuple(channels), sizes, blocks,
+              tuple(block.row for block in groups.blocks), shapes,
+              lambda leaf, axis, position, structures: _overlap_error(
+                  paths[leaf], axis, names, sizes, position, structures)))
 
 
-def _check_one_structure_per_position(resolved: Resolved, groups: Groups,
-                                      paths: list[str],
-                                      shapes: list[tuple]) -> None:
-  """Along each axis of a leaf, a position is in one structure at most
-  (what `Layout` rests on)."""
-  owner = {}  # (leaf, axis) -> the structure's name per position, or ""
-
-  def claim(leaf, axis, claimed, name):
-    names = owner.setdefault((leaf, axis),
-                             np.full(shapes[leaf][axis], "", dtype=object))
-    taken = claimed & (names != "")
-    if np.any(taken):
-      raise ValueError(
-          f"groups: position {int(np.argmax(taken))} of {paths[leaf]!r} "
-          f"along axis {axis} is in {names[taken][0]!r} and in {name!r}; a "
-          "position belongs to one structure per axis.")
-    names[claimed] = name
-
-  for group, members in zip(groups.channels, resolved.channels):
-    for member in members:
-      claim(member.leaf, member.axis, member.channel_of >= 0, group.name)
-  for block, leaves_, row in zip(groups.blocks, resolved.blocks,
-                                 resolved.block_rows):
-    for leaf in leaves_ if row is not None else ():
-      claim(leaf, 0, np.arange(shapes[leaf][0]) == row, block.name)
+def _overlap_error(path: str, axis: int, names: list[str],
+                   sizes: tuple[int, ...], position: int,
+                   structures: tuple[int, int]) -> ValueError:
+  """A position of ``path`` claimed by two structures (flat indices)."""
+  def name(structure):
+    group = int(np.searchsorted(np.cumsum(sizes), structure, side="right"))
+    return names[group] if group < len(sizes) else names[
+        len(sizes) + structure - sum(sizes)]
+  return ValueError(
+      f"groups: position {position} of {path!r} along axis {axis} is in "
+      f"{name(structures[0])!r} and in {name(structures[1])!r}; a position "
+      "belongs to one structure per axis.")
 
 
 def touched_leaves(resolved: Resolved, num_leaves: int) -> list[bool]:
@@ -282,13 +364,14 @@ def expand_along(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
 
 def entry_masks(resolved: Resolved, keep: StructureMask,
                 tree: chex.ArrayTree, xp: Any = jnp) -> chex.ArrayTree:
-  """Bool pytree like ``tree``: entries of kept structures (and of none).
+  """Bool pytree like ``tree`` (the tree ``resolved`` is of): entries of
+  kept structures (and of none).
 
   Only the shapes of ``tree`` are read; ``xp=np`` computes on the host.
   """
   leaves, treedef = jax.tree.flatten(tree)
   shapes = [np.shape(w) for w in leaves]
-  layout_ = layout(resolved, shapes)
+  layout_ = resolved.layout
   kept = xp.concatenate([xp.asarray(k, bool) for k in keep.channels]
                         + [xp.asarray(keep.blocks, bool).reshape(-1),
                            xp.ones([1], bool)])
@@ -299,85 +382,6 @@ def entry_masks(resolved: Resolved, keep: StructureMask,
     masks[leaf] = masks[leaf] & (along[0] if axis is None else expand_along(
         along, axis, len(shapes[leaf])))
   return treedef.unflatten(masks)
-
-
-class Layout(NamedTuple):
-  """Where each structure's entries lie, for sums over the structures in a
-  few array ops whatever the number of leaves (a loop of ops per member
-  compiled to hundreds of kernels).
-
-  Every membership depends on one axis of a leaf. An item is a leaf's axis
-  with the structure of each position along it (``num_structures``: in
-  none), or a single position for a block of whole leaves. An entry is
-  kept when each of its leaf's items keeps its position, so a leaf keeps
-  the product of its items' kept positions and of the lengths of its
-  other axes; a structure's sum over its entries is the sum of its
-  positions' sums over the other axes.
-  """
-  position_item: np.ndarray  # [P] the item of each position
-  position_structure: np.ndarray  # [P] its structure
-  item_leaf: np.ndarray  # [items]
-  item_axis: tuple[int | None, ...]  # None: a whole leaf
-  leaf_items: np.ndarray  # [leaves, w] item indices, padded: the value 1
-  item_others: np.ndarray  # [items, w] its leaf's other items, padded
-  other_lengths: np.ndarray  # [leaves] the product of its axes in no item
-  num_structures: int
-
-
-def _padded(rows: list[list[int]], pad: int) -> np.ndarray:
-  width = max([len(r) for r in rows] + [1])
-  return np.asarray([r + [pad] * (width - len(r)) for r in rows],
-                    np.int32).reshape(len(rows), width)
-
-
-def layout(resolved: Resolved, shapes: list[tuple]) -> Layout:
-  """The `Layout` of ``resolved`` on leaves of ``shapes``."""
-  num = sum(resolved.sizes) + len(resolved.blocks)
-  along = {}  # (leaf, axis) -> structure per position
-
-  def claim(leaf, axis, structures):  # disjoint (`resolve` checks)
-    current = along.setdefault((leaf, axis),
-                               np.full(shapes[leaf][axis], num, np.int32))
-    claimed = structures < num
-    current[claimed] = structures[claimed]
-
-  start = np.cumsum((0,) + resolved.sizes)
-  for group, members in enumerate(resolved.channels):
-    for member in members:
-      claim(member.leaf, member.axis, np.where(
-          member.channel_of < 0, num, start[group] + member.channel_of))
-  items = []  # (leaf, axis, structure per position)
-  for block, (leaves, row) in enumerate(zip(resolved.blocks,
-                                            resolved.block_rows)):
-    structure = start[-1] + block
-    for leaf in leaves:
-      if row is None:
-        items.append((leaf, None, np.asarray([structure], np.int32)))
-      else:
-        rows = np.full(shapes[leaf][0], num, np.int32)
-        rows[row] = structure
-        claim(leaf, 0, rows)
-  items = [(leaf, axis, s) for (leaf, axis), s in along.items()] + items
-  leaf_items = [[] for _ in shapes]
-  for i, (leaf, _, _) in enumerate(items):
-    leaf_items[leaf].append(i)
-  pad = len(items)
-  return Layout(
-      position_item=np.concatenate(
-          [np.full(len(s), i, np.int32) for i, (_, _, s) in enumerate(items)]
-          + [np.zeros([0], np.int32)]),
-      position_structure=np.concatenate(
-          [s for _, _, s in items] + [np.zeros([0], np.int32)]),
-      item_leaf=np.asarray([leaf for leaf, _, _ in items], np.int32),
-      item_axis=tuple(axis for _, axis, _ in items),
-      leaf_items=_padded(leaf_items, pad),
-      item_others=_padded([[o for o in leaf_items[leaf] if o != i]
-                           for i, (leaf, _, _) in enumerate(items)], pad),
-      other_lengths=np.asarray(
-          [np.prod([n for axis, n in enumerate(shape)
-                    if (leaf, axis) not in along]) for leaf, shape in
-           enumerate(shapes)], np.float32).reshape(-1),
-      num_structures=num)
 
 
 def _item_structures(layout_: Layout) -> list[np.ndarray]:
@@ -400,27 +404,37 @@ def structure_sums(layout_: Layout, values: list[jax.Array]) -> jax.Array:
       num_segments=layout_.num_structures + 1)[:layout_.num_structures]
 
 
-def _item_values(layout_: Layout, kept_flat: jax.Array) -> jax.Array:
+def _segment_sum(xp: Any, data: Any, segments: np.ndarray,
+                 num: int) -> Any:
+  if xp is np:
+    return np.bincount(segments, weights=data, minlength=num)
+  return jax.ops.segment_sum(data, segments, num_segments=num)
+
+
+def _item_values(layout_: Layout, kept_flat: Any, xp: Any = jnp) -> Any:
   """Each item's kept positions, then a 1 (the padding's value)."""
-  kept = jnp.concatenate([jnp.asarray(kept_flat, jnp.float32),
-                          jnp.ones([1], jnp.float32)])
-  sums = jax.ops.segment_sum(kept[layout_.position_structure],
-                             layout_.position_item,
-                             num_segments=len(layout_.item_leaf))
-  return jnp.concatenate([sums, jnp.ones([1], jnp.float32)])
+  dtype = np.float64 if xp is np else jnp.float32
+  kept = xp.concatenate([xp.asarray(kept_flat, dtype), xp.ones([1], dtype)])
+  sums = _segment_sum(xp, kept[layout_.position_structure],
+                      layout_.position_item, len(layout_.item_leaf))
+  return xp.concatenate([sums, xp.ones([1], dtype)])
 
 
-def _leaf_scales(layout_: Layout, unit_costs: list[float]) -> np.ndarray:
-  return np.asarray(unit_costs, np.float32) * layout_.other_lengths
+def _leaf_scales(layout_: Layout, unit_costs: list[float],
+                 dtype: Any = np.float32) -> np.ndarray:
+  return (np.asarray(unit_costs, np.float64)
+          * layout_.other_lengths).astype(dtype)
 
 
-def kept_cost(layout_: Layout, unit_costs: list[float],
-              kept_flat: jax.Array) -> jax.Array:
+def kept_cost(layout_: Layout, unit_costs: list[float], kept_flat: Any,
+              xp: Any = jnp) -> Any:
   """The cost of the entries ``kept_flat`` (per structure: channels group
-  by group, then blocks) keeps, entries in no structure included."""
-  values = _item_values(layout_, kept_flat)
-  return jnp.sum(_leaf_scales(layout_, unit_costs)
-                 * jnp.prod(values[layout_.leaf_items], axis=1))
+  by group, then blocks) keeps, entries in no structure included;
+  ``xp=np`` counts on the host in float64."""
+  values = _item_values(layout_, kept_flat, xp)
+  scales = _leaf_scales(layout_, unit_costs,
+                        np.float64 if xp is np else np.float32)
+  return xp.sum(scales * xp.prod(values[layout_.leaf_items], axis=1))
 
 
 def added_costs(layout_: Layout, unit_costs: list[float],
@@ -434,10 +448,9 @@ def added_costs(layout_: Layout, unit_costs: list[float],
   values = _item_values(layout_, kept_flat)
   rest = (_leaf_scales(layout_, unit_costs)[layout_.item_leaf]
           * jnp.prod(values[layout_.item_others], axis=1))
-  return jax.ops.segment_sum(rest[layout_.position_item],
-                             layout_.position_structure,
-                             num_segments=layout_.num_structures + 1
-                             )[:layout_.num_structures]
+  return _segment_sum(jnp, rest[layout_.position_item],
+                      layout_.position_structure,
+                      layout_.num_structures + 1)[:layout_.num_structures]
 
 
 def block_entries(values: Any, row: int | None) -> Any:

@@ -165,8 +165,7 @@ def structure_scores(resolved: _groups.Resolved, grads: chex.ArrayTree,
                        "entry, with the structure of the params.")
   # Every structure's sum at once: a block's is of all its entries.
   sums = _groups.structure_sums(
-      _groups.layout(resolved, [np.shape(w) for w in weights]),
-      [c.astype(jnp.float32) for c in contributions])
+      resolved.layout, [c.astype(jnp.float32) for c in contributions])
   if block_saliency == "total" or not resolved.blocks:
     return finish(sums)
   channels = sum(resolved.sizes)
@@ -307,13 +306,11 @@ def select_structures(scores: jax.Array, costs: np.ndarray,
 class StructuredPlan(NamedTuple):
   """What a structured GSM needs, fixed at init for one params structure.
 
-  ``layout``: where each structure's entries lie (`_groups.Layout`, for the
-  kept and added costs); ``unit_costs``: the cost of one entry of each
+  ``unit_costs``: the cost of one entry of each
   leaf; ``total``: the cost of the whole tree (every leaf, in structures or
   not); ``floors``: the channels each group keeps whatever the budget.
   """
   resolved: _groups.Resolved
-  layout: _groups.Layout
   costs: np.ndarray
   touched: list[bool]
   unit_costs: list[float]
@@ -379,8 +376,7 @@ def floors(sizes: tuple[int, ...],
   return tuple(max(1, int(np.ceil(share * size - 1e-9))) for size in sizes)
 
 
-def auto_share(plan_: StructuredPlan, params: chex.ArrayTree,
-               ratio: float | None) -> float | None:
+def auto_share(plan_: StructuredPlan, ratio: float | None) -> float | None:
   """``min_kept_share="auto"``: half the width uniform pruning to C keeps,
   ``0.5 / sqrt(C)``, or the largest share below it (to 1/4096) whose
   floors take at most half of what the ranking chooses (the budget
@@ -390,12 +386,12 @@ def auto_share(plan_: StructuredPlan, params: chex.ArrayTree,
   one-channel floors."""
   if ratio is None:
     return None
-  least = minimum_cost(plan_, params)
+  least = minimum_cost(plan_)
   limit = least + 0.5 * max(plan_.total / ratio - least, 0.0)
 
   def fits(share):
     sized = plan_._replace(floors=floors(plan_.resolved.sizes, share))
-    return minimum_cost(sized, params) <= limit
+    return minimum_cost(sized) <= limit
 
   share = 0.5 / float(np.sqrt(ratio))
   if fits(share):
@@ -420,54 +416,48 @@ def plan(groups: _groups.Groups, params: chex.ArrayTree, cost: str,
   unit_costs = _entry_costs(groups, _prunable.leaf_paths(params), cost)
   plan_ = StructuredPlan(
       resolved=resolved,
-      layout=_groups.layout(resolved,
-                            [np.shape(w) for w in jax.tree.leaves(params)]),
       costs=cost_per_structure(groups, params, cost),
       touched=_groups.touched_leaves(resolved, len(jax.tree.leaves(params))),
       unit_costs=unit_costs,
       total=float(sum(u * np.size(w) for u, w in
                       zip(unit_costs, jax.tree.leaves(params)))),
       floors=floors(resolved.sizes, None))
-  share = (auto_share(plan_, params, ratio)
+  share = (auto_share(plan_, ratio)
            if min_kept_share == AUTO_SHARE else min_kept_share)
   return plan_._replace(floors=floors(resolved.sizes, share))
 
 
 def added_costs_fn(plan_: StructuredPlan) -> AddedCosts:
   """What each structure alone would add to the kept params' cost."""
-  return lambda kept_flat: _groups.added_costs(plan_.layout,
+  return lambda kept_flat: _groups.added_costs(plan_.resolved.layout,
                                                plan_.unit_costs, kept_flat)
 
 
 def kept_cost_fn(plan_: StructuredPlan) -> KeptCost:
   """The exact cost of the params once the structures not kept are gone."""
-  return lambda kept_flat: _groups.kept_cost(plan_.layout, plan_.unit_costs,
+  return lambda kept_flat: _groups.kept_cost(plan_.resolved.layout, plan_.unit_costs,
                                              kept_flat)
 
 
-def minimum_cost(plan_: StructuredPlan, params: chex.ArrayTree) -> float:
+def minimum_cost(plan_: StructuredPlan) -> float:
   """The least cost kept under any budget: each group's floor of its
-  cheapest channels, no block."""
+  cheapest channels, no block (counted in float64)."""
   flat, start = np.zeros(len(plan_.costs), bool), 0
   for size, floor in zip(plan_.resolved.sizes, plan_.floors):
     cheapest = np.argsort(plan_.costs[start:start + size], kind="stable")
     flat[start + cheapest[:floor]] = True
     start += size
-  parts = np.split(flat, np.cumsum(plan_.resolved.sizes))
-  keep = _groups.StructureMask(tuple(parts[:-1]), parts[-1])
-  masks = jax.tree.leaves(
-      _groups.entry_masks(plan_.resolved, keep, params, np))
-  return float(sum(np.sum(m) * u for m, u in zip(masks, plan_.unit_costs)))
+  return float(_groups.kept_cost(plan_.resolved.layout, plan_.unit_costs,
+                                 flat, np))
 
 
-def budget(plan_: StructuredPlan, params: chex.ArrayTree, ratio: Any,
-           cost: str) -> Any:
+def budget(plan_: StructuredPlan, ratio: Any, cost: str) -> Any:
   """``total / C``, checked against the minimum for a concrete C."""
   concrete = _validation.concrete_float(ratio)
   if concrete is None:
     return plan_.total / jnp.maximum(jnp.asarray(ratio, jnp.float32), 1.0)
   _validation.check_range("compression_ratio", concrete, low=1.0)
-  least = minimum_cost(plan_, params)
+  least = minimum_cost(plan_)
   if plan_.total / concrete < least:
     raise ValueError(
         f"`compression_ratio`={concrete!r} leaves a budget of "
@@ -478,7 +468,7 @@ def budget(plan_: StructuredPlan, params: chex.ArrayTree, ratio: Any,
   return plan_.total / concrete
 
 
-def select(plan_: StructuredPlan, params: chex.ArrayTree, scores: jax.Array,
+def select(plan_: StructuredPlan, scores: jax.Array,
            limit: Any) -> _groups.StructureMask:
   """`select_structures` with the plan's exact kept and added costs."""
   return select_structures(scores, plan_.costs, plan_.resolved.sizes, limit,
@@ -564,11 +554,10 @@ def prune_structures(params: chex.ArrayTree, groups: _groups.Groups,
         f"`saliency` must be 'magnitude' or 'taylor'; got {saliency!r}.")
   check_block_saliency(block_saliency)
   check_min_kept_share(min_kept_share)
-  ratio = compression_ratio
   plan_ = plan(groups, params, cost, min_kept_share,
-               _validation.concrete_float(ratio))
+               _validation.concrete_float(compression_ratio))
   scores = structure_scores(plan_.resolved, grads, params, saliency,
                             block_saliency)
   keep = jax.tree.map(np.asarray, select(
-      plan_, params, scores, budget(plan_, params, ratio, cost)))
+      plan_, scores, budget(plan_, compression_ratio, cost)))
   return _groups.mask_structures(params, groups, keep), keep

@@ -53,7 +53,7 @@ def _scale_by_kept_structures(groups, cost, ratio_at, constant_ratio,
     if jax.tree.leaves(params):  # not `optax.tree.map_params` placeholders
       plan = _ranking.plan(groups, params, cost, min_kept_share,
                            constant_ratio)
-      _ranking.budget(plan, params, ratio_at(0), cost)
+      _ranking.budget(plan, ratio_at(0), cost)
       structures = sum(plan.resolved.sizes) + len(plan.resolved.blocks)
     return StructuredGSMState(
         count=jnp.zeros([], jnp.int32),
@@ -65,7 +65,7 @@ def _scale_by_kept_structures(groups, cost, ratio_at, constant_ratio,
     _active_set.check_update_args("structured_gsm", updates, params)
     plan = _ranking.plan(groups, params, cost, min_kept_share,
                          constant_ratio)
-    limit = _ranking.budget(plan, params, ratio_at(state.count), cost)
+    limit = _ranking.budget(plan, ratio_at(state.count), cost)
 
     def select(at_freeze):
       # The freeze keeps what the saliency ranks now, not the largest
@@ -76,12 +76,12 @@ def _scale_by_kept_structures(groups, cost, ratio_at, constant_ratio,
       scores = _ranking.structure_scores(plan.resolved, updates, params,
                                          saliency, block_saliency)
       if saliency_decay is None:
-        return _ranking.select(plan, params, scores, limit), jnp.square(scores)
+        return _ranking.select(plan, scores, limit), jnp.square(scores)
       square = (saliency_decay * state.saliency_square
                 + (1 - saliency_decay) * jnp.square(scores))
       # Zero-initialised and not debiased: every structure's average is
       # short by the same factor, which leaves the ranking unchanged.
-      return _ranking.select(plan, params, jnp.sqrt(square), limit), square
+      return _ranking.select(plan, jnp.sqrt(square), limit), square
 
     kept, square = _active_set.refreshed(
         select, lambda: (state.kept, state.saliency_square), state.count,
