@@ -73,6 +73,7 @@ from examples.structured_gsm import (
   add_floor_argument,
   difference_text,
   floor_note,
+  floors_record,
   shrink_difference,
   uniform_for,
 )
@@ -204,7 +205,7 @@ def gsm_stage(args, corpus, trainer, groups, dense, reduction, steps):
   difference = shrink_difference(
       model.apply, trainer.model.apply, {"params": trained}, groups, keep,
       corpus.test[0][:16])
-  record = {"min_kept_share": args.min_kept_share,
+  record = {**floors_record(groups, dense, reduction, args.min_kept_share),
             "trained": quality(trainer, trained),
             "masked": quality(trainer, masked),
             "shrunk": quality(small_trainer, small),

@@ -127,10 +127,15 @@ def markdown(record) -> str:
 
 
 def _floor_suffix(run) -> str:
-  """A default run from before `min_kept_share="auto"` had no floor."""
-  if "min_kept_share" in run or "min_kept_share" in run["options"]:
+  """A default run from before `min_kept_share="auto"` had no floor, and
+  one from before the bypassed groups were spared floored them too."""
+  if "min_kept_share" in run["options"]:
     return ""
-  return " (no floor: before 'auto')"
+  if "min_kept_share" not in run:
+    return " (no floor: before 'auto')"
+  if "min_kept_channels" not in run:
+    return " (auto floor on every group)"
+  return ""
 
 
 def _commands_line(record) -> str:

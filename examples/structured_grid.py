@@ -71,7 +71,8 @@ def cell(setup, trainer, groups, params, batch_stats, reduction, methods):
                        "flops_reduction": record["flops_reduction"],
                        "wall_seconds": record["wall_seconds"],
                        "blocks_removed": record.get("blocks_removed", []),
-                       **({"min_kept_share": record["min_kept_share"]}
+                       **({k: record[k] for k in ("min_kept_share",
+                                                  "min_kept_channels")}
                           if method == "gsm" else {})}
   return results
 

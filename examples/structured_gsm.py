@@ -185,10 +185,26 @@ def add_floor_argument(parser: argparse.ArgumentParser) -> None:
 
 def floor_text(gsm_record: dict) -> str:
   """The floor a structured GSM run kept, from its record: a record
-  without one ran before `min_kept_share="auto"` became the default."""
+  without one ran before `min_kept_share="auto"` became the default, and
+  an "auto" one without ``min_kept_channels`` floored every group, the
+  bypassed ones too."""
   if "min_kept_share" not in gsm_record:
     return "None (before 'auto')"
-  return str(gsm_record["min_kept_share"])
+  share = gsm_record["min_kept_share"]
+  if share != "auto":
+    return str(share)
+  if "min_kept_channels" not in gsm_record:
+    return "auto (every group)"
+  return "auto (the main path's groups)"
+
+
+def floors_record(groups, params, reduction, min_kept_share) -> dict:
+  """What a GSM record says of its floor: the share asked for and the
+  channels each group kept whatever the ranking."""
+  return {"min_kept_share": min_kept_share,
+          "min_kept_channels": optax_gsm.structured.min_kept_channels(
+              groups, params, reduction, cost="flops",
+              min_kept_share=min_kept_share)}
 
 
 def floor_note(gsm_records: list[dict]) -> str:
@@ -232,7 +248,8 @@ def gsm_stage(setup, trainer, groups, params, batch_stats, reduction,
                                                          keep)
   record = {
       "compression_ratio": ratio,
-      "min_kept_share": options.get("min_kept_share", "auto"),
+      **floors_record(groups, params, ratio,
+                      options.get("min_kept_share", "auto")),
       "accuracy_trained": trainer.accuracy(trained, stats),
       "accuracy_running_stats": trainer.accuracy(trained, running),
       "accuracy_masked": trainer.accuracy(masked["params"],

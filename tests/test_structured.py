@@ -409,6 +409,28 @@ def test_averaged_saliency_ranks_by_more_than_the_last_batch(decay):
                                 [False, True])
 
 
+@pytest.mark.parametrize("name,bypassed", [
+    ("resnet", {"stage0_block0/conv1", "stage0_block1/conv1",
+                "stage1_block1/conv1", "stage2_block1/conv1"}),
+    ("vit", {"layer0/attention/query", "layer0/mlp_in",
+             "layer1/attention/query", "layer1/mlp_in"})])
+def test_auto_floor_spares_the_groups_a_shortcut_bypasses(name, bypassed):
+  # The inner channels of identity-shortcut branches, not the stream or a
+  # projection block's, which cut the network at width zero.
+  case = structured_cases.case(name)
+  groups = optax_gsm.structured.channel_groups(
+      case.apply, case.variables, structured_cases.example_input(case))
+  assert {g.name for g in groups.channels if g.bypassed} == bypassed
+  # Still marked once the blocks are no longer ranked.
+  groups = groups.without([b.name for b in groups.blocks])
+  assert {g.name for g in groups.channels if g.bypassed} == bypassed
+  params = case.variables["params"]
+  floors = _ranking.plan(groups, params, "flops", "auto", 2.0).floors
+  assert [f == 1 for f in floors] == [g.bypassed for g in groups.channels]
+  # A share the user gives holds for every group.
+  assert min(_ranking.plan(groups, params, "flops", 0.5, 2.0).floors) > 1
+
+
 def test_a_position_in_two_structures_is_a_clear_error(mlp):
   groups, params, _ = mlp
   first = groups.channels[0]

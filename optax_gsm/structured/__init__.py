@@ -19,6 +19,7 @@ from optax_gsm.structured._groups import (
 )
 from optax_gsm.structured._ranking import (
   cost_per_structure,
+  min_kept_channels,
   model_cost,
   prune_structures,
 )
@@ -43,6 +44,7 @@ __all__ = (
     "cost_per_structure",
     "kept_structures",
     "mask_structures",
+    "min_kept_channels",
     "model_cost",
     "prune_structures",
     "recalibrate_batch_stats",

@@ -1219,9 +1219,12 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
     elif statistics:
       rescaled = tuple(sorted({paths[leaf]
                                for leaf, _ in found.norm_scales[group]}))
+    leaves = {leaf for leaf, _ in merged}
     channels.append(_groups.ChannelGroup(
         name, found.structures(group), members,
-        "heads" if found.heads[group] else "channels", statistics, rescaled))
+        "heads" if found.heads[group] else "channels", statistics, rescaled,
+        bypassed=any(leaves <= set(branch) for branch in
+                     list(blocks) + [stacked for stacked, _ in layers])))
   block_list = (_named_blocks(paths, blocks, collections_level)
                 + _stack_layers(paths, layers, collections_level))
   for leaf, reason in sorted(tracer.opaque.items()):

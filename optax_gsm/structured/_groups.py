@@ -77,6 +77,11 @@ class ChannelGroup:
   and ``rescaled`` is empty (LayerNorm subtracts a mean, or a norm has no
   scale: ``statistics`` ends with the reason), the two are equal only
   where the small model's norms divide by the original width.
+  ``bypassed``: every member lies in one residual branch with an identity
+  shortcut (a block `channel_groups` found, whether or not it is still in
+  ``blocks``): with none of its channels the branch adds nothing and the
+  shortcut still carries the signal, where a group on the main path at
+  width zero cuts the network.
   """
   name: str
   size: int
@@ -84,6 +89,7 @@ class ChannelGroup:
   kind: str = "channels"
   statistics: str = ""
   rescaled: tuple[str, ...] = ()
+  bypassed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

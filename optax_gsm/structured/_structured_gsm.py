@@ -187,9 +187,11 @@ def structured_gsm(
       lowered until the floors take at most half of the budget the ranking
       chooses (what it leaves beyond one channel a group and everything
       outside the groups), and one channel where C is a schedule or
-      traced. Without a floor, short budgets ranked a group down to a
-      channel or two and left the model at chance (two ResNet-20 runs of
-      five at 8x fewer FLOPs). Fixed when the optimizer is built (under
+      traced, or where the group is ``bypassed`` (inside a residual branch
+      with an identity shortcut: a transformer's heads and neurons).
+      Without a floor, short budgets ranked a group on the main path down
+      to a channel or two and left the model at chance (two ResNet-20 runs
+      of five at 8x fewer FLOPs). Fixed when the optimizer is built (under
       ``optax.inject_hyperparams``, a static arg).
     saliency_decay: None (the current batch's saliency alone), or d in
       [0, 1): rank each structure by the root of the moving average of its
