@@ -46,7 +46,8 @@ the bits per character of both. With ``--norm rms`` (RMSNorm, as Llama)
 one.
 
 Writes (to ``--out``) ``results/char_gpt/stdlib_gpt[_no_layers][_stream]``
-``[_rms][_parts][_decay<d>][_seed<n>].{json,md,png}``.
+``[_rms][_parts][_decay<d>][_no_floor|_floor<share>][_seed<n>]``
+``.{json,md,png}``.
 """
 
 import argparse
@@ -73,6 +74,7 @@ from examples.structured_gsm import (
   add_floor_argument,
   difference_text,
   floor_note,
+  floor_stem,
   floors_record,
   shrink_difference,
   uniform_for,
@@ -408,6 +410,7 @@ def main(argv=None) -> dict:
           f"{'_parts' if args.block_saliency == 'parts' else ''}"
           + (f"_decay{args.saliency_decay:g}"
              if args.saliency_decay is not None else "")
+          + floor_stem(args.min_kept_share)
           + f"{f'_seed{args.seed}' if args.seed else ''}"
           f"{'_quick' if args.quick else ''}")
   record = {

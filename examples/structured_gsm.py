@@ -46,8 +46,8 @@ gives both accuracies. With ``--norm rms`` (RMSNorms, as Llama) `shrink`
 rescales the norms' scales and the shrunk model is the trained one.
 
 Writes (to ``--out``) ``results/structured/mnist_<model>[_no_blocks]``
-``[_stream][_decay<d>][_seed<n>].json``, a Markdown table and a PNG of the
-channels each method kept beside it.
+``[_stream][_decay<d>][_no_floor|_floor<share>][_seed<n>].json``, a
+Markdown table and a PNG of the channels each method kept beside it.
 """
 
 import argparse
@@ -180,7 +180,16 @@ def add_floor_argument(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
       "--min-kept-share", type=min_kept_share, default="auto",
       help="the channels every group keeps: 'auto' (structured GSM's "
-           "default: half the uniform width), 'none' (one) or a share")
+           "default: half the uniform width on the main path), 'none' "
+           "(one) or a share of every group")
+
+
+def floor_stem(share: float | str | None) -> str:
+  """The part of a record's file name that names a floor other than the
+  default: ``_no_floor`` or ``_floor<share>``."""
+  if share == "auto":
+    return ""
+  return "_no_floor" if share is None else f"_floor{share:g}"
 
 
 def floor_text(gsm_record: dict) -> str:
@@ -513,7 +522,8 @@ def main(argv=None):
   decay = args.saliency_decay
   stem = setup.stem_for(("_no_blocks" if args.no_blocks else "")
                         + ("_stream" if args.stream else "")
-                        + (f"_decay{decay:g}" if decay is not None else ""))
+                        + (f"_decay{decay:g}" if decay is not None else "")
+                        + floor_stem(args.min_kept_share))
   if args.no_blocks:
     groups = groups.without([b.name for b in groups.blocks])
   if args.no_blocks or args.stream:
