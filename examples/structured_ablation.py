@@ -13,15 +13,15 @@ kept, with a plot of the latter.
 Variants (``--variants``; the default is every one):
 
   default        ``structured_gsm_sgd(..., total_steps=T)`` as shipped
-                 (``min_kept_share="auto"``: half the uniform width, within
-                 half of what the ranking chooses)
+                 (``min_kept_share="auto"``: half the uniform width on the
+                 main path, within half of what the ranking chooses)
   no_floor       a group may keep a single channel (``min_kept_share=None``,
                  the default before the floor)
   floor25        every channel group keeps at least 25% of its channels
                  (``min_kept_share=0.25``)
-  floor_half     every group keeps at least half the width that uniform
-                 pruning to C keeps (``min_kept_share=0.5 / sqrt(C)``:
-                 0.18 at 8x, 0.25 at 4x)
+  floor_half     every group, bypassed ones too, keeps at least half the
+                 width that uniform pruning to C keeps
+                 (``min_kept_share=0.5 / sqrt(C)``: 0.18 at 8x, 0.25 at 4x)
   magnitude      the L2 norm of each structure as its saliency throughout
   parts          a block's saliency as the sum of its parts'
   zero40         removed structures shrunk to zero by 40% of T (not 60%)

@@ -427,6 +427,11 @@ def test_auto_floor_spares_the_groups_a_shortcut_bypasses(name, bypassed):
   params = case.variables["params"]
   floors = _ranking.plan(groups, params, "flops", "auto", 2.0).floors
   assert [f == 1 for f in floors] == [g.bypassed for g in groups.channels]
+  assert optax_gsm.structured.min_kept_channels(
+      groups, params, 2.0, cost="flops") == dict(
+          zip([g.name for g in groups.channels], floors))
+  with pytest.raises(ValueError, match="compression_ratio"):
+    optax_gsm.structured.min_kept_channels(groups, params, 0.5)
   # A share the user gives holds for every group.
   assert min(_ranking.plan(groups, params, "flops", 0.5, 2.0).floors) > 1
 
