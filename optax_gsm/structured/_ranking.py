@@ -50,7 +50,7 @@ Decided on purpose:
   its accuracy. Groups inside a residual branch with an identity shortcut
   (`ChannelGroup.bypassed`: a transformer's heads and MLP neurons) keep
   one channel: at width zero the shortcut still carries the signal, and a
-  floor there cost a ViT 0.3-0.4 points at 2x;
+  floor there cost a ViT 0.3-0.5 points at 2x;
 - the ranking's denominator ``c_S`` counts a structure's own entries (an
   entry in two structures, a kernel entry in its input and its output
   channel's group, is in both), while the budget counts the kept model
