@@ -1194,6 +1194,9 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
               collections_level: bool) -> _groups.Groups:
   found = tracer.groups
   channels, unprunable = [], []
+  # The leaves of each identity-shortcut branch, for `bypassed`.
+  branches = [set(leaves) for leaves in blocks] + [
+      set(stacked) for stacked, _ in layers]
   for group in range(len(found.parent)):
     if found.find(group) != group:
       continue
@@ -1223,8 +1226,7 @@ def _assemble(tracer: _Tracer, paths: list[str], blocks, layers,
     channels.append(_groups.ChannelGroup(
         name, found.structures(group), members,
         "heads" if found.heads[group] else "channels", statistics, rescaled,
-        bypassed=any(leaves <= set(branch) for branch in
-                     list(blocks) + [stacked for stacked, _ in layers])))
+        bypassed=any(leaves <= branch for branch in branches)))
   block_list = (_named_blocks(paths, blocks, collections_level)
                 + _stack_layers(paths, layers, collections_level))
   for leaf, reason in sorted(tracer.opaque.items()):

@@ -26,7 +26,7 @@ belongs to is kept; entries in no structure are always kept.
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import chex
@@ -223,10 +223,10 @@ def _padded(rows: list[list[int]], pad: int) -> np.ndarray:
 def _layout(channels: tuple[tuple[ResolvedMember, ...], ...],
             sizes: tuple[int, ...], blocks: tuple[tuple[int, ...], ...],
             block_rows: tuple[int | None, ...], shapes: list[tuple],
-            overlap: Callable[[int, int, int, tuple[int, int]], Exception]
-            ) -> Layout:
-  """The `Layout` of these structures on leaves of ``shapes``; ``overlap``
-  makes the error for a position claimed twice along one axis."""
+            paths: list[str], names: list[str]) -> Layout:
+  """The `Layout` of these structures on leaves of ``shapes`` (``paths``);
+  ``names``, per structure, name the two in the error for a position
+  claimed twice along one axis."""
   num = sum(sizes) + len(blocks)
   along = {}  # (leaf, axis) -> structure per position
 
@@ -237,8 +237,11 @@ def _layout(channels: tuple[tuple[ResolvedMember, ...], ...],
     taken = claimed & (current < num)
     if np.any(taken):
       position = int(np.argmax(taken))
-      raise overlap(leaf, axis, position, (int(current[position]),
-                                           int(structures[position])))
+      raise ValueError(
+          f"groups: position {position} of {paths[leaf]!r} along axis "
+          f"{axis} is in {names[current[position]]!r} and in "
+          f"{names[structures[position]]!r}; a position belongs to one "
+          "structure per axis.")
     current[claimed] = structures[claimed]
 
   start = np.cumsum((0,) + sizes)
@@ -312,29 +315,13 @@ def resolve(groups: Groups, tree: chex.ArrayTree) -> Resolved:
       tuple(i for i in (find_leaf(table, p) for p in block.paths)
             if i is not None)
       for block in groups.blocks)
+  channels = tuple(channels)
   sizes = tuple(g.size for g in groups.channels)
-  names = [g.name for g in groups.channels] + [b.name for b in groups.blocks]
-  return Resolved(
-      tuple(channels), sizes, blocks,
-      tuple(block.row for block in groups.blocks),
-      _layout(tuple(channels), sizes, blocks,
-              tuple(block.row for block in groups.blocks), shapes,
-              lambda leaf, axis, position, structures: _overlap_error(
-                  paths[leaf], axis, names, sizes, position, structures)))
-
-
-def _overlap_error(path: str, axis: int, names: list[str],
-                   sizes: tuple[int, ...], position: int,
-                   structures: tuple[int, int]) -> ValueError:
-  """A position of ``path`` claimed by two structures (flat indices)."""
-  def name(structure):
-    group = int(np.searchsorted(np.cumsum(sizes), structure, side="right"))
-    return names[group] if group < len(sizes) else names[
-        len(sizes) + structure - sum(sizes)]
-  return ValueError(
-      f"groups: position {position} of {path!r} along axis {axis} is in "
-      f"{name(structures[0])!r} and in {name(structures[1])!r}; a position "
-      "belongs to one structure per axis.")
+  rows = tuple(block.row for block in groups.blocks)
+  names = [g.name for g in groups.channels for _ in range(g.size)] + [
+      b.name for b in groups.blocks]
+  return Resolved(channels, sizes, blocks, rows,
+                  _layout(channels, sizes, blocks, rows, shapes, paths, names))
 
 
 def touched_leaves(resolved: Resolved, num_leaves: int) -> list[bool]:

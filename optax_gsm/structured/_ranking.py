@@ -479,8 +479,8 @@ def added_costs_fn(plan_: StructuredPlan) -> AddedCosts:
 
 def kept_cost_fn(plan_: StructuredPlan) -> KeptCost:
   """The exact cost of the params once the structures not kept are gone."""
-  return lambda kept_flat: _groups.kept_cost(plan_.resolved.layout, plan_.unit_costs,
-                                             kept_flat)
+  return lambda kept_flat: _groups.kept_cost(plan_.resolved.layout,
+                                             plan_.unit_costs, kept_flat)
 
 
 def minimum_cost(plan_: StructuredPlan) -> float:
